@@ -1,0 +1,1 @@
+//! Per-upstream circuit breaker (STUB, being written).

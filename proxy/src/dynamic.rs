@@ -1,0 +1,1 @@
+//! Traefik dynamic configuration model (STUB, being written).

@@ -1,0 +1,1 @@
+//! Service catalogue: typed stacks deployed through Docker (a later issue fills this in).
