@@ -1,1 +1,209 @@
-fn main() {}
+//! `constellation`: the command-line entry point.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use constellation_control::config;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Exit code: bad usage.
+const EX_USAGE: u8 = 64;
+/// Exit code: bad configuration.
+const EX_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(name = "constellation", version, about = "A self-hosted front door: failover proxy, gossip, leases, DNS.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (proxy, admin API, control plane).
+    Agent {
+        /// Configuration file; without it the embedded single-node default runs on loopback.
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+    },
+    /// A self-contained failover demonstration on loopback.
+    Demo {
+        /// How long to drive traffic, in seconds.
+        #[arg(long, default_value_t = 16)]
+        seconds: u64,
+    },
+    /// Show routes, upstreams and breaker states of a running agent.
+    Status {
+        /// Admin API base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9180")]
+        admin: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Traefik provider tools.
+    Traefik {
+        #[command(subcommand)]
+        command: TraefikCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file and the route files it names.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Print the default configuration with every key documented.
+    Default,
+}
+
+#[derive(Subcommand)]
+enum TraefikCommand {
+    /// Print the Traefik dynamic configuration the agent would serve.
+    Dump {
+        /// Configuration file (default: the embedded default).
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONSTELLATION_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn load(path: Option<&std::path::Path>) -> Result<config::LoadedConfig, ExitCode> {
+    config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EX_CONFIG)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EX_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Agent { config } => {
+            init_tracing();
+            let cfg = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match constellation::agent::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e @ constellation::agent::StartError::Routes(_)) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EX_CONFIG)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Config { command: ConfigCommand::Default } => {
+            print!("{}", config::default_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Config { command: ConfigCommand::Check { file } } => {
+            let cfg = match load(Some(&file)) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let sources = constellation::agent::route_sources(&cfg);
+            match constellation_control::load_sources(&sources) {
+                Ok(dynamic) => {
+                    let registry = constellation_proxy::UpstreamRegistry::default();
+                    match constellation_proxy::compile(&dynamic, &cfg.config.proxy, &cfg.entrypoints, &registry, 1) {
+                        Ok((table, warnings)) => {
+                            for w in dynamic.unsupported().iter().chain(&warnings) {
+                                println!("warning: {w}");
+                            }
+                            println!(
+                                "{}: ok ({} entrypoints, {} routes, {} services)",
+                                file.display(),
+                                cfg.entrypoints.len(),
+                                table.routes.len(),
+                                table.pools.len()
+                            );
+                            ExitCode::SUCCESS
+                        }
+                        Err(errs) => {
+                            for e in errs {
+                                eprintln!("error: {e}");
+                            }
+                            ExitCode::from(EX_CONFIG)
+                        }
+                    }
+                }
+                Err(errs) => {
+                    for e in errs {
+                        eprintln!("error: {e}");
+                    }
+                    ExitCode::from(EX_CONFIG)
+                }
+            }
+        }
+        Command::Traefik { command: TraefikCommand::Dump { config } } => {
+            let cfg = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match constellation_control::load_sources(&constellation::agent::route_sources(&cfg)) {
+                Ok(d) => match serde_json::to_string_pretty(&d) {
+                    Ok(s) => {
+                        println!("{s}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::from(1)
+                    }
+                },
+                Err(errs) => {
+                    for e in errs {
+                        eprintln!("error: {e}");
+                    }
+                    ExitCode::from(EX_CONFIG)
+                }
+            }
+        }
+        Command::Status { admin, json } => run_async(constellation::demo::status(&admin, json)),
+        Command::Demo { seconds } => run_async(constellation::demo::run(seconds)),
+    }
+}
+
+fn run_async<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Admin HTTP API: metrics, health, status and the Traefik provider endpoint.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use constellation_proxy::{RouteTable, TableHandle, Target};
+use http::{Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use prometheus::{Encoder, Registry, TextEncoder};
+use serde_json::{json, Value};
+
+/// The outcome of the most recent route reload, for status.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadReport {
+    /// `ok` or `invalid`.
+    pub result: String,
+    /// Errors of a rejected reload (the previous table stays in force).
+    pub errors: Vec<String>,
+    /// Features parsed but not applied.
+    pub unsupported: Vec<String>,
+    /// Unix time of the reload, seconds.
+    pub at_unix: u64,
+}
+
+/// State the admin API reads. Everything is a snapshot or an atomic: handlers never
+/// block the control plane.
+pub struct AdminState {
+    /// Node name.
+    pub node: String,
+    /// Route table the proxy uses.
+    pub table: TableHandle,
+    /// Prometheus registry with every metric of the process.
+    pub registry: Registry,
+    /// The Traefik dynamic configuration behind the current table, as JSON.
+    pub traefik: ArcSwap<Value>,
+    /// Last reload outcome.
+    pub reload: ArcSwap<ReloadReport>,
+    /// Set once the first route table is published.
+    pub ready: AtomicBool,
+    /// Bearer token required on everything but `/healthz`.
+    pub token: Option<String>,
+    /// Process start.
+    pub started: Instant,
+}
+
+impl AdminState {
+    /// The `/api/v1/status` document.
+    pub fn status(&self) -> Value {
+        let table = self.table.load_full();
+        json!({
+            "node": {
+                "name": self.node,
+                "version": env!("CARGO_PKG_VERSION"),
+                "uptime_seconds": self.started.elapsed().as_secs(),
+            },
+            "ready": self.ready.load(Ordering::Relaxed),
+            "config": {
+                "generation": table.generation,
+                "last_reload": &**self.reload.load(),
+            },
+            "members": [],
+            "routes": routes_json(&table),
+            "services": services_json(&table),
+        })
+    }
+}
+
+fn target_json(t: &Target) -> Value {
+    match t {
+        Target::Pool(p) => json!({"name": p.name, "kind": "loadBalancer"}),
+        Target::Weighted { name, children, .. } => json!({
+            "name": name, "kind": "weighted",
+            "children": children.iter().map(|(c, w)| json!({"service": c.name(), "weight": w})).collect::<Vec<_>>(),
+        }),
+        Target::Failover { name, primary, fallback } => json!({
+            "name": name, "kind": "failover", "service": primary.name(), "fallback": fallback.name(),
+        }),
+    }
+}
+
+/// Routes of a table as JSON.
+pub fn routes_json(table: &RouteTable) -> Value {
+    Value::Array(
+        table
+            .routes
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name,
+                    "rule": r.rule.source(),
+                    "priority": r.priority,
+                    "entry_points": r.entry_points,
+                    "service": target_json(&r.target),
+                    "max_attempts": r.max_attempts,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Services with upstream health and breaker state, as JSON.
+pub fn services_json(table: &RouteTable) -> Value {
+    let now = Instant::now();
+    Value::Array(
+        table
+            .pools
+            .iter()
+            .map(|p| {
+                let ups: Vec<Value> = p
+                    .upstreams
+                    .iter()
+                    .map(|u| {
+                        let open_for_ms = u
+                            .breaker
+                            .open_until()
+                            .map(|t| t.saturating_duration_since(now).as_millis() as u64)
+                            .unwrap_or(0);
+                        json!({
+                            "url": u.key.url,
+                            "address": u.addr.map(|a| a.to_string()),
+                            "healthy": u.healthy.load(Ordering::Relaxed),
+                            "available": u.is_available(now),
+                            "breaker": {
+                                "state": u.breaker.state(now),
+                                "ejections": u.breaker.ejections(),
+                                "open_for_ms": open_for_ms,
+                            },
+                            "in_flight": u.in_flight.load(Ordering::Relaxed),
+                            "requests": u.requests.load(Ordering::Relaxed),
+                            "failures": u.failures.load(Ordering::Relaxed),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": p.name,
+                    "panic": p.in_panic(now),
+                    "available": p.available(now),
+                    "total": p.upstreams.len(),
+                    "health_check": p.health.as_ref().map(|h| json!({"path": h.path, "interval_ms": h.interval.as_millis() as u64})),
+                    "upstreams": ups,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The admin HTTP application.
+pub struct AdminApp {
+    state: Arc<AdminState>,
+}
+
+impl AdminApp {
+    /// An app serving `state`.
+    pub fn new(state: Arc<AdminState>) -> Self {
+        Self { state }
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    let len = r.body().len();
+    r.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    r
+}
+
+fn json_reply(status: StatusCode, v: &Value) -> Response<Vec<u8>> {
+    let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    body.push(b'\n');
+    reply(status, "application/json", body)
+}
+
+/// Constant-time comparison so the token cannot be guessed byte by byte from timing.
+fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let path = req.uri.path().to_string();
+        if req.method != http::Method::GET && req.method != http::Method::HEAD {
+            return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", b"only GET\n".to_vec());
+        }
+        if path != "/healthz" {
+            if let Some(token) = &self.state.token {
+                let given = req
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                if !token_matches(given.as_bytes(), token.as_bytes()) {
+                    let mut r = reply(StatusCode::UNAUTHORIZED, "text/plain", b"bearer token required\n".to_vec());
+                    r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+                    return r;
+                }
+            }
+        }
+        match path.as_str() {
+            "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => {
+                if self.state.ready.load(Ordering::Relaxed) {
+                    reply(StatusCode::OK, "text/plain", b"ready\n".to_vec())
+                } else {
+                    reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"route table not published yet\n".to_vec())
+                }
+            }
+            "/metrics" => {
+                let mut buf = Vec::new();
+                let enc = TextEncoder::new();
+                if let Err(e) = enc.encode(&self.state.registry.gather(), &mut buf) {
+                    return reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n").into_bytes());
+                }
+                reply(StatusCode::OK, enc.format_type(), buf)
+            }
+            "/api/v1/status" => json_reply(StatusCode::OK, &self.state.status()),
+            "/api/v1/traefik" => json_reply(StatusCode::OK, &self.state.traefik.load()),
+            _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

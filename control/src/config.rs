@@ -1,0 +1,441 @@
+//! The agent's TOML configuration: structs with documented defaults, loading with
+//! precise error locations, environment overrides, and validation.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use constellation_proxy::ProxySettings;
+use serde::{Deserialize, Serialize};
+
+/// Default web entrypoint of the embedded config.
+pub const DEFAULT_WEB_ADDRESS: &str = "127.0.0.1:8080";
+/// Default admin listen address (loopback only).
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9180";
+/// Default built-in welcome backend address of the embedded config.
+pub const DEFAULT_WELCOME_ADDRESS: &str = "127.0.0.1:9181";
+/// Default interval between route-file change checks (ms).
+pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 1_000;
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "constellation-data";
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// This node.
+    pub node: NodeConfig,
+    /// HTTP entrypoints by name (Traefik's term): where the proxy listens.
+    pub entrypoints: BTreeMap<String, EntrypointConfig>,
+    /// The admin HTTP server (metrics, status, Traefik provider endpoint).
+    pub admin: AdminConfig,
+    /// Traefik dynamic-configuration files to load and watch.
+    pub routes: RoutesConfig,
+    /// SmartFailoverProxy settings.
+    pub proxy: ProxySettings,
+    /// Built-in welcome page backend (used by the embedded default route); off unless set.
+    pub welcome: Option<WelcomeConfig>,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Node name, unique in the cluster. Default: the host name.
+    pub name: String,
+    /// Directory for durable state, relative to the config file. Default `constellation-data`.
+    pub data_dir: PathBuf,
+}
+
+/// `[entrypoints.<name>]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntrypointConfig {
+    /// Listen address, `ip:port`.
+    pub address: String,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listen address, `ip:port`. Default `127.0.0.1:9180`. Bind it to loopback or the
+    /// mesh address; it serves cluster internals.
+    pub address: String,
+    /// File holding a bearer token required on every endpoint but `/healthz`.
+    /// Default: none. The environment variable `CONSTELLATION_ADMIN__TOKEN` also works.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[routes]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutesConfig {
+    /// Traefik dynamic-configuration files (YAML, TOML or JSON), relative to the config
+    /// file. Default: none.
+    pub files: Vec<PathBuf>,
+    /// How often the files are checked for changes, in milliseconds. Default 1000.
+    pub watch_interval_ms: u64,
+}
+
+/// `[welcome]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WelcomeConfig {
+    /// Listen address of the built-in welcome backend.
+    pub address: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self { name: default_node_name(), data_dir: PathBuf::from(DEFAULT_DATA_DIR) }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { address: DEFAULT_ADMIN_ADDRESS.into(), token_file: None }
+    }
+}
+
+impl Default for RoutesConfig {
+    fn default() -> Self {
+        Self { files: Vec::new(), watch_interval_ms: DEFAULT_WATCH_INTERVAL_MS }
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        let mut entrypoints = BTreeMap::new();
+        entrypoints.insert("web".to_string(), EntrypointConfig { address: DEFAULT_WEB_ADDRESS.into() });
+        Self {
+            node: NodeConfig::default(),
+            entrypoints,
+            admin: AdminConfig::default(),
+            routes: RoutesConfig::default(),
+            proxy: ProxySettings::default(),
+            welcome: None,
+        }
+    }
+}
+
+fn default_node_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_string())
+}
+
+/// The embedded default configuration: single node on loopback with a demo route to
+/// the built-in welcome backend.
+pub const EMBEDDED_DEFAULT: &str = r#"# Constellation embedded default: one node, everything on loopback.
+[entrypoints.web]
+address = "127.0.0.1:8080"
+
+[admin]
+address = "127.0.0.1:9180"
+
+[welcome]
+address = "127.0.0.1:9181"
+"#;
+
+/// Route file served with the embedded default (a demo route to the welcome backend).
+pub const EMBEDDED_ROUTES: &str = r#"http:
+  routers:
+    welcome:
+      rule: "PathPrefix(`/`)"
+      service: welcome
+  services:
+    welcome:
+      loadBalancer:
+        servers:
+          - url: "http://127.0.0.1:9181"
+        healthCheck:
+          path: /healthz
+          interval: 5s
+          timeout: 1s
+"#;
+
+/// A configuration error a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {key}: {message}")]
+pub struct ConfigError {
+    /// File (or environment variable) the value came from.
+    pub file: String,
+    /// 1-based line, 0 when unknown.
+    pub line: usize,
+    /// 1-based column, 0 when unknown.
+    pub column: usize,
+    /// Dotted key path, e.g. `proxy.max_attempts`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A loaded, validated configuration and where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The values.
+    pub config: AgentConfig,
+    /// Directory relative paths are resolved against.
+    pub base_dir: PathBuf,
+    /// Display name of the source (`embedded default` or the file path).
+    pub origin: String,
+    /// Parsed listen addresses of the entrypoints.
+    pub entrypoints: Vec<(String, SocketAddr)>,
+    /// Parsed admin address.
+    pub admin_addr: SocketAddr,
+    /// Admin bearer token, if any (never logged).
+    pub admin_token: Option<String>,
+}
+
+impl LoadedConfig {
+    /// Absolute paths of the route files.
+    pub fn route_files(&self) -> Vec<PathBuf> {
+        self.config.routes.files.iter().map(|f| self.base_dir.join(f)).collect()
+    }
+
+    /// Whether this is the embedded default (which serves [`EMBEDDED_ROUTES`]).
+    pub fn is_embedded(&self) -> bool {
+        self.origin == "embedded default"
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, column)
+}
+
+/// Parse configuration text. `origin` names the file in errors.
+pub fn parse(text: &str, origin: &str) -> Result<AgentConfig, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize::<_, AgentConfig>(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let (line, column) = inner.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+        ConfigError {
+            file: origin.to_string(),
+            line,
+            column,
+            key: if key == "." { String::new() } else { key },
+            message: inner.message().trim().to_string(),
+        }
+    })
+}
+
+/// Apply `CONSTELLATION_<SECTION>__<KEY>` overrides from `vars` (e.g. `CONSTELLATION_PROXY__MAX_ATTEMPTS=5`).
+pub fn apply_env<I>(config: AgentConfig, vars: I) -> Result<AgentConfig, ConfigError>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let mut overrides: Vec<(String, String)> = vars
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("CONSTELLATION_") && k.contains("__"))
+        // Secrets and non-config variables are read where they are used.
+        .filter(|(k, _)| !matches!(k.as_str(), "CONSTELLATION_ADMIN__TOKEN" | "CONSTELLATION_DNS__API_TOKEN"))
+        .collect();
+    if overrides.is_empty() {
+        return Ok(config);
+    }
+    overrides.sort();
+    let err = |var: &str, key: &str, message: String| ConfigError {
+        file: format!("environment variable {var}"),
+        line: 0,
+        column: 0,
+        key: key.to_string(),
+        message,
+    };
+    let mut value = toml::Value::try_from(&config).map_err(|e| err("", "", e.to_string()))?;
+    for (var, raw) in &overrides {
+        let path: Vec<String> =
+            var["CONSTELLATION_".len()..].split("__").map(|p| p.to_ascii_lowercase()).collect();
+        let key = path.join(".");
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let mut cur = &mut value;
+        for (i, part) in path.iter().enumerate() {
+            let table = cur.as_table_mut().ok_or_else(|| err(var, &key, "not a table".into()))?;
+            if i + 1 == path.len() {
+                table.insert(part.clone(), parsed.clone());
+                break;
+            }
+            cur = table.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        }
+    }
+    let text = toml::to_string(&value).map_err(|e| err("", "", e.to_string()))?;
+    parse(&text, "environment").map_err(|e| {
+        let var = overrides
+            .iter()
+            .find(|(v, _)| v["CONSTELLATION_".len()..].to_ascii_lowercase().replace("__", ".") == e.key)
+            .map(|(v, _)| v.clone())
+            .unwrap_or_else(|| "CONSTELLATION_*".into());
+        err(&var, &e.key, e.message)
+    })
+}
+
+/// Check values that parse but make no sense, and resolve addresses and secrets.
+pub fn validate(config: AgentConfig, origin: &str, base_dir: &Path) -> Result<LoadedConfig, ConfigError> {
+    let bad = |key: &str, message: String| ConfigError {
+        file: origin.to_string(),
+        line: 0,
+        column: 0,
+        key: key.to_string(),
+        message,
+    };
+    let addr = |key: &str, s: &str| -> Result<SocketAddr, ConfigError> {
+        s.parse().map_err(|e| bad(key, format!("{s:?} is not an ip:port address ({e})")))
+    };
+    if config.entrypoints.is_empty() {
+        return Err(bad("entrypoints", "at least one entrypoint is needed, e.g. [entrypoints.web] address = \"127.0.0.1:8080\"".into()));
+    }
+    let mut entrypoints = Vec::new();
+    for (name, ep) in &config.entrypoints {
+        entrypoints.push((name.clone(), addr(&format!("entrypoints.{name}.address"), &ep.address)?));
+    }
+    let admin_addr = addr("admin.address", &config.admin.address)?;
+    if let Some(w) = &config.welcome {
+        addr("welcome.address", &w.address)?;
+    }
+    if let Err((key, message)) = config.proxy.validate() {
+        return Err(bad(&format!("proxy.{key}"), message));
+    }
+    if config.routes.watch_interval_ms == 0 {
+        return Err(bad("routes.watch_interval_ms", "must be greater than 0".into()));
+    }
+    let admin_token = match (&config.admin.token_file, std::env::var("CONSTELLATION_ADMIN__TOKEN")) {
+        (_, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        (Some(f), _) => {
+            let path = base_dir.join(f);
+            let t = std::fs::read_to_string(&path)
+                .map_err(|e| bad("admin.token_file", format!("cannot read {}: {e}", path.display())))?;
+            let t = t.trim().to_string();
+            if t.is_empty() {
+                return Err(bad("admin.token_file", format!("{} is empty", path.display())));
+            }
+            Some(t)
+        }
+        _ => None,
+    };
+    Ok(LoadedConfig {
+        config,
+        base_dir: base_dir.to_path_buf(),
+        origin: origin.to_string(),
+        entrypoints,
+        admin_addr,
+        admin_token,
+    })
+}
+
+/// Load a config file (or the embedded default when `path` is `None`), apply the
+/// environment, validate.
+pub fn load(path: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
+    let (text, origin, base) = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                file: p.display().to_string(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: format!("cannot read: {e}"),
+            })?;
+            let base = p.parent().map(Path::to_path_buf).unwrap_or_default();
+            (text, p.display().to_string(), base)
+        }
+        None => (EMBEDDED_DEFAULT.to_string(), "embedded default".to_string(), PathBuf::from(".")),
+    };
+    let config = parse(&text, &origin)?;
+    let config = apply_env(config, std::env::vars())?;
+    validate(config, &origin, &base)
+}
+
+/// The documented default configuration, generated from the structs' defaults.
+pub fn default_toml() -> String {
+    let mut out = String::from(
+        "# Constellation agent configuration with every key at its default.\n\
+         # Durations are in milliseconds unless the key says otherwise.\n\
+         # Every key can be overridden by CONSTELLATION_<SECTION>__<KEY>.\n\n",
+    );
+    let mut cfg = AgentConfig::default();
+    cfg.node.name = "node-1".into();
+    match toml::to_string_pretty(&cfg) {
+        Ok(s) => out.push_str(&s),
+        Err(e) => out.push_str(&format!("# could not render defaults: {e}\n")),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn embedded_default_loads() {
+        let c = parse(EMBEDDED_DEFAULT, "embedded").unwrap();
+        assert_eq!(c.entrypoints["web"].address, DEFAULT_WEB_ADDRESS);
+        let v = validate(c, "embedded", Path::new(".")).unwrap();
+        assert_eq!(v.admin_addr.to_string(), DEFAULT_ADMIN_ADDRESS);
+    }
+
+    #[test]
+    fn generated_default_parses_back() {
+        let text = default_toml();
+        let c = parse(&text, "default").unwrap();
+        assert_eq!(c.proxy, ProxySettings::default());
+        assert!(text.contains("max_attempts = 3"), "{text}");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_column_and_key() {
+        let text = "[entrypoints.web]\naddress = \"127.0.0.1:1\"\n[proxy]\nmax_atempts = 4\n";
+        let e = parse(text, "agent.toml").unwrap_err();
+        assert_eq!((e.file.as_str(), e.line, e.column), ("agent.toml", 4, 1), "{e}");
+        assert!(e.message.contains("unknown field `max_atempts`"), "{e}");
+        assert_eq!(e.key, "proxy.max_atempts");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let text = "[proxy]\nmax_attempts = \"many\"\n";
+        let e = parse(text, "agent.toml").unwrap_err();
+        assert_eq!(e.key, "proxy.max_attempts");
+        assert_eq!((e.line, e.column), (2, 16), "{e}");
+    }
+
+    #[test]
+    fn bad_address_and_range() {
+        let c = parse("[admin]\naddress = \"localhost\"\n", "a.toml").unwrap();
+        let e = validate(c, "a.toml", Path::new(".")).unwrap_err();
+        assert_eq!(e.key, "admin.address");
+        let c = parse("[proxy]\nretry_budget_percent = 150\n", "a.toml").unwrap();
+        let e = validate(c, "a.toml", Path::new(".")).unwrap_err();
+        assert_eq!(e.key, "proxy.retry_budget_percent");
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let c = AgentConfig::default();
+        let c = apply_env(
+            c,
+            vec![
+                ("CONSTELLATION_PROXY__MAX_ATTEMPTS".to_string(), "5".to_string()),
+                ("CONSTELLATION_ADMIN__ADDRESS".to_string(), "127.0.0.1:1234".to_string()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.proxy.max_attempts, 5);
+        assert_eq!(c.admin.address, "127.0.0.1:1234");
+        let e = apply_env(
+            AgentConfig::default(),
+            vec![("CONSTELLATION_PROXY__MAX_ATTEMPTS".to_string(), "lots".to_string())],
+        )
+        .unwrap_err();
+        assert_eq!(e.file, "environment variable CONSTELLATION_PROXY__MAX_ATTEMPTS");
+    }
+}

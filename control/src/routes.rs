@@ -1,0 +1,227 @@
+//! Route sources (Traefik dynamic-configuration files), the reloader that validates,
+//! compiles and swaps route tables, and the change watcher.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use constellation_proxy::{compile, dynamic, DynamicConfig, ProxyMetrics, ProxySettings, TableHandle, UpstreamRegistry};
+
+use crate::admin::{unix_now, AdminState, ReloadReport};
+
+/// Where routes come from.
+#[derive(Debug, Clone)]
+pub enum RouteSource {
+    /// A file on disk, format from its extension.
+    File(PathBuf),
+    /// Text compiled into the binary (the embedded default's demo route), YAML.
+    Embedded {
+        /// Name used in errors.
+        name: String,
+        /// YAML text.
+        text: String,
+    },
+}
+
+impl RouteSource {
+    fn name(&self) -> String {
+        match self {
+            RouteSource::File(p) => p.display().to_string(),
+            RouteSource::Embedded { name, .. } => name.clone(),
+        }
+    }
+
+    fn load(&self) -> Result<DynamicConfig, String> {
+        match self {
+            RouteSource::File(p) => dynamic::load_file(p).map_err(|e| e.to_string()),
+            RouteSource::Embedded { name, text } => {
+                dynamic::parse_str(text, dynamic::Format::Yaml, name).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    fn fingerprint(&self, h: &mut DefaultHasher) {
+        match self {
+            RouteSource::File(p) => match std::fs::read(p) {
+                Ok(bytes) => bytes.hash(h),
+                Err(e) => e.kind().to_string().hash(h),
+            },
+            RouteSource::Embedded { text, .. } => text.hash(h),
+        }
+    }
+}
+
+/// Parse every source, merge them and validate the result.
+pub fn load_sources(sources: &[RouteSource]) -> Result<DynamicConfig, Vec<String>> {
+    let mut merged = DynamicConfig::default();
+    let mut errors = Vec::new();
+    for s in sources {
+        match s.load() {
+            Ok(cfg) => {
+                if let Err(e) = merged.merge(cfg, &s.name()) {
+                    errors.push(e.to_string());
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let origin = sources.iter().map(RouteSource::name).collect::<Vec<_>>().join(", ");
+    merged.validate(&origin).map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    Ok(merged)
+}
+
+/// Builds route tables from the sources and publishes them.
+pub struct Reloader {
+    sources: Vec<RouteSource>,
+    settings: ProxySettings,
+    entrypoints: Vec<(String, SocketAddr)>,
+    table: TableHandle,
+    registry: UpstreamRegistry,
+    metrics: ProxyMetrics,
+    admin: Arc<AdminState>,
+    generation: AtomicU64,
+    fingerprint: Mutex<u64>,
+}
+
+impl Reloader {
+    /// A reloader publishing into `table` and `admin`.
+    pub fn new(
+        sources: Vec<RouteSource>,
+        settings: ProxySettings,
+        entrypoints: Vec<(String, SocketAddr)>,
+        table: TableHandle,
+        metrics: ProxyMetrics,
+        admin: Arc<AdminState>,
+    ) -> Self {
+        Self {
+            sources,
+            settings,
+            entrypoints,
+            table,
+            registry: UpstreamRegistry::default(),
+            metrics,
+            admin,
+            generation: AtomicU64::new(0),
+            fingerprint: Mutex::new(0),
+        }
+    }
+
+    fn current_fingerprint(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        for s in &self.sources {
+            s.fingerprint(&mut h);
+        }
+        h.finish()
+    }
+
+    /// Whether any source changed since the last reload attempt.
+    pub fn changed(&self) -> bool {
+        let fp = self.current_fingerprint();
+        *self.fingerprint.lock().unwrap_or_else(|p| p.into_inner()) != fp
+    }
+
+    /// Load, validate, compile and swap in a new table. On error the table in force
+    /// stays and the errors are returned (and logged, counted, shown in status).
+    pub fn reload(&self) -> Result<u64, Vec<String>> {
+        let started = Instant::now();
+        *self.fingerprint.lock().unwrap_or_else(|p| p.into_inner()) = self.current_fingerprint();
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        let result = load_sources(&self.sources).and_then(|cfg| {
+            compile(&cfg, &self.settings, &self.entrypoints, &self.registry, generation)
+                .map(|(table, warnings)| (cfg, table, warnings))
+                .map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect())
+        });
+        self.metrics.compile_seconds.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok((cfg, table, warnings)) => {
+                let mut unsupported = cfg.unsupported();
+                unsupported.extend(warnings);
+                for u in &unsupported {
+                    tracing::warn!(detail = %u, "configuration feature parsed but not applied");
+                }
+                // Publish the Traefik view before the table so a poller never sees a
+                // table newer than the document describing it.
+                let doc = serde_json::to_value(&cfg).unwrap_or_default();
+                self.admin.traefik.store(Arc::new(doc));
+                let routes = table.routes.len();
+                let live: Vec<_> = table.pools.iter().flat_map(|p| p.upstreams.iter().map(|u| u.key.clone())).collect();
+                let now = Instant::now();
+                for p in &table.pools {
+                    for u in &p.upstreams {
+                        self.metrics.breaker_state.with_label_values(&[&p.name, u.label()]).set(u.breaker_gauge(now));
+                    }
+                }
+                self.table.store(Arc::new(table));
+                for gone in self.registry.retain(&live) {
+                    let _ = self.metrics.breaker_state.remove_label_values(&[&gone.service, &gone.url]);
+                    let _ = self.metrics.upstream_healthy.remove_label_values(&[&gone.service, &gone.url]);
+                }
+                self.generation.store(generation, Ordering::Relaxed);
+                self.metrics.config_generation.set(generation as i64);
+                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                self.admin.reload.store(Arc::new(ReloadReport {
+                    result: "ok".into(),
+                    errors: Vec::new(),
+                    unsupported,
+                    at_unix: unix_now(),
+                }));
+                self.admin.ready.store(true, Ordering::Relaxed);
+                tracing::info!(generation, routes, elapsed_ms = started.elapsed().as_millis() as u64, "route table published");
+                Ok(generation)
+            }
+            Err(errors) => {
+                self.metrics.config_reloads.with_label_values(&["invalid"]).inc();
+                for e in &errors {
+                    tracing::error!(error = %e, "route configuration rejected; the previous table stays in force");
+                }
+                let prev = self.admin.reload.load();
+                self.admin.reload.store(Arc::new(ReloadReport {
+                    result: "invalid".into(),
+                    errors: errors.clone(),
+                    unsupported: prev.unsupported.clone(),
+                    at_unix: unix_now(),
+                }));
+                Err(errors)
+            }
+        }
+    }
+
+    /// Poll the sources every `interval` and reload on change, until `stop` resolves.
+    /// `after_swap` runs after each successful reload (e.g. to resync health checks).
+    pub async fn watch<F, S>(self: Arc<Self>, interval: Duration, mut after_swap: F, stop: S)
+    where
+        F: FnMut() + Send,
+        S: std::future::Future<Output = ()> + Send,
+    {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            if !self.changed() {
+                continue;
+            }
+            // Let a writer finish: reload once the content stopped changing.
+            let first = self.current_fingerprint();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if self.current_fingerprint() != first {
+                continue;
+            }
+            let me = self.clone();
+            // Compiling resolves host names, which may block.
+            match tokio::task::spawn_blocking(move || me.reload()).await {
+                Ok(Ok(_)) => after_swap(),
+                Ok(Err(_)) => {}
+                Err(e) => tracing::error!(error = %e, "reload task failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! Compile a validated Traefik dynamic configuration into a [`RouteTable`].
+//!
+//! Runs in the control plane (it resolves host names, which may block); the result is
+//! an immutable snapshot the proxy swaps in whole.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicI64, AtomicUsize};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+
+use crate::breaker::BreakerConfig;
+use crate::dynamic::{self, DynamicConfig, HttpService, TraefikDuration};
+use crate::rule::Rule;
+use crate::settings::ProxySettings;
+use crate::table::{weighted_order, HealthSpec, Middleware, Pool, Route, RouteTable, Target};
+use crate::upstream::{parse_server_url, UpstreamKey, UpstreamRegistry};
+
+/// Traefik's default health check interval.
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
+/// Traefik's default health check timeout.
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest server weight honoured (weights expand into a visiting order).
+const MAX_WEIGHT: u32 = 100;
+
+/// Why a configuration could not be compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{object}: field \"{field}\": {message}")]
+pub struct CompileError {
+    /// Object path, e.g. `http.routers.api`.
+    pub object: String,
+    /// Field, e.g. `rule`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn bare(name: &str) -> &str {
+    name.split('@').next().unwrap_or(name)
+}
+
+fn duration(d: &Option<TraefikDuration>, default: Duration) -> Duration {
+    d.as_ref().and_then(|d| d.to_std().ok()).unwrap_or(default)
+}
+
+struct Compiler<'a> {
+    cfg: &'a DynamicConfig,
+    settings: &'a ProxySettings,
+    registry: &'a UpstreamRegistry,
+    pools: HashMap<String, Arc<Pool>>,
+    breaker_overrides: HashMap<String, Arc<BreakerConfig>>,
+    default_breaker: Arc<BreakerConfig>,
+    live: Vec<UpstreamKey>,
+    warnings: Vec<String>,
+    errors: Vec<CompileError>,
+}
+
+impl Compiler<'_> {
+    fn target(&mut self, service: &str, depth: usize) -> Option<Target> {
+        let name = bare(service);
+        let object = format!("http.services.{name}");
+        if depth > 16 {
+            self.errors.push(CompileError { object, field: "service".into(), message: "services nest too deep (cycle?)".into() });
+            return None;
+        }
+        let Some(svc) = self.cfg.http.services.get(name) else {
+            self.errors.push(CompileError { object, field: "service".into(), message: "is not defined".into() });
+            return None;
+        };
+        match svc {
+            HttpService::LoadBalancer(lb) => {
+                if let Some(p) = self.pools.get(name) {
+                    return Some(Target::Pool(p.clone()));
+                }
+                let pool = self.pool(name, lb)?;
+                self.pools.insert(name.to_string(), pool.clone());
+                Some(Target::Pool(pool))
+            }
+            HttpService::Weighted(w) => {
+                let mut children = Vec::new();
+                for ws in &w.services {
+                    let weight = ws.weight.unwrap_or(1).min(MAX_WEIGHT);
+                    children.push((self.target(&ws.name, depth + 1)?, weight));
+                }
+                let order = weighted_order(&children.iter().map(|(_, w)| *w).collect::<Vec<_>>());
+                Some(Target::Weighted { name: name.to_string(), children, order, cursor: AtomicUsize::new(0) })
+            }
+            HttpService::Failover(f) => {
+                let (Some(p), Some(fb)) = (&f.service, &f.fallback) else {
+                    self.errors.push(CompileError {
+                        object,
+                        field: "failover".into(),
+                        message: "needs both service and fallback".into(),
+                    });
+                    return None;
+                };
+                let primary = Box::new(self.target(p, depth + 1)?);
+                let fallback = Box::new(self.target(fb, depth + 1)?);
+                Some(Target::Failover { name: name.to_string(), primary, fallback })
+            }
+            HttpService::Mirroring(m) => {
+                self.warnings.push(format!("{object}: mirroring: requests go to the main service only; mirrors are not applied"));
+                let main = m.service.clone().unwrap_or_default();
+                self.target(&main, depth + 1)
+            }
+            HttpService::Other { kind, .. } => {
+                self.errors.push(CompileError {
+                    object,
+                    field: kind.clone(),
+                    message: format!("service kind {kind} is not supported; routers cannot use it"),
+                });
+                None
+            }
+        }
+    }
+
+    fn pool(&mut self, name: &str, lb: &dynamic::LoadBalancer) -> Option<Arc<Pool>> {
+        let object = format!("http.services.{name}");
+        if lb.sticky.is_some() {
+            self.warnings.push(format!("{object}: loadBalancer.sticky is not supported (parsed, not applied)"));
+        }
+        if lb.servers_transport.is_some() {
+            self.warnings.push(format!("{object}: loadBalancer.serversTransport is not supported (parsed, not applied); proxy-wide timeouts apply"));
+        }
+        let breaker = self.breaker_overrides.get(name).cloned().unwrap_or_else(|| self.default_breaker.clone());
+        let budget = self.registry.budget(name, lb.servers.len(), self.settings.max_ejection_percent);
+        let mut upstreams = Vec::new();
+        let mut weights = Vec::new();
+        for (i, server) in lb.servers.iter().enumerate() {
+            let url = match parse_server_url(&server.url) {
+                Ok(u) => u,
+                Err(message) => {
+                    self.errors.push(CompileError { object: object.clone(), field: format!("loadBalancer.servers[{i}].url"), message });
+                    continue;
+                }
+            };
+            if url.tls {
+                self.warnings.push(format!(
+                    "{object}: server {}: https upstreams need TLS, which this build does not include; connections to it will fail over",
+                    server.url
+                ));
+            }
+            let addr = match url.host.parse::<std::net::IpAddr>() {
+                Ok(ip) => Some(SocketAddr::new(ip, url.port)),
+                Err(_) => match (url.host.as_str(), url.port).to_socket_addrs() {
+                    Ok(mut it) => it.next(),
+                    Err(e) => {
+                        self.warnings.push(format!("{object}: server {}: cannot resolve {}: {e}; it is skipped until it resolves", server.url, url.host));
+                        None
+                    }
+                },
+            };
+            let mut url = url;
+            if server.preserve_path == Some(false) {
+                url.path.clear();
+            }
+            let key = UpstreamKey { service: name.to_string(), url: server.url.clone() };
+            upstreams.push(self.registry.upstream(key, &url, addr, &breaker, &budget, &mut self.live));
+            weights.push(server.weight.unwrap_or(1).min(MAX_WEIGHT));
+        }
+        let health = lb.health_check.as_ref().map(|h| {
+            let interval = duration(&h.interval, DEFAULT_HEALTH_INTERVAL);
+            HealthSpec {
+                scheme: h.scheme.clone(),
+                path: h.path.clone().unwrap_or_else(|| "/".into()),
+                method: h.method.clone().unwrap_or_else(|| "GET".into()).to_ascii_uppercase(),
+                port: h.port,
+                hostname: h.hostname.clone(),
+                status: h.status,
+                interval,
+                unhealthy_interval: duration(&h.unhealthy_interval, interval),
+                timeout: duration(&h.timeout, DEFAULT_HEALTH_TIMEOUT),
+                headers: h.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                rise: h.rise.unwrap_or(self.settings.health_rise),
+                fall: h.fall.unwrap_or(self.settings.health_fall),
+            }
+        });
+        Some(Arc::new(Pool {
+            name: name.to_string(),
+            order: weighted_order(&weights),
+            upstreams,
+            cursor: AtomicUsize::new(0),
+            pass_host_header: lb.pass_host_header.unwrap_or(true),
+            retry_on_403: lb.retry_on_403,
+            health,
+            active: AtomicI64::new(0),
+            active_retries: AtomicI64::new(0),
+            panic_threshold_percent: self.settings.panic_threshold_percent,
+        }))
+    }
+
+    /// Load-balancer services reachable from `service`.
+    fn leaf_services(&self, service: &str, out: &mut Vec<String>, depth: usize) {
+        let name = bare(service);
+        if depth > 16 || out.iter().any(|s| s == name) {
+            return;
+        }
+        match self.cfg.http.services.get(name) {
+            Some(HttpService::LoadBalancer(_)) => out.push(name.to_string()),
+            Some(HttpService::Weighted(w)) => {
+                for ws in &w.services {
+                    self.leaf_services(&ws.name, out, depth + 1);
+                }
+            }
+            Some(HttpService::Failover(f)) => {
+                for s in f.service.iter().chain(&f.fallback) {
+                    self.leaf_services(s, out, depth + 1);
+                }
+            }
+            Some(HttpService::Mirroring(m)) => {
+                if let Some(s) = &m.service {
+                    self.leaf_services(s, out, depth + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Map a Traefik `circuitBreaker` middleware onto our breaker settings. Traefik trips a
+/// whole service on an expression; we keep per-upstream breakers and take the ratio as
+/// the failure-rate threshold and `fallbackDuration` as the base ejection time.
+fn breaker_from_middleware(
+    object: &str,
+    cb: &dynamic::CircuitBreaker,
+    base: &BreakerConfig,
+    warnings: &mut Vec<String>,
+) -> Result<BreakerConfig, CompileError> {
+    let err = |message: String| CompileError { object: object.to_string(), field: "circuitBreaker.expression".into(), message };
+    let expr = cb.expression.clone().unwrap_or_default();
+    let mut out = base.clone();
+    for term in expr.split("||") {
+        let term = term.trim();
+        let (lhs, rhs) = term.split_once('>').ok_or_else(|| err(format!("cannot read {term:?}: expected `Metric(...) > value`")))?;
+        let threshold: f64 = rhs.trim().trim_start_matches('=').trim().parse().map_err(|_| err(format!("{:?} is not a number", rhs.trim())))?;
+        let lhs = lhs.trim();
+        if lhs.starts_with("NetworkErrorRatio(") || lhs.starts_with("ResponseCodeRatio(") {
+            if !(0.0..=1.0).contains(&threshold) {
+                return Err(err(format!("ratio {threshold} is outside 0..1")));
+            }
+            out.failure_rate_threshold = threshold;
+        } else if lhs.starts_with("LatencyAtQuantileMS(") {
+            warnings.push(format!("{object}: circuitBreaker term {term:?}: latency-based tripping is not supported (ignored)"));
+        } else {
+            return Err(err(format!("unknown metric in {term:?} (expected NetworkErrorRatio, ResponseCodeRatio or LatencyAtQuantileMS)")));
+        }
+    }
+    if let Some(d) = cb.fallback_duration.as_ref().and_then(|d| d.to_std().ok()) {
+        out.base_ejection_ms = d.as_millis() as u64;
+        out.max_ejection_ms = out.max_ejection_ms.max(out.base_ejection_ms);
+    }
+    if cb.check_period.is_some() || cb.recovery_duration.is_some() || cb.response_code.is_some() {
+        warnings.push(format!("{object}: circuitBreaker checkPeriod/recoveryDuration/responseCode are not applied; the breaker's own window and half-open probing are used"));
+    }
+    Ok(out)
+}
+
+fn header_list(object: &str, field: &str, map: &BTreeMap<String, String>) -> Result<Vec<(HeaderName, Option<HeaderValue>)>, CompileError> {
+    map.iter()
+        .map(|(k, v)| {
+            let err = |m: String| CompileError { object: object.to_string(), field: format!("headers.{field}.{k}"), message: m };
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| err(format!("invalid header name: {e}")))?;
+            // Traefik: an empty value removes the header.
+            let value = if v.is_empty() {
+                None
+            } else {
+                Some(HeaderValue::from_str(v).map_err(|e| err(format!("invalid header value: {e}")))?)
+            };
+            Ok((name, value))
+        })
+        .collect()
+}
+
+/// Compile `cfg` (already validated) into a route table numbered `generation`.
+/// Returns the table and warnings about parts that are not applied.
+pub fn compile(
+    cfg: &DynamicConfig,
+    settings: &ProxySettings,
+    entrypoints: &[(String, SocketAddr)],
+    registry: &UpstreamRegistry,
+    generation: u64,
+) -> Result<(RouteTable, Vec<String>), Vec<CompileError>> {
+    let mut c = Compiler {
+        cfg,
+        settings,
+        registry,
+        pools: HashMap::new(),
+        breaker_overrides: HashMap::new(),
+        default_breaker: Arc::new(settings.breaker.clone()),
+        live: Vec::new(),
+        warnings: Vec::new(),
+        errors: Vec::new(),
+    };
+    // Breaker overrides from circuitBreaker middlewares, per reachable service.
+    for (rname, router) in &cfg.http.routers {
+        for m in &router.middlewares {
+            let mname = bare(m);
+            if let Some(dynamic::Middleware::CircuitBreaker(cb)) = cfg.http.middlewares.get(mname) {
+                let object = format!("http.middlewares.{mname}");
+                match breaker_from_middleware(&object, cb, &settings.breaker, &mut c.warnings) {
+                    Ok(b) => {
+                        let mut leaves = Vec::new();
+                        c.leaf_services(router.service.as_deref().unwrap_or(""), &mut leaves, 0);
+                        for leaf in leaves {
+                            if let Some(prev) = c.breaker_overrides.get(&leaf) {
+                                if **prev != b {
+                                    c.warnings.push(format!("http.routers.{rname}: service {leaf} already has a different circuitBreaker from another router; the first one applies"));
+                                }
+                                continue;
+                            }
+                            c.breaker_overrides.insert(leaf, Arc::new(b.clone()));
+                        }
+                    }
+                    Err(e) => c.errors.push(e),
+                }
+            }
+        }
+    }
+    let known_eps: Vec<&str> = entrypoints.iter().map(|(n, _)| n.as_str()).collect();
+    let mut routes = Vec::new();
+    for (rname, router) in &cfg.http.routers {
+        let object = format!("http.routers.{rname}");
+        if router.tls.is_some() {
+            c.warnings.push(format!("{object}: tls is not supported yet (router served on plain HTTP entrypoints only)"));
+        }
+        let rule_text = router.rule.clone().unwrap_or_default();
+        let rule = match Rule::parse(&rule_text) {
+            Ok(r) => r,
+            Err(e) => {
+                c.errors.push(CompileError { object: object.clone(), field: "rule".into(), message: format!("{e} in {rule_text:?}") });
+                continue;
+            }
+        };
+        let unknown: Vec<&String> = router.entry_points.iter().filter(|e| !known_eps.contains(&e.as_str())).collect();
+        if !router.entry_points.is_empty() && unknown.len() == router.entry_points.len() {
+            c.warnings.push(format!(
+                "{object}: entryPoints {:?} are not configured here (configured: {}); the router receives no traffic",
+                router.entry_points,
+                known_eps.join(", ")
+            ));
+        }
+        let mut middlewares = Vec::new();
+        let mut max_attempts = settings.max_attempts;
+        let mut retry_interval = Duration::ZERO;
+        for m in &router.middlewares {
+            let mname = bare(m);
+            let mobject = format!("http.middlewares.{mname}");
+            let Some(mw) = cfg.http.middlewares.get(mname) else {
+                if !m.ends_with("@internal") {
+                    c.errors.push(CompileError { object: object.clone(), field: "middlewares".into(), message: format!("middleware {m:?} is not defined") });
+                }
+                continue;
+            };
+            match mw {
+                dynamic::Middleware::StripPrefix(s) => middlewares.push(Arc::new(Middleware::StripPrefix {
+                    prefixes: s.prefixes.clone(),
+                    force_slash: s.force_slash.unwrap_or(false),
+                })),
+                dynamic::Middleware::AddPrefix(a) => {
+                    middlewares.push(Arc::new(Middleware::AddPrefix(a.prefix.clone().unwrap_or_default())))
+                }
+                dynamic::Middleware::Headers(h) => {
+                    match (
+                        header_list(&mobject, "customRequestHeaders", &h.custom_request_headers),
+                        header_list(&mobject, "customResponseHeaders", &h.custom_response_headers),
+                    ) {
+                        (Ok(request), Ok(response)) => middlewares.push(Arc::new(Middleware::Headers { request, response })),
+                        (Err(e), _) | (_, Err(e)) => c.errors.push(e),
+                    }
+                }
+                dynamic::Middleware::RedirectScheme(r) => middlewares.push(Arc::new(Middleware::RedirectScheme {
+                    scheme: r.scheme.clone().unwrap_or_else(|| "https".into()),
+                    port: r.port.clone(),
+                    permanent: r.permanent.unwrap_or(false),
+                })),
+                dynamic::Middleware::Retry(r) => {
+                    max_attempts = r.attempts.clamp(1, 10);
+                    retry_interval = duration(&r.initial_interval, Duration::ZERO);
+                }
+                // Applied to the services' breakers above.
+                dynamic::Middleware::CircuitBreaker(_) => {}
+                // Listed by `DynamicConfig::unsupported`.
+                dynamic::Middleware::Other { .. } => {}
+            }
+        }
+        let Some(service) = router.service.as_deref() else {
+            c.errors.push(CompileError { object, field: "service".into(), message: "is missing".into() });
+            continue;
+        };
+        let Some(target) = c.target(service, 0) else { continue };
+        let priority = match router.priority {
+            Some(p) if p != 0 => p,
+            _ => rule.default_priority() as i64,
+        };
+        routes.push(Route {
+            name: rname.clone(),
+            rule,
+            priority,
+            entry_points: router.entry_points.clone(),
+            middlewares,
+            target,
+            max_attempts,
+            retry_interval,
+        });
+    }
+    if !cfg.tcp.routers.is_empty() || !cfg.udp.routers.is_empty() {
+        c.warnings.push("tcp/udp routers are not supported yet (parsed, served to Traefik, not proxied here)".into());
+    }
+    if cfg.tls.is_some() {
+        c.warnings.push("tls: certificates and options are not supported yet (parsed, served to Traefik)".into());
+    }
+    if !c.errors.is_empty() {
+        return Err(c.errors);
+    }
+    // Highest priority first; ties by name for a stable order.
+    routes.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name)));
+    let mut pools: Vec<Arc<Pool>> = c.pools.into_values().collect();
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    let table = RouteTable { generation, routes, pools, entrypoints: entrypoints.to_vec(), settings: settings.clone() };
+    let _ = c.live;
+    Ok((table, c.warnings))
+}

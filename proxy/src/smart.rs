@@ -1,0 +1,602 @@
+//! The SmartFailoverProxy: Pingora `ProxyHttp` hooks applying the failover rules of
+//! DESIGN.md §5 to one route-table snapshot per request.
+//!
+//! Retry decisions are made where the facts are known and recorded in the request
+//! context, so Pingora's later hooks never second-guess them:
+//! - `fail_to_connect`: nothing reached the upstream, any method may go elsewhere;
+//! - `upstream_response_filter`: a gateway status, retried only for idempotent methods
+//!   with a replayable body, otherwise passed through untouched;
+//! - `error_while_proxy`: a timeout, reset or close, retried only before any response
+//!   byte reached the client and under the same idempotency rule.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::breaker::{Admission, Outcome, Transition};
+use crate::metrics::{code_class, method_label, ProxyMetrics};
+use crate::rule::RequestInfo;
+use crate::table::{Middleware, Pick, Pool, Route, RouteTable};
+use crate::upstream::Upstream;
+
+/// The proxy. Cheap to clone state: one `ArcSwap` and the metrics.
+pub struct SmartFailoverProxy {
+    table: Arc<ArcSwap<RouteTable>>,
+    metrics: ProxyMetrics,
+}
+
+/// Why the last attempt failed, for metrics and the retry reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// TCP/TLS connect failed; nothing was sent.
+    Connect,
+    /// No response in time.
+    Timeout,
+    /// The connection was reset or closed before a complete response.
+    Reset,
+    /// A gateway status (502/503/504, or 403 where opted in).
+    Status,
+}
+
+impl FailureKind {
+    fn outcome_label(self) -> &'static str {
+        match self {
+            FailureKind::Connect => "connect_error",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Reset => "reset",
+            FailureKind::Status => "status_gateway",
+        }
+    }
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    table: Option<Arc<RouteTable>>,
+    route: Option<usize>,
+    start: Instant,
+    deadline: Instant,
+    tried: Vec<Arc<Upstream>>,
+    current: Option<(Arc<Upstream>, Admission, Arc<Pool>)>,
+    attempts: u32,
+    last_failure: Option<FailureKind>,
+    /// Set when a hook already decided the fate of the error in flight.
+    decided: bool,
+    no_upstream: bool,
+    gateway_status: Option<u16>,
+    retrying: Option<Arc<Pool>>,
+    counted_pool: Option<Arc<Pool>>,
+    status: u16,
+    client_ip: Option<std::net::IpAddr>,
+}
+
+impl SmartFailoverProxy {
+    /// A proxy reading snapshots from `table` and reporting into `metrics`.
+    pub fn new(table: Arc<ArcSwap<RouteTable>>, metrics: ProxyMetrics) -> Self {
+        Self { table, metrics }
+    }
+
+    fn route<'a>(&self, ctx: &'a RequestCtx) -> Option<&'a Route> {
+        let t = ctx.table.as_ref()?;
+        t.routes.get(ctx.route?)
+    }
+
+    fn service_label(&self, ctx: &RequestCtx) -> String {
+        self.route(ctx).map(|r| r.target.name().to_string()).unwrap_or_default()
+    }
+
+    /// Record the outcome of the current attempt on its breaker and in metrics.
+    fn finish_attempt(&self, ctx: &mut RequestCtx, failure: Option<FailureKind>) {
+        let Some((up, admission, pool)) = ctx.current.take() else { return };
+        up.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let outcome = match failure {
+            None => Outcome::Success,
+            Some(_) => Outcome::Failure,
+        };
+        if failure.is_some() {
+            up.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        let label = failure.map(FailureKind::outcome_label).unwrap_or("ok");
+        self.metrics.attempts.with_label_values(&[&pool.name, label]).inc();
+        if let Some(t) = up.breaker.record(admission, outcome, now) {
+            self.on_transition(&pool.name, &up, t, now);
+        }
+        ctx.last_failure = failure;
+    }
+
+    fn on_transition(&self, service: &str, up: &Upstream, t: Transition, now: Instant) {
+        let to = match t {
+            Transition::Opened | Transition::Reopened => "open",
+            Transition::HalfOpened => "half_open",
+            Transition::Closed => "closed",
+            Transition::EjectionRefused => "ejection_refused",
+        };
+        tracing::info!(service, upstream = up.label(), to, "circuit breaker transition");
+        self.metrics.breaker_transitions.with_label_values(&[service, up.label(), to]).inc();
+        self.metrics.breaker_state.with_label_values(&[service, up.label()]).set(up.breaker_gauge(now));
+    }
+
+    /// Whether another attempt is allowed; on `false` the reason is counted.
+    fn may_retry(&self, session: &Session, ctx: &RequestCtx, any_method: bool) -> bool {
+        let reason = self.retry_veto(session, ctx, any_method);
+        if let Some(reason) = reason {
+            let service = self.service_label(ctx);
+            self.metrics.retries_suppressed.with_label_values(&[&service, reason]).inc();
+            tracing::debug!(service, reason, "retry suppressed");
+        }
+        reason.is_none()
+    }
+
+    fn retry_veto(&self, session: &Session, ctx: &RequestCtx, any_method: bool) -> Option<&'static str> {
+        let Some(route) = self.route(ctx) else { return Some("no_route") };
+        if session.response_written().is_some() {
+            return Some("response_started");
+        }
+        if !any_method {
+            if !session.req_header().method.is_idempotent() {
+                return Some("non_idempotent");
+            }
+            if session.retry_buffer_truncated() {
+                return Some("body_not_replayable");
+            }
+        }
+        if ctx.attempts >= route.max_attempts {
+            return Some("attempts_exhausted");
+        }
+        if Instant::now() + route.retry_interval >= ctx.deadline {
+            return Some("deadline");
+        }
+        if !route.target.has_candidate(&ctx.tried, Instant::now()) {
+            return Some("no_other_upstream");
+        }
+        if let Some(pool) = &ctx.counted_pool {
+            let settings = &ctx.table.as_ref()?.settings;
+            let active = pool.active.load(Ordering::Relaxed).max(1);
+            let retries = pool.active_retries.load(Ordering::Relaxed);
+            let allowed = (active * i64::from(settings.retry_budget_percent) / 100)
+                .max(i64::from(settings.min_retry_concurrency));
+            if ctx.retrying.is_none() && retries >= allowed {
+                return Some("budget");
+            }
+        }
+        None
+    }
+
+    async fn respond(&self, session: &mut Session, status: u16, extra: &[(&str, String)], body: &str) -> Result<()> {
+        let mut resp = ResponseHeader::build(status, Some(3 + extra.len()))?;
+        resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        for (k, v) in extra {
+            resp.insert_header(k.to_string(), v.as_str())?;
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(Bytes::copy_from_slice(body.as_bytes())), true).await?;
+        Ok(())
+    }
+}
+
+fn split_host(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn request_host(req: &RequestHeader) -> &str {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
+}
+
+fn inet(addr: Option<&pingora_core::protocols::l4::socket::SocketAddr>) -> Option<SocketAddr> {
+    addr.and_then(|a| a.as_inet()).copied()
+}
+
+fn classify(e: &Error) -> FailureKind {
+    match e.etype() {
+        ErrorType::ConnectTimedout
+        | ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::HandshakeError
+        | ErrorType::InvalidCert
+        | ErrorType::SocketError
+        | ErrorType::BindError => FailureKind::Connect,
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => FailureKind::Timeout,
+        ErrorType::HTTPStatus(_) => FailureKind::Status,
+        _ => FailureKind::Reset,
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for SmartFailoverProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        // Paired with the decrement in `logging`, which Pingora calls for every request.
+        self.metrics.in_flight.inc();
+        let now = Instant::now();
+        RequestCtx {
+            table: None,
+            route: None,
+            start: now,
+            deadline: now,
+            tried: Vec::new(),
+            current: None,
+            attempts: 0,
+            last_failure: None,
+            decided: false,
+            no_upstream: false,
+            gateway_status: None,
+            retrying: None,
+            counted_pool: None,
+            status: 0,
+            client_ip: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let table = self.table.load_full();
+        ctx.deadline = ctx.start + table.settings.request_timeout();
+        ctx.client_ip = inet(session.client_addr()).map(|a| a.ip());
+        let local = inet(session.server_addr());
+        let found = {
+            let req = session.req_header();
+            let info = RequestInfo {
+                host: split_host(request_host(req)),
+                path: req.uri.path(),
+                query: req.uri.query(),
+                method: req.method.as_str(),
+                headers: &req.headers,
+                client_ip: ctx.client_ip,
+            };
+            table.route(&info, local).map(|(i, _)| i)
+        };
+        ctx.table = Some(table);
+        let Some(idx) = found else {
+            ctx.status = 404;
+            self.respond(session, 404, &[], "404 no route matches this request\n").await?;
+            return Ok(true);
+        };
+        ctx.route = Some(idx);
+        let route = match self.route(ctx) {
+            Some(r) => r,
+            None => return Ok(false),
+        };
+        for mw in &route.middlewares {
+            if let Middleware::RedirectScheme { scheme, port, permanent } = &**mw {
+                let req = session.req_header();
+                let host = split_host(request_host(req));
+                let port = port.as_ref().map(|p| format!(":{p}")).unwrap_or_default();
+                let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                let location = format!("{scheme}://{host}{port}{path}");
+                let safe = matches!(req.method, http::Method::GET | http::Method::HEAD);
+                let status = match (permanent, safe) {
+                    (true, true) => 301,
+                    (true, false) => 308,
+                    (false, true) => 302,
+                    (false, false) => 307,
+                };
+                ctx.status = status;
+                self.respond(session, status, &[("location", location)], "").await?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let _ = session;
+        let now = Instant::now();
+        let Some(route) = self.route(ctx) else {
+            return Err(Error::explain(ErrorType::InternalError, "no route in context"));
+        };
+        let (retry_interval, service) = (route.retry_interval, route.target.name().to_string());
+        let pick = route.target.pick(&ctx.tried, now);
+        let (up, admission, pool) = match pick {
+            Pick::Upstream { upstream, admission, pool, transition } => {
+                if let Some(t) = transition {
+                    self.on_transition(&pool.name, &upstream, t, now);
+                }
+                (upstream, admission, pool)
+            }
+            Pick::Unavailable { breaker_rejected } => {
+                if breaker_rejected > 0 {
+                    self.metrics
+                        .attempts
+                        .with_label_values(&[&service, "breaker_rejected"])
+                        .inc_by(breaker_rejected as u64);
+                }
+                // With nothing tried yet this is a 503; after a failed attempt the client
+                // gets what that failure deserves (the upstream's response was consumed).
+                let etype = match (ctx.attempts, ctx.last_failure, ctx.gateway_status) {
+                    (0, _, _) => {
+                        ctx.no_upstream = true;
+                        ErrorType::HTTPStatus(503)
+                    }
+                    (_, Some(FailureKind::Status), Some(code)) => ErrorType::HTTPStatus(code),
+                    (_, Some(FailureKind::Timeout), _) => ErrorType::ReadTimedout,
+                    _ => ErrorType::ConnectError,
+                };
+                let mut e = Error::explain(etype, "no upstream available for another attempt");
+                e.set_retry(false);
+                return Err(e.into_up());
+            }
+        };
+        if ctx.attempts > 0 {
+            let reason = ctx.last_failure.map(FailureKind::outcome_label).unwrap_or("unknown");
+            self.metrics.retries.with_label_values(&[&pool.name, reason]).inc();
+            if ctx.retrying.is_none() {
+                pool.active_retries.fetch_add(1, Ordering::Relaxed);
+                ctx.retrying = Some(pool.clone());
+            }
+            if !retry_interval.is_zero() {
+                tokio::time::sleep(retry_interval).await;
+            }
+        }
+        if ctx.counted_pool.is_none() {
+            pool.active.fetch_add(1, Ordering::Relaxed);
+            ctx.counted_pool = Some(pool.clone());
+        }
+        ctx.attempts += 1;
+        ctx.gateway_status = None;
+        let Some(addr) = up.addr else {
+            return Err(Error::explain(ErrorType::ConnectNoRoute, "upstream address unresolved"));
+        };
+        let settings = match ctx.table.as_ref() {
+            Some(t) => &t.settings,
+            None => return Err(Error::explain(ErrorType::InternalError, "no table in context")),
+        };
+        let remaining = ctx.deadline.saturating_duration_since(now).max(Duration::from_millis(1));
+        let mut peer = HttpPeer::new(addr, up.tls, up.sni.clone());
+        peer.options.connection_timeout = Some(settings.connect_timeout().min(remaining));
+        peer.options.total_connection_timeout = Some(settings.connect_timeout().min(remaining));
+        peer.options.read_timeout = Some(settings.read_timeout().min(remaining));
+        peer.options.write_timeout = Some(settings.write_timeout().min(remaining));
+        peer.options.idle_timeout = Some(settings.idle_timeout());
+        up.in_flight.fetch_add(1, Ordering::Relaxed);
+        up.requests.fetch_add(1, Ordering::Relaxed);
+        ctx.tried.push(up.clone());
+        ctx.current = Some((up, admission, pool));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(route) = self.route(ctx) else { return Ok(()) };
+        let Some((up, _, pool)) = ctx.current.as_ref() else { return Ok(()) };
+        // Path rewriting: middlewares first, then the server URL's own path prefix.
+        let original = upstream_request.uri.clone();
+        let mut path = original.path().to_string();
+        for mw in &route.middlewares {
+            match &**mw {
+                Middleware::StripPrefix { prefixes, force_slash } => {
+                    if let Some(p) = prefixes.iter().find(|p| path.starts_with(p.as_str())) {
+                        path = path[p.len()..].to_string();
+                        if *force_slash || !path.starts_with('/') {
+                            path.insert(0, '/');
+                        }
+                    }
+                }
+                Middleware::AddPrefix(prefix) => path = format!("{prefix}{path}"),
+                Middleware::Headers { request, .. } => {
+                    for (name, value) in request {
+                        match value {
+                            Some(v) => upstream_request.insert_header(name.clone(), v.clone())?,
+                            None => {
+                                upstream_request.remove_header(name);
+                            }
+                        }
+                    }
+                }
+                Middleware::RedirectScheme { .. } => {}
+            }
+        }
+        if !up.path_prefix.is_empty() {
+            path = format!("{}{}", up.path_prefix, path);
+        }
+        if path != original.path() {
+            let pq = match original.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            let uri = http::Uri::builder()
+                .path_and_query(pq)
+                .build()
+                .map_err(|e| Error::because(ErrorType::InternalError, "rewritten path is invalid", e))?;
+            upstream_request.set_uri(uri);
+        }
+        // Forwarding headers.
+        let client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let xff = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) if !client.is_empty() => format!("{prev}, {client}"),
+            Some(prev) => prev.to_string(),
+            None => client,
+        };
+        if !xff.is_empty() {
+            upstream_request.insert_header("x-forwarded-for", xff)?;
+        }
+        let host = request_host(session.req_header()).to_string();
+        if !host.is_empty() {
+            upstream_request.insert_header("x-forwarded-host", host.as_str())?;
+        }
+        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        if !pool.pass_host_header {
+            upstream_request.insert_header(http::header::HOST, up.authority.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if upstream_response.status.is_informational() {
+            return Ok(());
+        }
+        let retry_on_403 = ctx.current.as_ref().is_some_and(|(_, _, p)| p.retry_on_403);
+        let gateway = matches!(status, 502..=504) || (status == 403 && retry_on_403);
+        if !gateway {
+            self.finish_attempt(ctx, None);
+            return Ok(());
+        }
+        self.finish_attempt(ctx, Some(FailureKind::Status));
+        ctx.gateway_status = Some(status);
+        if self.may_retry(session, ctx, false) {
+            ctx.decided = true;
+            let mut e = Error::explain(ErrorType::HTTPStatus(status), "gateway status from upstream, retrying");
+            e.set_retry(true);
+            return Err(e.into_up());
+        }
+        // Not retryable: the client gets the upstream's own response, unchanged.
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.status = upstream_response.status.as_u16();
+        if let Some(route) = self.route(ctx) {
+            for mw in &route.middlewares {
+                if let Middleware::Headers { response, .. } = &**mw {
+                    for (name, value) in response {
+                        match value {
+                            Some(v) => upstream_response.insert_header(name.clone(), v.clone())?,
+                            None => {
+                                upstream_response.remove_header(name);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        self.finish_attempt(ctx, Some(FailureKind::Connect));
+        // Nothing reached the upstream, so any method may go elsewhere.
+        let retry = self.may_retry(session, ctx, true);
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        if std::mem::take(&mut ctx.decided) {
+            return e;
+        }
+        let upstream_fault = *e.esource() == ErrorSource::Upstream;
+        if !upstream_fault {
+            // The client went away or sent garbage: nothing to fail over.
+            self.finish_attempt(ctx, None);
+            e.set_retry(false);
+            return e;
+        }
+        let kind = classify(&e);
+        self.finish_attempt(ctx, Some(kind));
+        let retry = self.may_retry(session, ctx, false);
+        e.set_retry(retry);
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        ctx.decided = false;
+        let retry_after = ctx.table.as_ref().map(|t| t.settings.retry_after_secs).unwrap_or(5);
+        let code = if ctx.no_upstream {
+            503
+        } else {
+            match e.etype() {
+                ErrorType::HTTPStatus(code) => *code,
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                    if *e.esource() == ErrorSource::Downstream {
+                        0
+                    } else {
+                        504
+                    }
+                }
+                _ => match e.esource() {
+                    ErrorSource::Upstream => 502,
+                    ErrorSource::Downstream => match e.etype() {
+                        ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                        _ => 400,
+                    },
+                    _ => 500,
+                },
+            }
+        };
+        // Never write a second header after part of a response went out.
+        if code > 0 && session.response_written().is_none() {
+            ctx.status = code;
+            let (extra, body): (Vec<(&str, String)>, &str) = match code {
+                503 => (vec![("retry-after", retry_after.to_string())], "503 no upstream available\n"),
+                504 => (vec![], "504 upstream timed out\n"),
+                502 => (vec![], "502 upstream failed\n"),
+                _ => (vec![], ""),
+            };
+            if let Err(err) = self.respond(session, code, &extra, body).await {
+                tracing::debug!(error = %err, "could not send error response");
+            }
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        // Failures are counted in metrics; per-request error lines at this volume would
+        // drown the log during an outage.
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        // An attempt still open here ended without a verdict (e.g. the client left):
+        // release its breaker probe slot without blaming the upstream.
+        if let Some((up, admission, _)) = ctx.current.take() {
+            up.in_flight.fetch_sub(1, Ordering::Relaxed);
+            up.breaker.release(admission);
+        }
+        if let Some(pool) = ctx.counted_pool.take() {
+            pool.active.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(pool) = ctx.retrying.take() {
+            pool.active_retries.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.metrics.in_flight.dec();
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(ctx.status);
+        let route = self.route(ctx).map(|r| r.name.as_str()).unwrap_or("none");
+        let method = method_label(&session.req_header().method);
+        self.metrics.requests.with_label_values(&[route, method, code_class(status)]).inc();
+        self.metrics.request_duration.with_label_values(&[route]).observe(ctx.start.elapsed().as_secs_f64());
+    }
+}

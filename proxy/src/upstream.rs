@@ -1,0 +1,217 @@
+//! Upstreams, their runtime state, and the registry that keeps that state across
+//! route-table swaps.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::breaker::{Breaker, BreakerConfig, BreakerState, EjectionBudget};
+
+/// Identity of an upstream: the service it serves and its server URL. Runtime state is
+/// kept for an identity as long as some route table still names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct UpstreamKey {
+    /// Service name (without provider suffix).
+    pub service: String,
+    /// Server URL as configured.
+    pub url: String,
+}
+
+/// One server of a load-balanced service, with the state that must survive swaps.
+pub struct Upstream {
+    /// Identity.
+    pub key: UpstreamKey,
+    /// Resolved socket address; `None` when the host could not be resolved.
+    pub addr: Option<SocketAddr>,
+    /// `host[:port]` of the URL, sent as `Host` when the service does not pass the
+    /// client's host through.
+    pub authority: String,
+    /// Whether the URL scheme is https.
+    pub tls: bool,
+    /// Host name for SNI when `tls`.
+    pub sni: String,
+    /// Path prefix from the URL (Traefik prepends it unless `preservePath` is off).
+    pub path_prefix: String,
+    /// Circuit breaker.
+    pub breaker: Breaker,
+    /// Active health check verdict (true until a check says otherwise).
+    pub healthy: AtomicBool,
+    /// Consecutive health check results in the current direction (for rise/fall).
+    pub health_streak: AtomicU32,
+    /// Requests currently using this upstream.
+    pub in_flight: AtomicI64,
+    /// Requests sent to this upstream since it was created.
+    pub requests: AtomicUsize,
+    /// Failures recorded against this upstream since it was created.
+    pub failures: AtomicUsize,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("key", &self.key).field("addr", &self.addr).finish()
+    }
+}
+
+impl Upstream {
+    /// Whether the load balancer may pick it outside panic mode.
+    pub fn is_available(&self, now: Instant) -> bool {
+        self.addr.is_some() && self.healthy.load(Ordering::Relaxed) && self.breaker.is_available(now)
+    }
+
+    /// A short label for metrics and logs: the URL.
+    pub fn label(&self) -> &str {
+        &self.key.url
+    }
+
+    /// Breaker state as a gauge value: 0 closed, 1 open, 2 half-open.
+    pub fn breaker_gauge(&self, now: Instant) -> i64 {
+        match self.breaker.state(now) {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        }
+    }
+}
+
+/// A parsed server URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    /// `http` or `https`.
+    pub tls: bool,
+    /// Host name or IP literal (brackets removed).
+    pub host: String,
+    /// Port, defaulted from the scheme.
+    pub port: u16,
+    /// Path part without trailing slash (may be empty).
+    pub path: String,
+    /// `host[:port]` as written.
+    pub authority: String,
+}
+
+/// Parse an upstream URL such as `http://10.0.0.2:8080/base`.
+pub fn parse_server_url(url: &str) -> Result<ServerUrl, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        Some(other) => return Err(format!("unsupported scheme {other:?} in {url:?} (use http or https)")),
+        None => return Err(format!("URL {url:?} has no scheme (expected http:// or https://)")),
+    };
+    let authority = uri.authority().ok_or_else(|| format!("URL {url:?} has no host"))?;
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+    if host.is_empty() {
+        return Err(format!("URL {url:?} has no host"));
+    }
+    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let path = uri.path().trim_end_matches('/').to_string();
+    Ok(ServerUrl { tls, host, port, path, authority: authority.as_str().to_string() })
+}
+
+/// Keeps upstream runtime state (breakers, health, counters) keyed by identity so that a
+/// new route table reuses the state of upstreams that did not change.
+///
+/// Only the control plane touches the registry, when it compiles a table; the request
+/// path holds `Arc<Upstream>` from the snapshot and never locks.
+#[derive(Default)]
+pub struct UpstreamRegistry {
+    inner: Mutex<RegistryInner>,
+}
+
+#[derive(Default)]
+struct RegistryInner {
+    upstreams: HashMap<UpstreamKey, Arc<Upstream>>,
+    budgets: HashMap<String, Arc<EjectionBudget>>,
+}
+
+impl UpstreamRegistry {
+    /// Get or create the upstream for `key`. `resolve` is called only for a new one.
+    /// State is reused when the identity, resolved address and breaker settings match.
+    pub fn upstream(
+        &self,
+        key: UpstreamKey,
+        url: &ServerUrl,
+        addr: Option<SocketAddr>,
+        breaker: &Arc<BreakerConfig>,
+        budget: &Arc<EjectionBudget>,
+        live: &mut Vec<UpstreamKey>,
+    ) -> Arc<Upstream> {
+        live.push(key.clone());
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = inner.upstreams.get(&key) {
+            if existing.addr == addr && existing.breaker.config() == &**breaker {
+                return existing.clone();
+            }
+        }
+        let up = Arc::new(Upstream {
+            key: key.clone(),
+            addr,
+            authority: url.authority.clone(),
+            tls: url.tls,
+            sni: url.host.clone(),
+            path_prefix: url.path.clone(),
+            breaker: Breaker::new(breaker.clone(), budget.clone()),
+            healthy: AtomicBool::new(true),
+            health_streak: AtomicU32::new(0),
+            in_flight: AtomicI64::new(0),
+            requests: AtomicUsize::new(0),
+            failures: AtomicUsize::new(0),
+        });
+        inner.upstreams.insert(key, up.clone());
+        up
+    }
+
+    /// The ejection budget shared by the upstreams of `service`, sized to `total`.
+    pub fn budget(&self, service: &str, total: usize, max_ejection_percent: u8) -> Arc<EjectionBudget> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let b = inner
+            .budgets
+            .entry(service.to_string())
+            .or_insert_with(|| Arc::new(EjectionBudget::new(total, max_ejection_percent)))
+            .clone();
+        b.set_total(total);
+        b.set_max_percent(max_ejection_percent);
+        b
+    }
+
+    /// Forget upstreams (and budgets) not in `live`; returns the removed keys so the
+    /// caller can drop their metric series.
+    pub fn retain(&self, live: &[UpstreamKey]) -> Vec<UpstreamKey> {
+        let keep: std::collections::HashSet<&UpstreamKey> = live.iter().collect();
+        let services: std::collections::HashSet<&str> = live.iter().map(|k| k.service.as_str()).collect();
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<UpstreamKey> =
+            inner.upstreams.keys().filter(|k| !keep.contains(k)).cloned().collect();
+        for k in &gone {
+            inner.upstreams.remove(k);
+        }
+        inner.budgets.retain(|s, _| services.contains(s.as_str()));
+        gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_server_urls() {
+        let u = parse_server_url("http://127.0.0.1:8080/base/").map_err(|e| e.to_string());
+        assert_eq!(
+            u,
+            Ok(ServerUrl {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 8080,
+                path: "/base".into(),
+                authority: "127.0.0.1:8080".into()
+            })
+        );
+        let u = parse_server_url("https://[::1]/").map_err(|e| e.to_string());
+        assert!(matches!(u, Ok(ServerUrl { tls: true, port: 443, ref host, .. }) if host == "::1"));
+        assert!(parse_server_url("ftp://x").is_err());
+        assert!(parse_server_url("127.0.0.1:80").is_err());
+        assert!(parse_server_url("http://").is_err());
+    }
+}

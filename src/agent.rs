@@ -1,0 +1,148 @@
+//! Wiring the agent: route reloader, proxy, admin API, health checks and the
+//! welcome backend into one Pingora server.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use constellation_control::config::{LoadedConfig, EMBEDDED_ROUTES};
+use constellation_control::{AdminApp, AdminState, Reloader, RouteSource};
+use constellation_proxy::{HealthSupervisor, ProxyMetrics, RouteTable, SmartFailoverProxy};
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The route files are invalid (exit code 78).
+    #[error("route configuration is invalid:\n  {}", .0.join("\n  "))]
+    Routes(Vec<String>),
+    /// Anything else (exit code 1).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// The route sources a loaded config names.
+pub fn route_sources(cfg: &LoadedConfig) -> Vec<RouteSource> {
+    let mut sources: Vec<RouteSource> = cfg.route_files().into_iter().map(RouteSource::File).collect();
+    if cfg.is_embedded() {
+        sources.push(RouteSource::Embedded { name: "embedded default routes".into(), text: EMBEDDED_ROUTES.into() });
+    }
+    sources
+}
+
+struct ControlLoop {
+    reloader: Arc<Reloader>,
+    table: constellation_proxy::TableHandle,
+    metrics: ProxyMetrics,
+    interval: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for ControlLoop {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let health = Arc::new(std::sync::Mutex::new(HealthSupervisor::new(self.table.clone(), self.metrics.clone())));
+        if let Ok(mut h) = health.lock() {
+            h.sync();
+        }
+        let h2 = health.clone();
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        self.reloader
+            .clone()
+            .watch(
+                self.interval,
+                move || {
+                    if let Ok(mut h) = h2.lock() {
+                        h.sync();
+                    }
+                },
+                stop,
+            )
+            .await;
+    }
+}
+
+/// Build the server for `cfg` and run it until a shutdown signal. Never returns on
+/// success (Pingora exits the process).
+pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
+    let registry = prometheus::Registry::new();
+    let metrics = ProxyMetrics::register(&registry).map_err(|e| StartError::Runtime(e.to_string()))?;
+    let settings = cfg.config.proxy.clone();
+    let table: constellation_proxy::TableHandle = Arc::new(ArcSwap::from_pointee(RouteTable::empty(settings.clone())));
+    let admin = Arc::new(AdminState {
+        node: cfg.config.node.name.clone(),
+        table: table.clone(),
+        registry,
+        traefik: ArcSwap::from_pointee(serde_json::json!({})),
+        reload: ArcSwap::from_pointee(Default::default()),
+        ready: AtomicBool::new(false),
+        token: cfg.admin_token.clone(),
+        started: Instant::now(),
+    });
+    let reloader = Arc::new(Reloader::new(
+        route_sources(&cfg),
+        settings.clone(),
+        cfg.entrypoints.clone(),
+        table.clone(),
+        metrics.clone(),
+        admin.clone(),
+    ));
+    // The first table must be valid: an agent that starts with no routes would look
+    // healthy while serving nothing.
+    reloader.reload().map_err(StartError::Routes)?;
+
+    let conf = ServerConf {
+        threads: settings.threads,
+        grace_period_seconds: Some(settings.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(settings.graceful_shutdown_timeout_secs),
+        // Our own attempt cap is tighter; this only guards against a bug looping forever.
+        max_retries: 16,
+        upstream_keepalive_pool_size: 256,
+        pid_file: std::env::temp_dir().join(format!("constellation-{}.pid", std::process::id())).display().to_string(),
+        upgrade_sock: std::env::temp_dir().join(format!("constellation-{}.sock", std::process::id())).display().to_string(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        SmartFailoverProxy::new(table.clone(), metrics.clone()),
+        "SmartFailoverProxy",
+    );
+    for (name, addr) in &cfg.entrypoints {
+        tracing::info!(entrypoint = %name, %addr, "proxy listening");
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+
+    let mut admin_svc = Service::new("admin".to_string(), AdminApp::new(admin.clone()));
+    admin_svc.add_tcp(&cfg.admin_addr.to_string());
+    tracing::info!(addr = %cfg.admin_addr, auth = cfg.admin_token.is_some(), "admin API listening");
+    server.add_service(admin_svc);
+
+    if let Some(w) = &cfg.config.welcome {
+        let mut svc = Service::new("welcome".to_string(), crate::welcome::Welcome { node: cfg.config.node.name.clone() });
+        svc.add_tcp(&w.address);
+        tracing::info!(addr = %w.address, "welcome backend listening");
+        server.add_service(svc);
+    }
+
+    server.add_service(background_service(
+        "control",
+        ControlLoop {
+            reloader,
+            table,
+            metrics,
+            interval: Duration::from_millis(cfg.config.routes.watch_interval_ms),
+        },
+    ));
+    tracing::info!(node = %cfg.config.node.name, config = %cfg.origin, "agent starting");
+    server.run_forever()
+}

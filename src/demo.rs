@@ -1,0 +1,256 @@
+//! `constellation demo` and `constellation status`: a live failover demonstration on
+//! loopback, and a human view of a running agent's admin API.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use crate::backend::{Backend, Behaviour};
+use crate::client::{fetch, Client};
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Fetch and parse a JSON document from the admin API at `base` (`http://host:port`).
+pub async fn admin_json(base: &str, path: &str) -> anyhow::Result<Value> {
+    let addr = admin_addr(base)?;
+    let r = fetch(addr, "GET", &addr.to_string(), path, &[], &[]).await.with_context(|| format!("cannot reach the admin API at {base}"))?;
+    if r.status != 200 {
+        bail!("{base}{path} answered {}: {}", r.status, r.text().trim());
+    }
+    serde_json::from_slice(&r.body).with_context(|| format!("{base}{path} did not return JSON"))
+}
+
+fn admin_addr(base: &str) -> anyhow::Result<SocketAddr> {
+    let hostport = base.trim_start_matches("http://").trim_end_matches('/');
+    use std::net::ToSocketAddrs;
+    hostport
+        .to_socket_addrs()
+        .with_context(|| format!("bad admin URL {base:?} (expected http://host:port)"))?
+        .next()
+        .with_context(|| format!("{base:?} does not resolve"))
+}
+
+/// Sum of all samples of a metric family in Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `constellation status`.
+pub async fn status(admin: &str, json: bool) -> anyhow::Result<()> {
+    let v = admin_json(admin, "/api/v1/status").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "node {}  config generation {}  last reload {}",
+        v["node"]["name"].as_str().unwrap_or("?"),
+        v["config"]["generation"],
+        v["config"]["last_reload"]["result"].as_str().unwrap_or("?")
+    );
+    if let Some(members) = v["members"].as_array().filter(|m| !m.is_empty()) {
+        println!("\nMEMBERS");
+        for m in members {
+            println!("  {:<16} {:<22} {}", m["name"].as_str().unwrap_or(""), m["address"].as_str().unwrap_or(""), m["state"].as_str().unwrap_or(""));
+        }
+    }
+    println!("\nROUTES");
+    println!("  {:<20} {:>8}  {:<20} RULE", "NAME", "PRIORITY", "SERVICE");
+    for r in v["routes"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<20} {:>8}  {:<20} {}",
+            r["name"].as_str().unwrap_or(""),
+            r["priority"],
+            r["service"]["name"].as_str().unwrap_or(""),
+            r["rule"].as_str().unwrap_or("")
+        );
+    }
+    println!("\nUPSTREAMS");
+    println!("  {:<20} {:<28} {:<8} {:<10} {:>9} {:>9}", "SERVICE", "URL", "HEALTHY", "BREAKER", "REQUESTS", "FAILURES");
+    for s in v["services"].as_array().into_iter().flatten() {
+        for u in s["upstreams"].as_array().into_iter().flatten() {
+            println!(
+                "  {:<20} {:<28} {:<8} {:<10} {:>9} {:>9}",
+                s["name"].as_str().unwrap_or(""),
+                u["url"].as_str().unwrap_or(""),
+                u["healthy"],
+                u["breaker"]["state"].as_str().unwrap_or(""),
+                u["requests"],
+                u["failures"]
+            );
+        }
+    }
+    Ok(())
+}
+
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `constellation demo`: three backends, one agent, steady GET traffic; one backend is
+/// killed, another answers 503 for a while; the breakers and retries absorb both.
+pub async fn run(seconds: u64) -> anyhow::Result<()> {
+    let seconds = seconds.max(12);
+    let dir = std::env::temp_dir().join(format!("constellation-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut backends = Vec::new();
+    for name in ["alpha", "bravo", "charlie"] {
+        backends.push(Backend::start(name, "127.0.0.1:0".parse()?).await?);
+    }
+    let (web, admin) = (free_port()?, free_port()?);
+    std::fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "[node]\nname = \"demo\"\n[entrypoints.web]\naddress = \"127.0.0.1:{web}\"\n[admin]\naddress = \"127.0.0.1:{admin}\"\n\
+             [routes]\nfiles = [\"routes.yaml\"]\n[proxy]\nconnect_timeout_ms = 500\nread_timeout_ms = 2000\n\
+             [proxy.breaker]\nconsecutive_failures = 3\nbase_ejection_ms = 2000\nmax_ejection_ms = 8000\n"
+        ),
+    )?;
+    let servers: String = backends.iter().map(|b| format!("          - url: \"{}\"\n", b.url())).collect();
+    std::fs::write(
+        dir.join("routes.yaml"),
+        format!(
+            "http:\n  routers:\n    demo:\n      rule: \"PathPrefix(`/`)\"\n      service: demo\n  services:\n    demo:\n      loadBalancer:\n        servers:\n{servers}"
+        ),
+    )?;
+    let exe = std::env::current_exe()?;
+    let log = std::fs::File::create(dir.join("agent.log"))?;
+    let child = std::process::Command::new(exe)
+        .args(["agent", "-c"])
+        .arg(dir.join("agent.toml"))
+        .env("CONSTELLATION_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("cannot start the agent")?;
+    let _agent = Agent(child);
+    let admin_base = format!("http://127.0.0.1:{admin}");
+    let web_addr: SocketAddr = format!("127.0.0.1:{web}").parse()?;
+    let ready_by = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = fetch(admin_addr(&admin_base)?, "GET", "demo", "/readyz", &[], &[]).await {
+            if r.status == 200 {
+                break;
+            }
+        }
+        if Instant::now() > ready_by {
+            bail!("the agent did not become ready; see {}", dir.join("agent.log").display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("Constellation demo: proxy on {web_addr}, admin on {admin_base}, backends:");
+    for b in &backends {
+        println!("  {}", b.url());
+    }
+    println!("Timeline: t=3s kill bravo; t=6s charlie answers 503; t=10s charlie recovers; t=12s bravo restarts.\n");
+
+    let sent = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (sent, errors, stop) = (sent.clone(), errors.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut c = Client::new(web_addr);
+            c.timeout = Duration::from_secs(5);
+            while !stop.load(Ordering::Relaxed) {
+                sent.fetch_add(1, Ordering::Relaxed);
+                match c.get("demo.localhost", "/").await {
+                    Ok(r) if r.status < 500 => {}
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    let start = Instant::now();
+    let bravo_addr = backends[1].addr;
+    let mut step = 0;
+    let mut last_sent = 0;
+    println!("{:>4} {:>7} {:>7} {:>7}  alpha        bravo        charlie", "t", "req/s", "errors", "retries");
+    for tick in 1..=seconds {
+        tokio::time::sleep_until((start + Duration::from_secs(tick)).into()).await;
+        let t = tick;
+        match (step, t) {
+            (0, 3..) => {
+                backends[1].kill();
+                println!("---- t={t}s: bravo killed (connection refused from now on)");
+                step = 1;
+            }
+            (1, 6..) => {
+                backends[2].set(Behaviour::Status(503));
+                println!("---- t={t}s: charlie starts answering 503");
+                step = 2;
+            }
+            (2, 10..) => {
+                backends[2].set(Behaviour::Ok);
+                println!("---- t={t}s: charlie healthy again");
+                step = 3;
+            }
+            (3, 12..) => {
+                backends[1] = Backend::start("bravo", bravo_addr).await?;
+                println!("---- t={t}s: bravo restarted");
+                step = 4;
+            }
+            _ => {}
+        }
+        let metrics = fetch(admin_addr(&admin_base)?, "GET", "demo", "/metrics", &[], &[]).await.map(|r| r.text()).unwrap_or_default();
+        let status = admin_json(&admin_base, "/api/v1/status").await.unwrap_or(Value::Null);
+        let states: Vec<String> = status["services"][0]["upstreams"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|u| format!("{:<12}", u["breaker"]["state"].as_str().unwrap_or("?")))
+            .collect();
+        let now_sent = sent.load(Ordering::Relaxed);
+        println!(
+            "{:>3}s {:>7} {:>7} {:>7}  {}",
+            t,
+            now_sent - last_sent,
+            errors.load(Ordering::Relaxed),
+            metric_sum(&metrics, "constellation_retries_total"),
+            states.join(" ")
+        );
+        last_sent = now_sent;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    let metrics = fetch(admin_addr(&admin_base)?, "GET", "demo", "/metrics", &[], &[]).await.map(|r| r.text()).unwrap_or_default();
+    let transitions: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("constellation_breaker_transitions_total{"))
+        .collect();
+    println!("\nSummary");
+    println!("  requests sent          {}", sent.load(Ordering::Relaxed));
+    println!("  client-visible errors  {}", errors.load(Ordering::Relaxed));
+    println!("  retries                {}", metric_sum(&metrics, "constellation_retries_total"));
+    println!("  suppressed retries     {}", metric_sum(&metrics, "constellation_retries_suppressed_total"));
+    println!("  breaker transitions    {}", metric_sum(&metrics, "constellation_breaker_transitions_total"));
+    for l in transitions {
+        println!("    {l}");
+    }
+    for b in &backends {
+        println!("  {} served {} requests", b.url(), b.count());
+    }
+    println!("  agent log: {}", dir.join("agent.log").display());
+    Ok(())
+}
