@@ -105,7 +105,10 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
         max_retries: 16,
         upstream_keepalive_pool_size: 256,
         pid_file: std::env::temp_dir().join(format!("constellation-{}.pid", std::process::id())).display().to_string(),
-        upgrade_sock: std::env::temp_dir().join(format!("constellation-{}.sock", std::process::id())).display().to_string(),
+        upgrade_sock: std::env::temp_dir()
+            .join(format!("constellation-{}.sock", std::process::id()))
+            .display()
+            .to_string(),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -128,7 +131,8 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
     server.add_service(admin_svc);
 
     if let Some(w) = &cfg.config.welcome {
-        let mut svc = Service::new("welcome".to_string(), crate::welcome::Welcome { node: cfg.config.node.name.clone() });
+        let mut svc =
+            Service::new("welcome".to_string(), crate::welcome::Welcome { node: cfg.config.node.name.clone() });
         svc.add_tcp(&w.address);
         tracing::info!(addr = %w.address, "welcome backend listening");
         server.add_service(svc);
@@ -136,12 +140,7 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
 
     server.add_service(background_service(
         "control",
-        ControlLoop {
-            reloader,
-            table,
-            metrics,
-            interval: Duration::from_millis(cfg.config.routes.watch_interval_ms),
-        },
+        ControlLoop { reloader, table, metrics, interval: Duration::from_millis(cfg.config.routes.watch_interval_ms) },
     ));
     tracing::info!(node = %cfg.config.node.name, config = %cfg.origin, "agent starting");
     server.run_forever()

@@ -171,11 +171,8 @@ async fn serve(mut stream: TcpStream, s: Arc<Shared>) {
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
             .collect();
-        let content_length: usize = headers
-            .iter()
-            .find(|(k, _)| k == "content-length")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
+        let content_length: usize =
+            headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
         let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
         buf.drain(..head_end);
         let body_len = if chunked {

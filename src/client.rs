@@ -102,7 +102,12 @@ impl Client {
             Ok(r) => Ok(r),
             // A pooled connection the server closed meanwhile: one fresh try, as
             // browsers do; only for a connection that was idle, never for a new one.
-            Err(e) if reused && matches!(method, "GET" | "HEAD") && self.buf.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(e)
+                if reused
+                    && matches!(method, "GET" | "HEAD")
+                    && self.buf.is_empty()
+                    && e.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
                 let s = TcpStream::connect(self.addr).await?;
                 s.set_nodelay(true)?;
                 self.conn = Some(s);
@@ -208,7 +213,14 @@ impl Client {
 }
 
 /// One request on a fresh connection.
-pub async fn fetch(addr: SocketAddr, method: &str, host: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
+pub async fn fetch(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Reply> {
     let mut c = Client::new(addr);
     c.request(method, host, path, headers, body).await
 }

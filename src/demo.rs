@@ -20,7 +20,9 @@ fn free_port() -> anyhow::Result<u16> {
 /// Fetch and parse a JSON document from the admin API at `base` (`http://host:port`).
 pub async fn admin_json(base: &str, path: &str) -> anyhow::Result<Value> {
     let addr = admin_addr(base)?;
-    let r = fetch(addr, "GET", &addr.to_string(), path, &[], &[]).await.with_context(|| format!("cannot reach the admin API at {base}"))?;
+    let r = fetch(addr, "GET", &addr.to_string(), path, &[], &[])
+        .await
+        .with_context(|| format!("cannot reach the admin API at {base}"))?;
     if r.status != 200 {
         bail!("{base}{path} answered {}: {}", r.status, r.text().trim());
     }
@@ -61,7 +63,12 @@ pub async fn status(admin: &str, json: bool) -> anyhow::Result<()> {
     if let Some(members) = v["members"].as_array().filter(|m| !m.is_empty()) {
         println!("\nMEMBERS");
         for m in members {
-            println!("  {:<16} {:<22} {}", m["name"].as_str().unwrap_or(""), m["address"].as_str().unwrap_or(""), m["state"].as_str().unwrap_or(""));
+            println!(
+                "  {:<16} {:<22} {}",
+                m["name"].as_str().unwrap_or(""),
+                m["address"].as_str().unwrap_or(""),
+                m["state"].as_str().unwrap_or("")
+            );
         }
     }
     println!("\nROUTES");
@@ -76,7 +83,10 @@ pub async fn status(admin: &str, json: bool) -> anyhow::Result<()> {
         );
     }
     println!("\nUPSTREAMS");
-    println!("  {:<20} {:<28} {:<8} {:<10} {:>9} {:>9}", "SERVICE", "URL", "HEALTHY", "BREAKER", "REQUESTS", "FAILURES");
+    println!(
+        "  {:<20} {:<28} {:<8} {:<10} {:>9} {:>9}",
+        "SERVICE", "URL", "HEALTHY", "BREAKER", "REQUESTS", "FAILURES"
+    );
     for s in v["services"].as_array().into_iter().flatten() {
         for u in s["upstreams"].as_array().into_iter().flatten() {
             println!(
@@ -211,7 +221,10 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
             }
             _ => {}
         }
-        let metrics = fetch(admin_addr(&admin_base)?, "GET", "demo", "/metrics", &[], &[]).await.map(|r| r.text()).unwrap_or_default();
+        let metrics = fetch(admin_addr(&admin_base)?, "GET", "demo", "/metrics", &[], &[])
+            .await
+            .map(|r| r.text())
+            .unwrap_or_default();
         let status = admin_json(&admin_base, "/api/v1/status").await.unwrap_or(Value::Null);
         let states: Vec<String> = status["services"][0]["upstreams"]
             .as_array()
@@ -234,11 +247,12 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     for c in clients {
         let _ = c.await;
     }
-    let metrics = fetch(admin_addr(&admin_base)?, "GET", "demo", "/metrics", &[], &[]).await.map(|r| r.text()).unwrap_or_default();
-    let transitions: Vec<&str> = metrics
-        .lines()
-        .filter(|l| l.starts_with("constellation_breaker_transitions_total{"))
-        .collect();
+    let metrics = fetch(admin_addr(&admin_base)?, "GET", "demo", "/metrics", &[], &[])
+        .await
+        .map(|r| r.text())
+        .unwrap_or_default();
+    let transitions: Vec<&str> =
+        metrics.lines().filter(|l| l.starts_with("constellation_breaker_transitions_total{")).collect();
     println!("\nSummary");
     println!("  requests sent          {}", sent.load(Ordering::Relaxed));
     println!("  client-visible errors  {}", errors.load(Ordering::Relaxed));

@@ -81,7 +81,11 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONSTELLATION_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }
 
 fn load(path: Option<&std::path::Path>) -> Result<config::LoadedConfig, ExitCode> {

@@ -251,8 +251,7 @@ where
     };
     let mut value = toml::Value::try_from(&config).map_err(|e| err("", "", e.to_string()))?;
     for (var, raw) in &overrides {
-        let path: Vec<String> =
-            var["CONSTELLATION_".len()..].split("__").map(|p| p.to_ascii_lowercase()).collect();
+        let path: Vec<String> = var["CONSTELLATION_".len()..].split("__").map(|p| p.to_ascii_lowercase()).collect();
         let key = path.join(".");
         let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
             .ok()
@@ -292,7 +291,10 @@ pub fn validate(config: AgentConfig, origin: &str, base_dir: &Path) -> Result<Lo
         s.parse().map_err(|e| bad(key, format!("{s:?} is not an ip:port address ({e})")))
     };
     if config.entrypoints.is_empty() {
-        return Err(bad("entrypoints", "at least one entrypoint is needed, e.g. [entrypoints.web] address = \"127.0.0.1:8080\"".into()));
+        return Err(bad(
+            "entrypoints",
+            "at least one entrypoint is needed, e.g. [entrypoints.web] address = \"127.0.0.1:8080\"".into(),
+        ));
     }
     let mut entrypoints = Vec::new();
     for (name, ep) in &config.entrypoints {

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use constellation_proxy::{compile, dynamic, DynamicConfig, ProxyMetrics, ProxySettings, TableHandle, UpstreamRegistry};
+use constellation_proxy::{
+    compile, dynamic, DynamicConfig, ProxyMetrics, ProxySettings, TableHandle, UpstreamRegistry,
+};
 
 use crate::admin::{unix_now, AdminState, ReloadReport};
 
@@ -173,7 +175,12 @@ impl Reloader {
                     at_unix: unix_now(),
                 }));
                 self.admin.ready.store(true, Ordering::Relaxed);
-                tracing::info!(generation, routes, elapsed_ms = started.elapsed().as_millis() as u64, "route table published");
+                tracing::info!(
+                    generation,
+                    routes,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "route table published"
+                );
                 Ok(generation)
             }
             Err(errors) => {

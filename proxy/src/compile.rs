@@ -62,7 +62,11 @@ impl Compiler<'_> {
         let name = bare(service);
         let object = format!("http.services.{name}");
         if depth > 16 {
-            self.errors.push(CompileError { object, field: "service".into(), message: "services nest too deep (cycle?)".into() });
+            self.errors.push(CompileError {
+                object,
+                field: "service".into(),
+                message: "services nest too deep (cycle?)".into(),
+            });
             return None;
         }
         let Some(svc) = self.cfg.http.services.get(name) else {
@@ -101,7 +105,9 @@ impl Compiler<'_> {
                 Some(Target::Failover { name: name.to_string(), primary, fallback })
             }
             HttpService::Mirroring(m) => {
-                self.warnings.push(format!("{object}: mirroring: requests go to the main service only; mirrors are not applied"));
+                self.warnings.push(format!(
+                    "{object}: mirroring: requests go to the main service only; mirrors are not applied"
+                ));
                 let main = m.service.clone().unwrap_or_default();
                 self.target(&main, depth + 1)
             }
@@ -132,7 +138,11 @@ impl Compiler<'_> {
             let url = match parse_server_url(&server.url) {
                 Ok(u) => u,
                 Err(message) => {
-                    self.errors.push(CompileError { object: object.clone(), field: format!("loadBalancer.servers[{i}].url"), message });
+                    self.errors.push(CompileError {
+                        object: object.clone(),
+                        field: format!("loadBalancer.servers[{i}].url"),
+                        message,
+                    });
                     continue;
                 }
             };
@@ -147,7 +157,10 @@ impl Compiler<'_> {
                 Err(_) => match (url.host.as_str(), url.port).to_socket_addrs() {
                     Ok(mut it) => it.next(),
                     Err(e) => {
-                        self.warnings.push(format!("{object}: server {}: cannot resolve {}: {e}; it is skipped until it resolves", server.url, url.host));
+                        self.warnings.push(format!(
+                            "{object}: server {}: cannot resolve {}: {e}; it is skipped until it resolves",
+                            server.url, url.host
+                        ));
                         None
                     }
                 },
@@ -228,13 +241,23 @@ fn breaker_from_middleware(
     base: &BreakerConfig,
     warnings: &mut Vec<String>,
 ) -> Result<BreakerConfig, CompileError> {
-    let err = |message: String| CompileError { object: object.to_string(), field: "circuitBreaker.expression".into(), message };
+    let err = |message: String| CompileError {
+        object: object.to_string(),
+        field: "circuitBreaker.expression".into(),
+        message,
+    };
     let expr = cb.expression.clone().unwrap_or_default();
     let mut out = base.clone();
     for term in expr.split("||") {
         let term = term.trim();
-        let (lhs, rhs) = term.split_once('>').ok_or_else(|| err(format!("cannot read {term:?}: expected `Metric(...) > value`")))?;
-        let threshold: f64 = rhs.trim().trim_start_matches('=').trim().parse().map_err(|_| err(format!("{:?} is not a number", rhs.trim())))?;
+        let (lhs, rhs) =
+            term.split_once('>').ok_or_else(|| err(format!("cannot read {term:?}: expected `Metric(...) > value`")))?;
+        let threshold: f64 = rhs
+            .trim()
+            .trim_start_matches('=')
+            .trim()
+            .parse()
+            .map_err(|_| err(format!("{:?} is not a number", rhs.trim())))?;
         let lhs = lhs.trim();
         if lhs.starts_with("NetworkErrorRatio(") || lhs.starts_with("ResponseCodeRatio(") {
             if !(0.0..=1.0).contains(&threshold) {
@@ -242,9 +265,13 @@ fn breaker_from_middleware(
             }
             out.failure_rate_threshold = threshold;
         } else if lhs.starts_with("LatencyAtQuantileMS(") {
-            warnings.push(format!("{object}: circuitBreaker term {term:?}: latency-based tripping is not supported (ignored)"));
+            warnings.push(format!(
+                "{object}: circuitBreaker term {term:?}: latency-based tripping is not supported (ignored)"
+            ));
         } else {
-            return Err(err(format!("unknown metric in {term:?} (expected NetworkErrorRatio, ResponseCodeRatio or LatencyAtQuantileMS)")));
+            return Err(err(format!(
+                "unknown metric in {term:?} (expected NetworkErrorRatio, ResponseCodeRatio or LatencyAtQuantileMS)"
+            )));
         }
     }
     if let Some(d) = cb.fallback_duration.as_ref().and_then(|d| d.to_std().ok()) {
@@ -257,10 +284,18 @@ fn breaker_from_middleware(
     Ok(out)
 }
 
-fn header_list(object: &str, field: &str, map: &BTreeMap<String, String>) -> Result<Vec<(HeaderName, Option<HeaderValue>)>, CompileError> {
+fn header_list(
+    object: &str,
+    field: &str,
+    map: &BTreeMap<String, String>,
+) -> Result<Vec<(HeaderName, Option<HeaderValue>)>, CompileError> {
     map.iter()
         .map(|(k, v)| {
-            let err = |m: String| CompileError { object: object.to_string(), field: format!("headers.{field}.{k}"), message: m };
+            let err = |m: String| CompileError {
+                object: object.to_string(),
+                field: format!("headers.{field}.{k}"),
+                message: m,
+            };
             let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| err(format!("invalid header name: {e}")))?;
             // Traefik: an empty value removes the header.
             let value = if v.is_empty() {
@@ -323,13 +358,18 @@ pub fn compile(
     for (rname, router) in &cfg.http.routers {
         let object = format!("http.routers.{rname}");
         if router.tls.is_some() {
-            c.warnings.push(format!("{object}: tls is not supported yet (router served on plain HTTP entrypoints only)"));
+            c.warnings
+                .push(format!("{object}: tls is not supported yet (router served on plain HTTP entrypoints only)"));
         }
         let rule_text = router.rule.clone().unwrap_or_default();
         let rule = match Rule::parse(&rule_text) {
             Ok(r) => r,
             Err(e) => {
-                c.errors.push(CompileError { object: object.clone(), field: "rule".into(), message: format!("{e} in {rule_text:?}") });
+                c.errors.push(CompileError {
+                    object: object.clone(),
+                    field: "rule".into(),
+                    message: format!("{e} in {rule_text:?}"),
+                });
                 continue;
             }
         };
@@ -349,7 +389,11 @@ pub fn compile(
             let mobject = format!("http.middlewares.{mname}");
             let Some(mw) = cfg.http.middlewares.get(mname) else {
                 if !m.ends_with("@internal") {
-                    c.errors.push(CompileError { object: object.clone(), field: "middlewares".into(), message: format!("middleware {m:?} is not defined") });
+                    c.errors.push(CompileError {
+                        object: object.clone(),
+                        field: "middlewares".into(),
+                        message: format!("middleware {m:?} is not defined"),
+                    });
                 }
                 continue;
             };
@@ -366,7 +410,9 @@ pub fn compile(
                         header_list(&mobject, "customRequestHeaders", &h.custom_request_headers),
                         header_list(&mobject, "customResponseHeaders", &h.custom_response_headers),
                     ) {
-                        (Ok(request), Ok(response)) => middlewares.push(Arc::new(Middleware::Headers { request, response })),
+                        (Ok(request), Ok(response)) => {
+                            middlewares.push(Arc::new(Middleware::Headers { request, response }))
+                        }
                         (Err(e), _) | (_, Err(e)) => c.errors.push(e),
                     }
                 }

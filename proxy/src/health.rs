@@ -34,7 +34,10 @@ pub async fn probe(up: &Upstream, spec: &HealthSpec) -> ProbeResult {
     }
     let host = spec.hostname.clone().unwrap_or_else(|| up.authority.clone());
     let path = if spec.path.is_empty() { "/" } else { spec.path.as_str() };
-    let mut req = format!("{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: constellation-health\r\nConnection: close\r\n", spec.method, path, host);
+    let mut req = format!(
+        "{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: constellation-health\r\nConnection: close\r\n",
+        spec.method, path, host
+    );
     for (k, v) in &spec.headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

@@ -3,9 +3,7 @@
 //! Label sets are bounded: routes and upstreams come from configuration, methods are
 //! folded into the standard set plus `OTHER`, status codes into classes.
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Every metric the data plane updates.
 #[derive(Clone)]

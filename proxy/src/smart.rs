@@ -499,7 +499,13 @@ impl ProxyHttp for SmartFailoverProxy {
         Ok(())
     }
 
-    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         self.finish_attempt(ctx, Some(FailureKind::Connect));
         // Nothing reached the upstream, so any method may go elsewhere.
         let retry = self.may_retry(session, ctx, true);
@@ -534,6 +540,7 @@ impl ProxyHttp for SmartFailoverProxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         ctx.decided = false;
+        tracing::debug!(error = %e, source = ?e.esource(), written = session.response_written().is_some(), "request failed");
         let retry_after = ctx.table.as_ref().map(|t| t.settings.retry_after_secs).unwrap_or(5);
         let code = if ctx.no_upstream {
             503
@@ -560,11 +567,18 @@ impl ProxyHttp for SmartFailoverProxy {
         // Never write a second header after part of a response went out.
         if code > 0 && session.response_written().is_none() {
             ctx.status = code;
-            let (extra, body): (Vec<(&str, String)>, &str) = match code {
-                503 => (vec![("retry-after", retry_after.to_string())], "503 no upstream available\n"),
-                504 => (vec![], "504 upstream timed out\n"),
-                502 => (vec![], "502 upstream failed\n"),
-                _ => (vec![], ""),
+            // Pingora does not reuse a client connection after a proxy failure; say so,
+            // or a keep-alive client would send its next request into a closing socket.
+            session.set_keepalive(None);
+            let mut extra: Vec<(&str, String)> = Vec::new();
+            let body = match code {
+                503 => {
+                    extra.push(("retry-after", retry_after.to_string()));
+                    "503 no upstream available\n"
+                }
+                504 => "504 upstream timed out\n",
+                502 => "502 upstream failed\n",
+                _ => "",
             };
             if let Err(err) = self.respond(session, code, &extra, body).await {
                 tracing::debug!(error = %err, "could not send error response");

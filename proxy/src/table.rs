@@ -203,7 +203,13 @@ impl Pool {
             return Pick::Unavailable { breaker_rejected: 0 };
         }
         let panic = self.in_panic(now);
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        // A retry continues from where the shared cursor stands instead of advancing
+        // it, so failing upstreams do not shift the rotation for everyone else.
+        let start = if tried.is_empty() {
+            self.cursor.fetch_add(1, Ordering::Relaxed)
+        } else {
+            self.cursor.load(Ordering::Relaxed)
+        };
         let mut rejected = 0;
         for i in 0..n {
             let up = &self.upstreams[self.order[(start + i) % n]];
@@ -317,8 +323,8 @@ impl RouteTable {
                 .map(|(n, _)| n.as_str())
         });
         self.routes.iter().enumerate().find(|(_, r)| {
-            let on_entrypoint = r.entry_points.is_empty()
-                || entrypoint.is_none_or(|ep| r.entry_points.iter().any(|e| e == ep));
+            let on_entrypoint =
+                r.entry_points.is_empty() || entrypoint.is_none_or(|ep| r.entry_points.iter().any(|e| e == ep));
             on_entrypoint && r.rule.matches(req)
         })
     }

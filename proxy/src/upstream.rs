@@ -181,8 +181,7 @@ impl UpstreamRegistry {
         let keep: std::collections::HashSet<&UpstreamKey> = live.iter().collect();
         let services: std::collections::HashSet<&str> = live.iter().map(|k| k.service.as_str()).collect();
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let gone: Vec<UpstreamKey> =
-            inner.upstreams.keys().filter(|k| !keep.contains(k)).cloned().collect();
+        let gone: Vec<UpstreamKey> = inner.upstreams.keys().filter(|k| !keep.contains(k)).cloned().collect();
         for k in &gone {
             inner.upstreams.remove(k);
         }

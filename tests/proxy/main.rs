@@ -1,0 +1,9 @@
+//! End-to-end tests of the SmartFailoverProxy: a real agent process, real backends on
+//! loopback, real sockets.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod t01_failover;

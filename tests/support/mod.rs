@@ -1,0 +1,222 @@
+//! Shared test harness: start real `constellation agent` processes on free loopback
+//! ports with generated configs, and talk to them over real sockets.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub use constellation::backend::{Backend, Behaviour, Hit};
+pub use constellation::client::{fetch, Client, Reply};
+use serde_json::Value;
+
+/// A fresh scratch directory, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "constellation-test-{}-{}-{}",
+            tag,
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+    /// Write a file atomically (write + rename), as an operator's tooling should.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        let tmp = self.path(&format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free loopback port (bound and released; good enough on a test machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A loopback address nothing listens on.
+pub fn dead_addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_constellation")
+}
+
+/// Run the binary to completion; returns (exit code, stdout, stderr).
+pub fn run(args: &[&str], dir: &Path) -> (i32, String, String) {
+    let out = Command::new(bin()).args(args).current_dir(dir).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A running agent process.
+pub struct Agent {
+    pub child: Child,
+    pub web: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: Scratch,
+}
+
+impl Agent {
+    /// Start an agent whose routes file is `routes_yaml`; `extra_toml` is appended to
+    /// the config (e.g. a `[proxy]` section). Waits until `/readyz` answers 200.
+    pub async fn start(routes_yaml: &str, extra_toml: &str) -> Agent {
+        let dir = Scratch::new("agent");
+        let (web, admin) = (free_port(), free_port());
+        dir.write("routes.yaml", routes_yaml);
+        dir.write(
+            "agent.toml",
+            &format!(
+                "[node]\nname = \"test\"\n[entrypoints.web]\naddress = \"127.0.0.1:{web}\"\n[admin]\naddress = \"127.0.0.1:{admin}\"\n\
+                 [routes]\nfiles = [\"routes.yaml\"]\nwatch_interval_ms = 100\n{extra_toml}"
+            ),
+        );
+        Agent::spawn(dir, web, admin).await
+    }
+
+    pub async fn spawn(dir: Scratch, web: u16, admin: u16) -> Agent {
+        let log = std::fs::File::create(dir.path("agent.log")).unwrap();
+        let child = Command::new(bin())
+            .args(["agent", "-c"])
+            .arg(dir.path("agent.toml"))
+            .env("CONSTELLATION_LOG", "info,constellation_proxy=debug,pingora_core=warn,pingora_proxy=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let agent = Agent {
+            child,
+            web: format!("127.0.0.1:{web}").parse().unwrap(),
+            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = fetch(agent.admin, "GET", "admin", "/readyz", &[], &[]).await {
+                if r.status == 200 {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "agent not ready; log:\n{}", agent.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        agent
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path("agent.log")).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.web)
+    }
+
+    pub async fn get(&self, host: &str, path: &str) -> Reply {
+        fetch(self.web, "GET", host, path, &[], &[]).await.unwrap()
+    }
+
+    pub async fn status(&self) -> Value {
+        let r = fetch(self.admin, "GET", "admin", "/api/v1/status", &[], &[]).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        fetch(self.admin, "GET", "admin", path, &[], &[]).await.unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.admin_get("/metrics").await.text()
+    }
+
+    /// Sum of a metric's samples whose label text contains every `labels` fragment.
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        metric_value(&self.metrics().await, name, labels)
+    }
+
+    /// Breaker state of the upstream with `url` in service `service`.
+    pub async fn breaker(&self, service: &str, url: &str) -> String {
+        let s = self.status().await;
+        for svc in s["services"].as_array().unwrap() {
+            if svc["name"] == service {
+                for u in svc["upstreams"].as_array().unwrap() {
+                    if u["url"] == url {
+                        return u["breaker"]["state"].as_str().unwrap().to_string();
+                    }
+                }
+            }
+        }
+        panic!("no upstream {url} in service {service}: {s:#}");
+    }
+
+    /// Replace the routes file and wait until the agent published generation > `after`.
+    pub async fn reload(&self, routes_yaml: &str) -> u64 {
+        let before = self.status().await["config"]["generation"].as_u64().unwrap();
+        self.dir.write("routes.yaml", routes_yaml);
+        wait_for("new route table", Duration::from_secs(10), || async {
+            self.status().await["config"]["generation"].as_u64().unwrap() > before
+        })
+        .await;
+        self.status().await["config"]["generation"].as_u64().unwrap()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn metric_value(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Poll `cond` until it holds or `limit` passes (then panic naming `what`).
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A loadBalancer service routes file: one router `name` with `rule` to `servers`.
+pub fn routes(name: &str, rule: &str, servers: &[String], lb_extra: &str) -> String {
+    let servers: String = servers.iter().map(|s| format!("          - url: \"{s}\"\n")).collect();
+    format!(
+        "http:\n  routers:\n    {name}:\n      rule: \"{rule}\"\n      service: {name}\n  services:\n    {name}:\n      loadBalancer:\n        servers:\n{servers}{lb_extra}"
+    )
+}
