@@ -468,3 +468,94 @@ pub fn compile(
     let _ = c.live;
     Ok((table, c.warnings))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::breaker::{Admission, Outcome};
+    use crate::dynamic::{parse_str, Format};
+    use std::time::Instant;
+
+    fn cfg(yaml: &str) -> DynamicConfig {
+        parse_str(yaml, Format::Yaml, "t.yaml").unwrap()
+    }
+
+    const TWO: &str = "http:\n  routers:\n    short:\n      rule: \"PathPrefix(`/`)\"\n      service: s\n    long:\n      rule: \"PathPrefix(`/api`) && Method(`GET`)\"\n      service: s\n      middlewares: [retry3, cb]\n  middlewares:\n    retry3:\n      retry:\n        attempts: 5\n        initialInterval: 10ms\n    cb:\n      circuitBreaker:\n        expression: \"NetworkErrorRatio() > 0.25\"\n        fallbackDuration: 2s\n  services:\n    s:\n      loadBalancer:\n        servers:\n          - url: \"http://127.0.0.1:9001\"\n          - url: \"http://127.0.0.1:9002/base\"\n            weight: 3\n";
+
+    #[test]
+    fn routes_sorted_by_priority_and_middlewares_mapped() {
+        let reg = UpstreamRegistry::default();
+        let (t, warnings) = compile(&cfg(TWO), &ProxySettings::default(), &[], &reg, 7).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(t.generation, 7);
+        assert_eq!(t.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["long", "short"]);
+        assert_eq!(t.routes[0].priority, "PathPrefix(`/api`) && Method(`GET`)".len() as i64);
+        assert_eq!((t.routes[0].max_attempts, t.routes[0].retry_interval), (5, Duration::from_millis(10)));
+        assert_eq!(t.routes[1].max_attempts, ProxySettings::default().max_attempts);
+        let pool = &t.pools[0];
+        assert_eq!(pool.order.len(), 4, "weights 1 and 3");
+        assert_eq!(pool.upstreams[1].path_prefix, "/base");
+        let b = pool.upstreams[0].breaker.config();
+        assert_eq!((b.failure_rate_threshold, b.base_ejection_ms), (0.25, 2000));
+    }
+
+    #[test]
+    fn breaker_state_survives_recompile_for_unchanged_upstreams() {
+        let reg = UpstreamRegistry::default();
+        let mut settings = ProxySettings::default();
+        settings.breaker.consecutive_failures = 2;
+        let yaml = "http:\n  routers:\n    r:\n      rule: \"Host(`a`)\"\n      service: s\n  services:\n    s:\n      loadBalancer:\n        servers:\n          - url: \"http://127.0.0.1:9001\"\n          - url: \"http://127.0.0.1:9002\"\n          - url: \"http://127.0.0.1:9003\"\n          - url: \"http://127.0.0.1:9004\"\n";
+        let (t1, _) = compile(&cfg(yaml), &settings, &[], &reg, 1).unwrap();
+        let now = Instant::now();
+        let up = &t1.pools[0].upstreams[0];
+        for _ in 0..2 {
+            let a = up.breaker.admit(now);
+            let _ = up.breaker.record(a, Outcome::Failure, now);
+        }
+        assert_eq!(up.breaker.state(now), crate::BreakerState::Open);
+        // Same upstream plus an unrelated router: the state is kept.
+        let yaml2 = format!(
+            "{yaml}    other:\n      loadBalancer:\n        servers:\n          - url: \"http://127.0.0.1:9009\"\n"
+        );
+        let yaml2 =
+            yaml2.replace("  services:", "    o:\n      rule: \"Host(`o`)\"\n      service: other\n  services:");
+        let (t2, _) = compile(&cfg(&yaml2), &settings, &[], &reg, 2).unwrap();
+        let s = t2.pools.iter().find(|p| p.name == "s").unwrap();
+        assert!(Arc::ptr_eq(&s.upstreams[0], up));
+        assert_eq!(s.upstreams[0].breaker.state(now), crate::BreakerState::Open);
+        assert!(matches!(s.upstreams[0].breaker.admit(now), Admission::Rejected));
+        // A changed breaker setting gives fresh state.
+        settings.breaker.consecutive_failures = 9;
+        let (t3, _) = compile(&cfg(yaml), &settings, &[], &reg, 3).unwrap();
+        assert!(!Arc::ptr_eq(&t3.pools[0].upstreams[0], up));
+        assert_eq!(t3.pools[0].upstreams[0].breaker.state(now), crate::BreakerState::Closed);
+    }
+
+    #[test]
+    fn bad_rule_and_bad_circuit_breaker_are_errors_naming_the_object() {
+        let reg = UpstreamRegistry::default();
+        let bad = TWO.replace("PathPrefix(`/api`) && Method(`GET`)", "PathPrefix(`/api`) && Methd(`GET`)");
+        let errs = compile(&cfg(&bad), &ProxySettings::default(), &[], &reg, 1).unwrap_err();
+        assert_eq!(errs[0].object, "http.routers.long");
+        assert_eq!(errs[0].field, "rule");
+        assert!(errs[0].message.starts_with("column 23: "), "{}", errs[0].message);
+        let bad = TWO.replace("NetworkErrorRatio() > 0.25", "Bogus() > 1");
+        let errs = compile(&cfg(&bad), &ProxySettings::default(), &[], &reg, 1).unwrap_err();
+        assert_eq!(
+            (errs[0].object.as_str(), errs[0].field.as_str()),
+            ("http.middlewares.cb", "circuitBreaker.expression")
+        );
+    }
+
+    #[test]
+    fn unknown_entrypoint_and_unsupported_parts_warn() {
+        let reg = UpstreamRegistry::default();
+        let yaml = "http:\n  routers:\n    r:\n      rule: \"Host(`a`)\"\n      entryPoints: [websecure]\n      service: s\n      tls: {}\n  services:\n    s:\n      loadBalancer:\n        servers:\n          - url: \"https://127.0.0.1:9001\"\n";
+        let eps = vec![("web".to_string(), "127.0.0.1:80".parse().unwrap())];
+        let (_, w) = compile(&cfg(yaml), &ProxySettings::default(), &eps, &reg, 1).unwrap();
+        assert!(w.iter().any(|w| w.contains("entryPoints [\"websecure\"] are not configured")), "{w:?}");
+        assert!(w.iter().any(|w| w.contains("tls is not supported")), "{w:?}");
+        assert!(w.iter().any(|w| w.contains("https upstreams need TLS")), "{w:?}");
+    }
+}

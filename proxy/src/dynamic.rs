@@ -136,10 +136,12 @@ pub struct HttpRouter {
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub tls: Option<RouterTls>,
     /// Per-router observability switches.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Outside the v3 schema the Traefik endpoint must satisfy: read, never served.
+    #[serde(default, skip_serializing)]
     pub observability: Option<RouterObservability>,
     /// Parent routers (Traefik multi-layer routing; not supported by Constellation).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Outside the v3 schema the Traefik endpoint must satisfy: read, never served.
+    #[serde(default, skip_serializing)]
     pub parent_refs: Option<Vec<String>>,
 }
 
@@ -285,10 +287,12 @@ pub struct LoadBalancer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_forwarding: Option<ResponseForwarding>,
     /// Balancing strategy (Traefik ≥ 3.4; not supported by Constellation).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Outside the v3 schema the Traefik endpoint must satisfy: read, never served.
+    #[serde(default, skip_serializing)]
     pub strategy: Option<String>,
     /// Passive health check (Traefik ≥ 3.5; not supported by Constellation), verbatim.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Outside the v3 schema the Traefik endpoint must satisfy: read, never served.
+    #[serde(default, skip_serializing)]
     pub passive_health_check: Option<Value>,
     /// Constellation extension: a 403 from this service counts as a gateway failure
     /// and is failed over (for WARP egress gateways). Never serialised.
@@ -1405,6 +1409,9 @@ impl DynamicConfig {
         for (name, router) in &self.http.routers {
             if router.parent_refs.is_some() {
                 note(format!("http.routers.{name}"), "parentRefs");
+            }
+            if router.observability.is_some() {
+                note(format!("http.routers.{name}"), "observability");
             }
         }
         for (name, service) in &self.http.services {

@@ -124,7 +124,7 @@ async fn check_loop(up: Arc<Upstream>, spec: HealthSpec, metrics: ProxyMetrics) 
 pub struct HealthSupervisor {
     table: TableHandle,
     metrics: ProxyMetrics,
-    tasks: HashMap<UpstreamKey, (Arc<Upstream>, JoinHandle<()>)>,
+    tasks: HashMap<UpstreamKey, (Arc<Upstream>, HealthSpec, JoinHandle<()>)>,
 }
 
 impl HealthSupervisor {
@@ -139,14 +139,27 @@ impl HealthSupervisor {
         let table = self.table.load_full();
         let mut wanted: HashMap<UpstreamKey, (Arc<Upstream>, HealthSpec)> = HashMap::new();
         for pool in &table.pools {
-            if let Some(spec) = &pool.health {
-                for up in &pool.upstreams {
-                    wanted.insert(up.key.clone(), (up.clone(), spec.clone()));
+            match &pool.health {
+                Some(spec) => {
+                    for up in &pool.upstreams {
+                        wanted.insert(up.key.clone(), (up.clone(), spec.clone()));
+                    }
+                }
+                // Checks were removed: nothing can mark these healthy again, so an
+                // earlier verdict must not linger.
+                None => {
+                    for up in &pool.upstreams {
+                        if !up.healthy.swap(true, Ordering::Relaxed) {
+                            self.metrics.upstream_healthy.with_label_values(&[&up.key.service, up.label()]).set(1);
+                        }
+                    }
                 }
             }
         }
-        self.tasks.retain(|k, (up, task)| {
-            let keep = wanted.get(k).is_some_and(|(w, _)| Arc::ptr_eq(w, up));
+        self.tasks.retain(|k, (up, spec, task)| {
+            // Same upstream object and same parameters: keep the running check (and
+            // its rise/fall streak); anything else restarts it.
+            let keep = wanted.get(k).is_some_and(|(w, s)| Arc::ptr_eq(w, up) && s == spec);
             if !keep {
                 task.abort();
             }
@@ -154,8 +167,8 @@ impl HealthSupervisor {
         });
         for (k, (up, spec)) in wanted {
             if !self.tasks.contains_key(&k) {
-                let task = tokio::spawn(check_loop(up.clone(), spec, self.metrics.clone()));
-                self.tasks.insert(k, (up, task));
+                let task = tokio::spawn(check_loop(up.clone(), spec.clone(), self.metrics.clone()));
+                self.tasks.insert(k, (up, spec, task));
             }
         }
     }
@@ -173,8 +186,97 @@ impl HealthSupervisor {
 
 impl Drop for HealthSupervisor {
     fn drop(&mut self) {
-        for (_, (_, t)) in self.tasks.drain() {
+        for (_, (_, _, t)) in self.tasks.drain() {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::breaker::{Breaker, BreakerConfig};
+    use crate::upstream::UpstreamKey;
+    use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize};
+
+    fn upstream(addr: std::net::SocketAddr) -> Upstream {
+        Upstream {
+            key: UpstreamKey { service: "s".into(), url: format!("http://{addr}") },
+            addr: Some(addr),
+            authority: addr.to_string(),
+            tls: false,
+            sni: String::new(),
+            path_prefix: String::new(),
+            breaker: Breaker::standalone(Arc::new(BreakerConfig::default())),
+            healthy: AtomicBool::new(true),
+            health_streak: AtomicU32::new(0),
+            in_flight: AtomicI64::new(0),
+            requests: AtomicUsize::new(0),
+            failures: AtomicUsize::new(0),
+        }
+    }
+
+    fn spec(rise: u32, fall: u32) -> HealthSpec {
+        HealthSpec {
+            scheme: None,
+            path: "/healthz".into(),
+            method: "GET".into(),
+            port: None,
+            hostname: Some("check.local".into()),
+            status: None,
+            interval: Duration::from_millis(100),
+            unhealthy_interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(300),
+            headers: vec![("x-probe".into(), "1".into())],
+            rise,
+            fall,
+        }
+    }
+
+    #[test]
+    fn rise_and_fall_need_consecutive_results() {
+        let up = upstream("127.0.0.1:1".parse().unwrap());
+        let s = spec(2, 3);
+        assert_eq!(apply(&up, &s, false), None);
+        assert_eq!(apply(&up, &s, false), None);
+        assert_eq!(apply(&up, &s, true), None, "a pass breaks the failure streak");
+        assert_eq!(apply(&up, &s, false), None);
+        assert_eq!(apply(&up, &s, false), None);
+        assert_eq!(apply(&up, &s, false), Some(false));
+        assert!(!up.healthy.load(Ordering::Relaxed));
+        assert_eq!(apply(&up, &s, true), None);
+        assert_eq!(apply(&up, &s, true), Some(true));
+    }
+
+    async fn one_shot_server(reply: &'static str) -> (std::net::SocketAddr, tokio::task::JoinHandle<String>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 1024];
+            let n = s.read(&mut buf).await.unwrap();
+            s.write_all(reply.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&buf[..n]).to_string()
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn probe_sends_path_host_and_headers_and_judges_status() {
+        let (addr, seen) = one_shot_server("HTTP/1.1 204 No Content\r\n\r\n").await;
+        assert_eq!(probe(&upstream(addr), &spec(1, 1)).await, ProbeResult::Pass(204));
+        let req = seen.await.unwrap();
+        assert!(req.starts_with("GET /healthz HTTP/1.1\r\n"), "{req}");
+        assert!(req.contains("Host: check.local\r\n") && req.contains("x-probe: 1\r\n"), "{req}");
+
+        let (addr, _) = one_shot_server("HTTP/1.1 503 Unavailable\r\n\r\n").await;
+        assert_eq!(probe(&upstream(addr), &spec(1, 1)).await, ProbeResult::Fail("status 503".into()));
+        let (addr, _) = one_shot_server("garbage\r\n").await;
+        assert!(
+            matches!(probe(&upstream(addr), &spec(1, 1)).await, ProbeResult::Fail(m) if m.contains("not an HTTP response"))
+        );
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        assert!(matches!(probe(&upstream(dead), &spec(1, 1)).await, ProbeResult::Fail(m) if m.starts_with("connect")));
     }
 }

@@ -110,7 +110,7 @@ pub enum Target {
 }
 
 /// Health check parameters of a pool.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthSpec {
     /// `http` or `https`.
     pub scheme: Option<String>,
