@@ -44,7 +44,7 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 /// `constellation status`.
@@ -115,7 +115,7 @@ impl Drop for Agent {
 /// `constellation demo`: three backends, one agent, steady GET traffic; one backend is
 /// killed, another answers 503 for a while; the breakers and retries absorb both.
 pub async fn run(seconds: u64) -> anyhow::Result<()> {
-    let seconds = seconds.max(12);
+    let seconds = seconds.max(16);
     let dir = std::env::temp_dir().join(format!("constellation-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut backends = Vec::new();
@@ -128,7 +128,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
         format!(
             "[node]\nname = \"demo\"\n[entrypoints.web]\naddress = \"127.0.0.1:{web}\"\n[admin]\naddress = \"127.0.0.1:{admin}\"\n\
              [routes]\nfiles = [\"routes.yaml\"]\n[proxy]\nconnect_timeout_ms = 500\nread_timeout_ms = 2000\n\
-             [proxy.breaker]\nconsecutive_failures = 3\nbase_ejection_ms = 2000\nmax_ejection_ms = 8000\n"
+             [proxy.breaker]\nconsecutive_failures = 3\nbase_ejection_ms = 1000\nmax_ejection_ms = 3000\n"
         ),
     )?;
     let servers: String = backends.iter().map(|b| format!("          - url: \"{}\"\n", b.url())).collect();
@@ -251,16 +251,27 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
         .await
         .map(|r| r.text())
         .unwrap_or_default();
-    let transitions: Vec<&str> =
-        metrics.lines().filter(|l| l.starts_with("constellation_breaker_transitions_total{")).collect();
+    let value = |l: &str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let (refusals, transitions): (Vec<&str>, Vec<&str>) = metrics
+        .lines()
+        .filter(|l| l.starts_with("constellation_breaker_transitions_total{"))
+        .partition(|l| l.contains("ejection_refused"));
+    let refused: f64 = refusals.iter().map(|l| value(l)).sum::<f64>() + 0.0;
     println!("\nSummary");
     println!("  requests sent          {}", sent.load(Ordering::Relaxed));
     println!("  client-visible errors  {}", errors.load(Ordering::Relaxed));
     println!("  retries                {}", metric_sum(&metrics, "constellation_retries_total"));
-    println!("  suppressed retries     {}", metric_sum(&metrics, "constellation_retries_suppressed_total"));
-    println!("  breaker transitions    {}", metric_sum(&metrics, "constellation_breaker_transitions_total"));
+    println!("  suppressed retries     {}", 0.0 + metric_sum(&metrics, "constellation_retries_suppressed_total"));
+    let moved: f64 = transitions.iter().map(|l| value(l)).sum::<f64>() + 0.0;
+    println!("  breaker transitions    {moved}");
     for l in transitions {
         println!("    {l}");
+    }
+    if refused > 0.0 {
+        println!(
+            "  ejections refused      {refused} (the ejection cap, 50% of 3 upstreams = 1, was held by bravo,\n\
+             \x20                        so charlie stayed in rotation and retries absorbed its 503s)"
+        );
     }
     for b in &backends {
         println!("  {} served {} requests", b.url(), b.count());

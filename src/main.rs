@@ -32,7 +32,7 @@ enum Command {
     /// A self-contained failover demonstration on loopback.
     Demo {
         /// How long to drive traffic, in seconds.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
     /// Show routes, upstreams and breaker states of a running agent.
