@@ -356,7 +356,46 @@ pub fn load(path: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
     validate(config, &origin, &base)
 }
 
-/// The documented default configuration, generated from the structs' defaults.
+/// One line of documentation per key of the default config (unit and default are in
+/// the rendered value). A test checks that every rendered key has an entry here.
+const KEY_DOCS: &[(&str, &str)] = &[
+    ("node.name", "Node name, unique in the cluster. Default: the host name."),
+    ("node.data_dir", "Directory for durable state, relative to this file."),
+    ("entrypoints.web.address", "Where the proxy listens (ip:port). Add [entrypoints.<name>] for more."),
+    ("admin.address", "Admin API (metrics, status, Traefik provider). Keep it on loopback or the mesh."),
+    ("admin.token_file", "File with a bearer token required on all admin endpoints but /healthz."),
+    ("routes.files", "Traefik dynamic-configuration files (YAML, TOML, JSON), relative to this file."),
+    ("routes.watch_interval_ms", "How often route files are checked for changes."),
+    ("proxy.connect_timeout_ms", "TCP connect timeout per attempt."),
+    ("proxy.read_timeout_ms", "Wait for response headers, and between body reads; exceeded = 504."),
+    ("proxy.write_timeout_ms", "Timeout of each write to an upstream."),
+    ("proxy.idle_timeout_ms", "Pooled idle upstream connections are closed after this."),
+    ("proxy.request_timeout_ms", "One deadline for all attempts of a request."),
+    ("proxy.max_attempts", "Attempts per request, first included (a router's retry middleware overrides)."),
+    ("proxy.retry_budget_percent", "Retries in flight may not exceed this share of requests in flight."),
+    ("proxy.min_retry_concurrency", "Concurrent retries always allowed, whatever the budget."),
+    ("proxy.max_ejection_percent", "Largest share of a service's upstreams ejected at once (at least one)."),
+    ("proxy.panic_threshold_percent", "Below this share of available upstreams, spread over all (panic mode)."),
+    ("proxy.retry_after_secs", "Retry-After on a 503 made because no upstream is available."),
+    ("proxy.health_rise", "Health check passes to mark an upstream healthy (healthCheck.rise overrides)."),
+    ("proxy.health_fall", "Health check failures to mark it unhealthy (healthCheck.fall overrides)."),
+    ("proxy.threads", "Worker threads of the proxy."),
+    ("proxy.grace_period_secs", "After SIGTERM: seconds before the listeners close."),
+    ("proxy.graceful_shutdown_timeout_secs", "Then: seconds in-flight requests get to finish."),
+    ("proxy.breaker.consecutive_failures", "Consecutive gateway failures that open an upstream's breaker (0 = off)."),
+    ("proxy.breaker.failure_rate_threshold", "Failure share over the window that opens it (0 = off)."),
+    ("proxy.breaker.window_ms", "Sliding window of the failure rate."),
+    ("proxy.breaker.min_requests", "Requests needed in the window before the rate counts."),
+    ("proxy.breaker.base_ejection_ms", "Open time of a first ejection; doubles with each repeat."),
+    ("proxy.breaker.max_ejection_ms", "Cap of the open time."),
+    ("proxy.breaker.jitter", "Random spread of the open time (0.1 = plus or minus 10 %)."),
+    ("proxy.breaker.half_open_probes", "Concurrent probe requests admitted when half-open."),
+    ("proxy.breaker.half_open_successes", "Probe successes that close the breaker."),
+    ("proxy.breaker.probe_timeout_ms", "A probe slot held this long is presumed lost and reclaimed."),
+];
+
+/// The documented default configuration, generated from the structs' defaults with a
+/// comment above every key.
 pub fn default_toml() -> String {
     let mut out = String::from(
         "# Constellation agent configuration with every key at its default.\n\
@@ -365,9 +404,28 @@ pub fn default_toml() -> String {
     );
     let mut cfg = AgentConfig::default();
     cfg.node.name = "node-1".into();
-    match toml::to_string_pretty(&cfg) {
-        Ok(s) => out.push_str(&s),
-        Err(e) => out.push_str(&format!("# could not render defaults: {e}\n")),
+    cfg.admin.token_file = Some(PathBuf::from("admin.token"));
+    let rendered = match toml::to_string_pretty(&cfg) {
+        Ok(s) => s,
+        Err(e) => return format!("{out}# could not render defaults: {e}\n"),
+    };
+    let mut section = String::new();
+    for line in rendered.lines() {
+        if let Some(h) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = h.to_string();
+        } else if let Some((key, _)) = line.split_once(" = ") {
+            let path = format!("{section}.{key}");
+            if let Some((_, doc)) = KEY_DOCS.iter().find(|(k, _)| *k == path) {
+                out.push_str(&format!("# {doc}\n"));
+            }
+            // Optional keys are shown commented out: their default is "unset".
+            if path == "admin.token_file" {
+                out.push_str(&format!("# {line}\n"));
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
     }
     out
 }
@@ -391,6 +449,14 @@ mod tests {
         let c = parse(&text, "default").unwrap();
         assert_eq!(c.proxy, ProxySettings::default());
         assert!(text.contains("max_attempts = 3"), "{text}");
+        // Every key is documented.
+        let mut last = "";
+        for line in text.lines() {
+            if line.contains(" = ") && !line.starts_with('#') {
+                assert!(last.starts_with("# "), "key without a comment: {line}");
+            }
+            last = line;
+        }
     }
 
     #[test]
