@@ -7,3 +7,7 @@
 mod support;
 
 mod t01_failover;
+mod t02_breaker;
+mod t03_reload;
+mod t04_config;
+mod t05_admin;

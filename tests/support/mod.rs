@@ -220,3 +220,114 @@ pub fn routes(name: &str, rule: &str, servers: &[String], lb_extra: &str) -> Str
         "http:\n  routers:\n    {name}:\n      rule: \"{rule}\"\n      service: {name}\n  services:\n    {name}:\n      loadBalancer:\n        servers:\n{servers}{lb_extra}"
     )
 }
+
+/// Like [`Agent::start`], with more control: `files` are written into the scratch
+/// directory first (e.g. a token file), `admin_toml` is added to the `[admin]` section
+/// (e.g. `token_file = "admin.token"`), and readiness is probed with `bearer` as the
+/// admin token when given.
+pub async fn start_agent_with(
+    routes_yaml: &str,
+    admin_toml: &str,
+    extra_toml: &str,
+    files: &[(&str, &str)],
+    bearer: Option<&str>,
+) -> Agent {
+    let dir = Scratch::new("agent");
+    let (web, admin) = (free_port(), free_port());
+    for (name, text) in files {
+        dir.write(name, text);
+    }
+    dir.write("routes.yaml", routes_yaml);
+    dir.write(
+        "agent.toml",
+        &format!(
+            "[node]\nname = \"test\"\n[entrypoints.web]\naddress = \"127.0.0.1:{web}\"\n[admin]\naddress = \"127.0.0.1:{admin}\"\n{admin_toml}\n\
+             [routes]\nfiles = [\"routes.yaml\"]\nwatch_interval_ms = 100\n{extra_toml}"
+        ),
+    );
+    let log = std::fs::File::create(dir.path("agent.log")).unwrap();
+    let child = Command::new(bin())
+        .args(["agent", "-c"])
+        .arg(dir.path("agent.toml"))
+        .env("CONSTELLATION_LOG", "info,constellation_proxy=debug,pingora_core=warn,pingora_proxy=warn")
+        .env_remove("CONSTELLATION_ADMIN__TOKEN")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let agent = Agent {
+        child,
+        web: format!("127.0.0.1:{web}").parse().unwrap(),
+        admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+        dir,
+    };
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = fetch(agent.admin, "GET", "admin", "/readyz", &headers, &[]).await {
+            if r.status == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "agent not ready; log:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent
+}
+
+/// Run the binary with a time limit; returns (exit code, stdout, stderr), or panics
+/// (after killing it) when it is still running after `limit`.
+pub fn run_with_limit(args: &[&str], dir: &Path, limit: Duration) -> (i32, String, String) {
+    let mut child =
+        Command::new(bin()).args(args).current_dir(dir).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "`constellation {}` still running after {limit:?}; stderr:\n{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A JSON document's violations of the Traefik v3 file-provider schema (SchemaStore copy
+/// in `proxy/tests/fixtures/dynamic/`), one line each; empty when it validates.
+pub fn traefik_schema_errors(doc: &Value) -> Vec<String> {
+    let schema: Value =
+        serde_json::from_str(include_str!("../../proxy/tests/fixtures/dynamic/traefik-v3-file-provider.json")).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    validator.iter_errors(doc).map(|e| format!("{}: {}", e.instance_path(), e)).collect()
+}
+
+/// The upstream `url` of service `service` in a status document.
+pub fn upstream_status<'a>(status: &'a Value, service: &str, url: &str) -> &'a Value {
+    status["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|svc| svc["name"] == service))
+        .and_then(|svc| svc["upstreams"].as_array())
+        .and_then(|u| u.iter().find(|u| u["url"] == url))
+        .unwrap_or_else(|| panic!("no upstream {url} in service {service}: {status:#}"))
+}
+
+/// The service `service` in a status document.
+pub fn service_status<'a>(status: &'a Value, service: &str) -> &'a Value {
+    status["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|svc| svc["name"] == service))
+        .unwrap_or_else(|| panic!("no service {service}: {status:#}"))
+}
