@@ -160,7 +160,7 @@ pub const EMBEDDED_ROUTES: &str = r#"http:
 
 /// A configuration error a person can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}:{column}: {key}: {message}")]
+#[error("{file}{}: {key}: {message}", if *line > 0 { format!(":{line}:{column}") } else { String::new() })]
 pub struct ConfigError {
     /// File (or environment variable) the value came from.
     pub file: String,
@@ -278,14 +278,41 @@ where
     })
 }
 
+/// Where `key` (dotted path) is set in TOML `text`: 1-based line and the column of its
+/// value. Handles `[table]` headers and `key = value` lines, which is how every
+/// documented key is written.
+pub fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
+    let mut table = String::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim_start();
+        if line.starts_with('[') {
+            table = line.trim_start_matches('[').split(']').next().unwrap_or("").trim().replace(['"', ' '], "");
+            continue;
+        }
+        let Some((k, _)) = line.split_once('=') else { continue };
+        let k = k.trim().replace(['"', ' '], "");
+        let full = if table.is_empty() { k } else { format!("{table}.{k}") };
+        if full == key {
+            let eq = raw.find('=').unwrap_or(0);
+            let value_start = raw[eq + 1..].len() - raw[eq + 1..].trim_start().len();
+            return Some((i + 1, raw[..eq + 1 + value_start].chars().count() + 1));
+        }
+    }
+    None
+}
+
 /// Check values that parse but make no sense, and resolve addresses and secrets.
-pub fn validate(config: AgentConfig, origin: &str, base_dir: &Path) -> Result<LoadedConfig, ConfigError> {
-    let bad = |key: &str, message: String| ConfigError {
-        file: origin.to_string(),
-        line: 0,
-        column: 0,
-        key: key.to_string(),
-        message,
+/// `text` is the file's content, used to point errors at the line and column.
+pub fn validate(
+    config: AgentConfig,
+    origin: &str,
+    base_dir: &Path,
+    text: Option<&str>,
+) -> Result<LoadedConfig, ConfigError> {
+    let bad = |key: &str, message: String| {
+        // A value from the environment has no place in the file.
+        let (line, column) = text.and_then(|t| locate(t, key)).unwrap_or((0, 0));
+        ConfigError { file: origin.to_string(), line, column, key: key.to_string(), message }
     };
     let addr = |key: &str, s: &str| -> Result<SocketAddr, ConfigError> {
         s.parse().map_err(|e| bad(key, format!("{s:?} is not an ip:port address ({e})")))
@@ -353,7 +380,7 @@ pub fn load(path: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
     };
     let config = parse(&text, &origin)?;
     let config = apply_env(config, std::env::vars())?;
-    validate(config, &origin, &base)
+    validate(config, &origin, &base, Some(&text))
 }
 
 /// One line of documentation per key of the default config (unit and default are in
@@ -439,7 +466,7 @@ mod tests {
     fn embedded_default_loads() {
         let c = parse(EMBEDDED_DEFAULT, "embedded").unwrap();
         assert_eq!(c.entrypoints["web"].address, DEFAULT_WEB_ADDRESS);
-        let v = validate(c, "embedded", Path::new(".")).unwrap();
+        let v = validate(c, "embedded", Path::new("."), None).unwrap();
         assert_eq!(v.admin_addr.to_string(), DEFAULT_ADMIN_ADDRESS);
     }
 
@@ -478,11 +505,13 @@ mod tests {
 
     #[test]
     fn bad_address_and_range() {
-        let c = parse("[admin]\naddress = \"localhost\"\n", "a.toml").unwrap();
-        let e = validate(c, "a.toml", Path::new(".")).unwrap_err();
+        let text = "[admin]\naddress = \"localhost\"\n";
+        let c = parse(text, "a.toml").unwrap();
+        let e = validate(c, "a.toml", Path::new("."), Some(text)).unwrap_err();
         assert_eq!(e.key, "admin.address");
+        assert_eq!((e.line, e.column), (2, 11), "{e}");
         let c = parse("[proxy]\nretry_budget_percent = 150\n", "a.toml").unwrap();
-        let e = validate(c, "a.toml", Path::new(".")).unwrap_err();
+        let e = validate(c, "a.toml", Path::new("."), None).unwrap_err();
         assert_eq!(e.key, "proxy.retry_budget_percent");
     }
 

@@ -27,8 +27,10 @@ const MAX_WEIGHT: u32 = 100;
 
 /// Why a configuration could not be compiled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{object}: field \"{field}\": {message}")]
+#[error("{}{object}: field \"{field}\": {message}", if origin.is_empty() { String::new() } else { format!("{origin}: ") })]
 pub struct CompileError {
+    /// File that defined the object (empty when unknown).
+    pub origin: String,
     /// Object path, e.g. `http.routers.api`.
     pub object: String,
     /// Field, e.g. `rule`.
@@ -63,6 +65,7 @@ impl Compiler<'_> {
         let object = format!("http.services.{name}");
         if depth > 16 {
             self.errors.push(CompileError {
+                origin: String::new(),
                 object,
                 field: "service".into(),
                 message: "services nest too deep (cycle?)".into(),
@@ -70,7 +73,12 @@ impl Compiler<'_> {
             return None;
         }
         let Some(svc) = self.cfg.http.services.get(name) else {
-            self.errors.push(CompileError { object, field: "service".into(), message: "is not defined".into() });
+            self.errors.push(CompileError {
+                origin: String::new(),
+                object,
+                field: "service".into(),
+                message: "is not defined".into(),
+            });
             return None;
         };
         match svc {
@@ -94,6 +102,7 @@ impl Compiler<'_> {
             HttpService::Failover(f) => {
                 let (Some(p), Some(fb)) = (&f.service, &f.fallback) else {
                     self.errors.push(CompileError {
+                        origin: String::new(),
                         object,
                         field: "failover".into(),
                         message: "needs both service and fallback".into(),
@@ -113,6 +122,7 @@ impl Compiler<'_> {
             }
             HttpService::Other { kind, .. } => {
                 self.errors.push(CompileError {
+                    origin: String::new(),
                     object,
                     field: kind.clone(),
                     message: format!("service kind {kind} is not supported; routers cannot use it"),
@@ -139,6 +149,7 @@ impl Compiler<'_> {
                 Ok(u) => u,
                 Err(message) => {
                     self.errors.push(CompileError {
+                        origin: String::new(),
                         object: object.clone(),
                         field: format!("loadBalancer.servers[{i}].url"),
                         message,
@@ -242,6 +253,7 @@ fn breaker_from_middleware(
     warnings: &mut Vec<String>,
 ) -> Result<BreakerConfig, CompileError> {
     let err = |message: String| CompileError {
+        origin: String::new(),
         object: object.to_string(),
         field: "circuitBreaker.expression".into(),
         message,
@@ -292,6 +304,7 @@ fn header_list(
     map.iter()
         .map(|(k, v)| {
             let err = |m: String| CompileError {
+                origin: String::new(),
                 object: object.to_string(),
                 field: format!("headers.{field}.{k}"),
                 message: m,
@@ -366,6 +379,7 @@ pub fn compile(
             Ok(r) => r,
             Err(e) => {
                 c.errors.push(CompileError {
+                    origin: String::new(),
                     object: object.clone(),
                     field: "rule".into(),
                     message: format!("{e} in {rule_text:?}"),
@@ -390,6 +404,7 @@ pub fn compile(
             let Some(mw) = cfg.http.middlewares.get(mname) else {
                 if !m.ends_with("@internal") {
                     c.errors.push(CompileError {
+                        origin: String::new(),
                         object: object.clone(),
                         field: "middlewares".into(),
                         message: format!("middleware {m:?} is not defined"),
@@ -432,7 +447,12 @@ pub fn compile(
             }
         }
         let Some(service) = router.service.as_deref() else {
-            c.errors.push(CompileError { object, field: "service".into(), message: "is missing".into() });
+            c.errors.push(CompileError {
+                origin: String::new(),
+                object,
+                field: "service".into(),
+                message: "is missing".into(),
+            });
             continue;
         };
         let Some(target) = c.target(service, 0) else { continue };
@@ -458,7 +478,11 @@ pub fn compile(
         c.warnings.push("tls: certificates and options are not supported yet (parsed, served to Traefik)".into());
     }
     if !c.errors.is_empty() {
-        return Err(c.errors);
+        let mut errors = c.errors;
+        for e in &mut errors {
+            e.origin = cfg.origin_of(&e.object).unwrap_or_default().to_string();
+        }
+        return Err(errors);
     }
     // Highest priority first; ties by name for a stable order.
     routes.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name)));

@@ -331,3 +331,27 @@ pub fn service_status<'a>(status: &'a Value, service: &str) -> &'a Value {
         .and_then(|s| s.iter().find(|svc| svc["name"] == service))
         .unwrap_or_else(|| panic!("no service {service}: {status:#}"))
 }
+
+/// Run an async test body in a two-worker tokio runtime on a thread with a 32 MiB stack,
+/// and re-raise its panic. Use it instead of `#[tokio::test]` for long scenarios: debug
+/// builds give every `.await` of a large future (a `Client` request is ~66 KB) its own
+/// slot in the caller's stack frame, so a scenario with a few dozen requests overflows
+/// the default 2 MiB test thread stack.
+pub fn run_test<F, Fut>(body: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let name = std::thread::current().name().unwrap_or("test").to_string();
+    let thread = std::thread::Builder::new()
+        .name(name)
+        .stack_size(32 << 20)
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(body());
+        })
+        .unwrap();
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
