@@ -36,7 +36,11 @@ pub fn route_sources(cfg: &LoadedConfig) -> Vec<RouteSource> {
 }
 
 struct ControlLoop {
+    cfg: LoadedConfig,
     reloader: Arc<Reloader>,
+    admin: Arc<AdminState>,
+    registry: prometheus::Registry,
+    events: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<constellation_proxy::BreakerEvent>>>,
     table: constellation_proxy::TableHandle,
     metrics: ProxyMetrics,
     interval: Duration,
@@ -50,21 +54,37 @@ impl BackgroundService for ControlLoop {
             h.sync();
         }
         let h2 = health.clone();
-        let stop = async move {
-            let _ = shutdown.changed().await;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
         };
-        self.reloader
-            .clone()
-            .watch(
-                self.interval,
-                move || {
-                    if let Ok(mut h) = h2.lock() {
-                        h.sync();
-                    }
-                },
-                stop,
-            )
-            .await;
+        let events = self.events.lock().ok().and_then(|mut e| e.take());
+        let plane = events.map(|events| {
+            tokio::spawn(constellation_control::plane::run(
+                self.cfg.clone(),
+                self.reloader.clone(),
+                self.admin.clone(),
+                self.registry.clone(),
+                events,
+                stopped(stop_rx.clone()),
+            ))
+        });
+        let watcher = tokio::spawn(self.reloader.clone().watch(
+            self.interval,
+            move || {
+                if let Ok(mut h) = h2.lock() {
+                    h.sync();
+                }
+            },
+            stopped(stop_rx),
+        ));
+        let _ = shutdown.changed().await;
+        let _ = stop_tx.send(true);
+        // Let the control plane leave the cluster gracefully before the process ends.
+        if let Some(p) = plane {
+            let _ = tokio::time::timeout(Duration::from_secs(3), p).await;
+        }
+        watcher.abort();
     }
 }
 
@@ -84,15 +104,21 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
         ready: AtomicBool::new(false),
         token: cfg.admin_token.clone(),
         started: Instant::now(),
+        members: ArcSwap::from_pointee(serde_json::json!([])),
+        hints: ArcSwap::from_pointee(serde_json::json!([])),
+        cluster_joined: AtomicBool::new(false),
     });
-    let reloader = Arc::new(Reloader::new(
-        route_sources(&cfg),
-        settings.clone(),
-        cfg.entrypoints.clone(),
-        table.clone(),
-        metrics.clone(),
-        admin.clone(),
-    ));
+    let reloader = Arc::new(
+        Reloader::new(
+            route_sources(&cfg),
+            settings.clone(),
+            cfg.entrypoints.clone(),
+            table.clone(),
+            metrics.clone(),
+            admin.clone(),
+        )
+        .with_domain(&cfg.config.cluster.domain),
+    );
     // The first table must be valid: an agent that starts with no routes would look
     // healthy while serving nothing.
     reloader.reload().map_err(StartError::Routes)?;
@@ -114,9 +140,10 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        SmartFailoverProxy::new(table.clone(), metrics.clone()),
+        SmartFailoverProxy::new(table.clone(), metrics.clone()).with_events(events_tx),
         "SmartFailoverProxy",
     );
     for (name, addr) in &cfg.entrypoints {
@@ -140,7 +167,16 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
 
     server.add_service(background_service(
         "control",
-        ControlLoop { reloader, table, metrics, interval: Duration::from_millis(cfg.config.routes.watch_interval_ms) },
+        ControlLoop {
+            cfg: cfg.clone(),
+            reloader,
+            admin: admin.clone(),
+            registry: admin.registry.clone(),
+            events: std::sync::Mutex::new(Some(events_rx)),
+            table,
+            metrics,
+            interval: Duration::from_millis(cfg.config.routes.watch_interval_ms),
+        },
     ));
     tracing::info!(node = %cfg.config.node.name, config = %cfg.origin, "agent starting");
     server.run_forever()

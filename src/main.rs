@@ -49,6 +49,15 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Make a new cluster key (64 hex characters; keep it secret).
+    Keygen {
+        /// Write it to this file (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Traefik provider tools.
     Traefik {
         #[command(subcommand)]
@@ -190,9 +199,45 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Keygen { out, force } => {
+            let key = constellation_control::cluster::generate_key_hex();
+            match out {
+                None => {
+                    println!("{key}");
+                    ExitCode::SUCCESS
+                }
+                Some(path) => {
+                    if path.exists() && !force {
+                        eprintln!(
+                            "error: {} exists; pass --force to replace it (nodes using the old key will be refused)",
+                            path.display()
+                        );
+                        return ExitCode::from(1);
+                    }
+                    match write_secret(&path, &format!("{key}\n")) {
+                        Ok(()) => {
+                            eprintln!("wrote a new cluster key to {}", path.display());
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("error: cannot write {}: {e}", path.display());
+                            ExitCode::from(1)
+                        }
+                    }
+                }
+            }
+        }
         Command::Status { admin, json } => run_async(constellation::demo::status(&admin, json)),
         Command::Demo { seconds } => run_async(constellation::demo::run(seconds)),
     }
+}
+
+/// Write a file readable only by its owner.
+fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())
 }
 
 fn run_async<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> ExitCode {

@@ -45,9 +45,20 @@ pub struct AdminState {
     pub token: Option<String>,
     /// Process start.
     pub started: Instant,
+    /// Cluster members as JSON (kept current by the control plane).
+    pub members: ArcSwap<Value>,
+    /// Outlier hints known cluster-wide, as JSON.
+    pub hints: ArcSwap<Value>,
+    /// Set once the node has joined its cluster (or runs alone).
+    pub cluster_joined: AtomicBool,
 }
 
 impl AdminState {
+    /// Route table published and cluster joined.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && self.cluster_joined.load(Ordering::Relaxed)
+    }
+
     /// The `/api/v1/status` document.
     pub fn status(&self) -> Value {
         let table = self.table.load_full();
@@ -57,12 +68,13 @@ impl AdminState {
                 "version": env!("CARGO_PKG_VERSION"),
                 "uptime_seconds": self.started.elapsed().as_secs(),
             },
-            "ready": self.ready.load(Ordering::Relaxed),
+            "ready": self.is_ready(),
             "config": {
                 "generation": table.generation,
                 "last_reload": &**self.reload.load(),
             },
-            "members": [],
+            "members": &**self.members.load(),
+            "hints": &**self.hints.load(),
             "routes": routes_json(&table),
             "services": services_json(&table),
         })
@@ -124,6 +136,7 @@ pub fn services_json(table: &RouteTable) -> Value {
                             "address": u.addr.map(|a| a.to_string()),
                             "healthy": u.healthy.load(Ordering::Relaxed),
                             "available": u.is_available(now),
+                            "deprioritised": u.is_hinted(now),
                             "breaker": {
                                 "state": u.breaker.state(now),
                                 "ejections": u.breaker.ejections(),
@@ -208,10 +221,12 @@ impl ServeHttp for AdminApp {
         match path.as_str() {
             "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                if self.state.ready.load(Ordering::Relaxed) {
+                if self.state.is_ready() {
                     reply(StatusCode::OK, "text/plain", b"ready\n".to_vec())
-                } else {
+                } else if !self.state.ready.load(Ordering::Relaxed) {
                     reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"route table not published yet\n".to_vec())
+                } else {
+                    reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"not joined to the cluster yet\n".to_vec())
                 }
             }
             "/metrics" => {
@@ -227,6 +242,11 @@ impl ServeHttp for AdminApp {
             _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
         }
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Seconds since the Unix epoch.

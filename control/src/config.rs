@@ -35,6 +35,90 @@ pub struct AgentConfig {
     pub proxy: ProxySettings,
     /// Built-in welcome page backend (used by the embedded default route); off unless set.
     pub welcome: Option<WelcomeConfig>,
+    /// Gossip membership (SWIM over UDP). Off unless `address` is set.
+    pub gossip: GossipConfig,
+    /// Cluster RPC (state pulls) and naming.
+    pub cluster: ClusterSection,
+    /// Service instances running on this node, announced to the cluster.
+    pub instances: Vec<InstanceConfig>,
+}
+
+/// `[gossip]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GossipConfig {
+    /// UDP listen address for gossip, e.g. `100.64.0.1:7946`. Unset = single node.
+    pub address: Option<String>,
+    /// Address other nodes reach this node's gossip on, when it differs from `address`
+    /// (e.g. `address` is `0.0.0.0:7946`). Default: `address`.
+    pub advertise: Option<String>,
+    /// Gossip addresses of nodes to join through. Retried until they answer.
+    pub seeds: Vec<String>,
+    /// File holding the cluster key(s) made by `constellation keygen`, relative to this
+    /// file. The environment variable `CONSTELLATION_GOSSIP__KEY` (hex) also works.
+    pub key_file: Option<PathBuf>,
+    /// Full state exchange with a random peer every this many milliseconds. Default 5000.
+    pub push_pull_interval_ms: u64,
+    /// Discover peers from `tailscale status --json`. Default false.
+    pub tailscale: bool,
+    /// Only Tailscale peers carrying this tag (e.g. `tag:constellation`). Default: any.
+    pub tailscale_tag: Option<String>,
+    /// Plain-HTTP "what is my IP" services asked for this node's public IP (two must
+    /// agree). `CONSTELLATION_PUBLIC_IP` overrides. Empty = interface address only.
+    pub public_ip_services: Vec<String>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// TCP listen address for cluster RPC (state pulls; later Raft), e.g. `100.64.0.1:7947`.
+    /// Default: the gossip address's IP with port 7947.
+    pub address: Option<String>,
+    /// Domain for default routers of announced services: `Host(<service>.<domain>)`.
+    /// Default `localhost`.
+    pub domain: String,
+}
+
+/// `[[instances]]`: a service instance on this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// Service name; joins the router/service of that name on every node.
+    pub service: String,
+    /// URL other nodes' proxies use to reach it, e.g. `http://100.64.0.1:8081`.
+    pub url: String,
+    /// Optional HTTP health check path; the instance is announced unhealthy while it fails.
+    #[serde(default)]
+    pub health_path: Option<String>,
+}
+
+/// Default gossip push-pull interval (ms).
+pub const DEFAULT_PUSH_PULL_INTERVAL_MS: u64 = 5_000;
+/// Default cluster RPC port when only the gossip address is given.
+pub const DEFAULT_CLUSTER_PORT: u16 = 7947;
+/// Default domain of default routers.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "localhost";
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        Self {
+            address: None,
+            advertise: None,
+            seeds: Vec::new(),
+            key_file: None,
+            push_pull_interval_ms: DEFAULT_PUSH_PULL_INTERVAL_MS,
+            tailscale: false,
+            tailscale_tag: None,
+            public_ip_services: crate::public_ip::DEFAULT_SERVICES.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self { address: None, domain: DEFAULT_CLUSTER_DOMAIN.into() }
+    }
 }
 
 /// `[node]`.
@@ -45,6 +129,9 @@ pub struct NodeConfig {
     pub name: String,
     /// Directory for durable state, relative to the config file. Default `constellation-data`.
     pub data_dir: PathBuf,
+    /// Roles this node takes: `lb` (may become the front door), `dns` (may write DNS).
+    /// Default: none.
+    pub roles: Vec<String>,
 }
 
 /// `[entrypoints.<name>]`.
@@ -88,7 +175,7 @@ pub struct WelcomeConfig {
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        Self { name: default_node_name(), data_dir: PathBuf::from(DEFAULT_DATA_DIR) }
+        Self { name: default_node_name(), data_dir: PathBuf::from(DEFAULT_DATA_DIR), roles: Vec::new() }
     }
 }
 
@@ -115,6 +202,9 @@ impl Default for AgentConfig {
             routes: RoutesConfig::default(),
             proxy: ProxySettings::default(),
             welcome: None,
+            gossip: GossipConfig::default(),
+            cluster: ClusterSection::default(),
+            instances: Vec::new(),
         }
     }
 }
@@ -189,6 +279,37 @@ pub struct LoadedConfig {
     pub admin_addr: SocketAddr,
     /// Admin bearer token, if any (never logged).
     pub admin_token: Option<String>,
+    /// Resolved gossip settings; `None` runs a single node.
+    pub gossip: Option<ResolvedGossip>,
+}
+
+/// Gossip settings with addresses parsed and the key loaded.
+#[derive(Clone)]
+pub struct ResolvedGossip {
+    /// UDP bind address.
+    pub bind: SocketAddr,
+    /// UDP address announced to peers.
+    pub advertise: SocketAddr,
+    /// TCP cluster RPC bind address.
+    pub cluster_bind: SocketAddr,
+    /// Seed gossip addresses.
+    pub seeds: Vec<SocketAddr>,
+    /// Keyring text (one hex key per line; never logged).
+    pub keyring_text: String,
+    /// Where the keyring came from, for errors.
+    pub keyring_origin: String,
+}
+
+impl std::fmt::Debug for ResolvedGossip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolvedGossip")
+            .field("bind", &self.bind)
+            .field("advertise", &self.advertise)
+            .field("cluster_bind", &self.cluster_bind)
+            .field("seeds", &self.seeds)
+            .field("keyring_origin", &self.keyring_origin)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LoadedConfig {
@@ -236,7 +357,12 @@ where
         .into_iter()
         .filter(|(k, _)| k.starts_with("CONSTELLATION_") && k.contains("__"))
         // Secrets and non-config variables are read where they are used.
-        .filter(|(k, _)| !matches!(k.as_str(), "CONSTELLATION_ADMIN__TOKEN" | "CONSTELLATION_DNS__API_TOKEN"))
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "CONSTELLATION_ADMIN__TOKEN" | "CONSTELLATION_DNS__API_TOKEN" | "CONSTELLATION_GOSSIP__KEY"
+            )
+        })
         .collect();
     if overrides.is_empty() {
         return Ok(config);
@@ -351,6 +477,70 @@ pub fn validate(
         }
         _ => None,
     };
+    for (i, inst) in config.instances.iter().enumerate() {
+        if inst.service.trim().is_empty() || inst.service.contains(['@', ' ', '/']) {
+            return Err(bad(&format!("instances[{i}].service"), format!("{:?} is not a service name", inst.service)));
+        }
+        if let Err(e) = constellation_proxy::upstream::parse_server_url(&inst.url) {
+            return Err(bad(&format!("instances[{i}].url"), e));
+        }
+    }
+    let gossip =
+        match &config.gossip.address {
+            None => {
+                if !config.gossip.seeds.is_empty() {
+                    return Err(bad("gossip.seeds", "seeds need gossip.address to be set".into()));
+                }
+                None
+            }
+            Some(a) => {
+                let bind = addr("gossip.address", a)?;
+                let advertise = match &config.gossip.advertise {
+                    Some(a) => addr("gossip.advertise", a)?,
+                    None if bind.ip().is_unspecified() => {
+                        return Err(bad(
+                            "gossip.advertise",
+                            "gossip.address is a wildcard; set the address peers should use".into(),
+                        ))
+                    }
+                    None => bind,
+                };
+                let cluster_bind = match &config.cluster.address {
+                    Some(a) => addr("cluster.address", a)?,
+                    None => SocketAddr::new(bind.ip(), DEFAULT_CLUSTER_PORT),
+                };
+                let mut seeds = Vec::new();
+                for s in &config.gossip.seeds {
+                    use std::net::ToSocketAddrs;
+                    let resolved = s
+                        .to_socket_addrs()
+                        .map_err(|e| bad("gossip.seeds", format!("{s:?} does not resolve to ip:port ({e})")))?
+                        .next()
+                        .ok_or_else(|| bad("gossip.seeds", format!("{s:?} resolves to nothing")))?;
+                    if resolved != advertise {
+                        seeds.push(resolved);
+                    }
+                }
+                let (keyring_text, keyring_origin) =
+                    match (std::env::var("CONSTELLATION_GOSSIP__KEY"), &config.gossip.key_file) {
+                        (Ok(k), _) if !k.trim().is_empty() => {
+                            (k, "environment variable CONSTELLATION_GOSSIP__KEY".to_string())
+                        }
+                        (_, Some(f)) => {
+                            let path = base_dir.join(f);
+                            let text = std::fs::read_to_string(&path)
+                                .map_err(|e| bad("gossip.key_file", format!("cannot read {}: {e}", path.display())))?;
+                            (text, path.display().to_string())
+                        }
+                        _ => return Err(bad(
+                            "gossip.key_file",
+                            "gossip needs a cluster key: run `constellation keygen --out cluster.key` and set key_file"
+                                .into(),
+                        )),
+                    };
+                Some(ResolvedGossip { bind, advertise, cluster_bind, seeds, keyring_text, keyring_origin })
+            }
+        };
     Ok(LoadedConfig {
         config,
         base_dir: base_dir.to_path_buf(),
@@ -358,6 +548,7 @@ pub fn validate(
         entrypoints,
         admin_addr,
         admin_token,
+        gossip,
     })
 }
 
@@ -388,6 +579,21 @@ pub fn load(path: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
 const KEY_DOCS: &[(&str, &str)] = &[
     ("node.name", "Node name, unique in the cluster. Default: the host name."),
     ("node.data_dir", "Directory for durable state, relative to this file."),
+    ("node.roles", "Roles of this node: \"lb\" (may be the front door), \"dns\" (may write DNS)."),
+    ("instances", "Service instances on this node: [[instances]] service = \"app\", url = \"http://...\"."),
+    ("gossip.address", "UDP gossip address (SWIM). Unset = single node."),
+    ("gossip.advertise", "Gossip address others use, when it differs from address."),
+    ("gossip.seeds", "Gossip addresses of nodes to join through; retried until they answer."),
+    ("gossip.key_file", "Cluster key file from `constellation keygen` (or CONSTELLATION_GOSSIP__KEY)."),
+    ("gossip.push_pull_interval_ms", "Full state exchange with a random peer this often."),
+    ("gossip.tailscale", "Discover peers with `tailscale status --json`."),
+    ("gossip.tailscale_tag", "Only Tailscale peers with this tag."),
+    (
+        "gossip.public_ip_services",
+        "Plain-HTTP what-is-my-IP services (two must agree); CONSTELLATION_PUBLIC_IP overrides.",
+    ),
+    ("cluster.address", "TCP address for cluster RPC (state pulls). Default: gossip IP, port 7947."),
+    ("cluster.domain", "Default router of an announced service: Host(<service>.<domain>)."),
     ("entrypoints.web.address", "Where the proxy listens (ip:port). Add [entrypoints.<name>] for more."),
     ("admin.address", "Admin API (metrics, status, Traefik provider). Keep it on loopback or the mesh."),
     ("admin.token_file", "File with a bearer token required on all admin endpoints but /healthz."),
@@ -432,6 +638,11 @@ pub fn default_toml() -> String {
     let mut cfg = AgentConfig::default();
     cfg.node.name = "node-1".into();
     cfg.admin.token_file = Some(PathBuf::from("admin.token"));
+    cfg.gossip.address = Some("127.0.0.1:7946".into());
+    cfg.gossip.advertise = Some("127.0.0.1:7946".into());
+    cfg.gossip.key_file = Some(PathBuf::from("cluster.key"));
+    cfg.gossip.tailscale_tag = Some("tag:constellation".into());
+    cfg.cluster.address = Some("127.0.0.1:7947".into());
     let rendered = match toml::to_string_pretty(&cfg) {
         Ok(s) => s,
         Err(e) => return format!("{out}# could not render defaults: {e}\n"),
@@ -441,12 +652,20 @@ pub fn default_toml() -> String {
         if let Some(h) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             section = h.to_string();
         } else if let Some((key, _)) = line.split_once(" = ") {
-            let path = format!("{section}.{key}");
+            let path = if section.is_empty() { key.to_string() } else { format!("{section}.{key}") };
             if let Some((_, doc)) = KEY_DOCS.iter().find(|(k, _)| *k == path) {
                 out.push_str(&format!("# {doc}\n"));
             }
             // Optional keys are shown commented out: their default is "unset".
-            if path == "admin.token_file" {
+            if matches!(
+                path.as_str(),
+                "admin.token_file"
+                    | "gossip.address"
+                    | "gossip.advertise"
+                    | "gossip.key_file"
+                    | "gossip.tailscale_tag"
+                    | "cluster.address"
+            ) {
                 out.push_str(&format!("# {line}\n"));
                 continue;
             }

@@ -5,7 +5,12 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod builder;
+pub mod cluster;
 pub mod config;
+pub mod discovery;
+pub mod plane;
+pub mod public_ip;
 pub mod routes;
 
 pub use admin::{AdminApp, AdminState, ReloadReport};

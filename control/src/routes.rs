@@ -14,6 +14,8 @@ use constellation_proxy::{
 };
 
 use crate::admin::{unix_now, AdminState, ReloadReport};
+use crate::builder::{build, ClusterInstance};
+use tokio::sync::Notify;
 
 /// Where routes come from.
 #[derive(Debug, Clone)]
@@ -90,6 +92,9 @@ pub struct Reloader {
     admin: Arc<AdminState>,
     generation: AtomicU64,
     fingerprint: Mutex<u64>,
+    domain: String,
+    instances: Mutex<Vec<ClusterInstance>>,
+    kick: Notify,
 }
 
 impl Reloader {
@@ -112,7 +117,33 @@ impl Reloader {
             admin,
             generation: AtomicU64::new(0),
             fingerprint: Mutex::new(0),
+            domain: crate::config::DEFAULT_CLUSTER_DOMAIN.to_string(),
+            instances: Mutex::new(Vec::new()),
+            kick: Notify::new(),
         }
+    }
+
+    /// Domain of default routers for announced services.
+    pub fn with_domain(mut self, domain: &str) -> Self {
+        self.domain = domain.to_string();
+        self
+    }
+
+    /// Replace the cluster's healthy instances; a change wakes the watcher to rebuild.
+    pub fn set_instances(&self, mut instances: Vec<ClusterInstance>) {
+        instances.sort();
+        instances.dedup();
+        let mut cur = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        if *cur != instances {
+            *cur = instances;
+            drop(cur);
+            self.kick.notify_one();
+        }
+    }
+
+    /// Pools of the table in force (for applying outlier hints).
+    pub fn table(&self) -> &TableHandle {
+        &self.table
     }
 
     fn current_fingerprint(&self) -> u64 {
@@ -135,7 +166,13 @@ impl Reloader {
         let started = Instant::now();
         *self.fingerprint.lock().unwrap_or_else(|p| p.into_inner()) = self.current_fingerprint();
         let generation = self.generation.load(Ordering::Relaxed) + 1;
+        let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut build_warnings = Vec::new();
         let result = load_sources(&self.sources).and_then(|cfg| {
+            let (cfg, w) = build(&cfg, &instances, &self.domain);
+            build_warnings = w;
+            cfg.validate("cluster instances")
+                .map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
             compile(&cfg, &self.settings, &self.entrypoints, &self.registry, generation)
                 .map(|(table, warnings)| (cfg, table, warnings))
                 .map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect())
@@ -145,6 +182,7 @@ impl Reloader {
             Ok((cfg, table, warnings)) => {
                 let mut unsupported = cfg.unsupported();
                 unsupported.extend(warnings);
+                unsupported.extend(build_warnings);
                 for u in &unsupported {
                     tracing::warn!(detail = %u, "configuration feature parsed but not applied");
                 }
@@ -209,18 +247,21 @@ impl Reloader {
     {
         tokio::pin!(stop);
         loop {
-            tokio::select! {
+            let kicked = tokio::select! {
                 _ = &mut stop => return,
-                _ = tokio::time::sleep(interval) => {}
-            }
-            if !self.changed() {
-                continue;
-            }
-            // Let a writer finish: reload once the content stopped changing.
-            let first = self.current_fingerprint();
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if self.current_fingerprint() != first {
-                continue;
+                _ = tokio::time::sleep(interval) => false,
+                _ = self.kick.notified() => true,
+            };
+            if !kicked {
+                if !self.changed() {
+                    continue;
+                }
+                // Let a writer finish: reload once the content stopped changing.
+                let first = self.current_fingerprint();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if self.current_fingerprint() != first {
+                    continue;
+                }
             }
             let me = self.clone();
             // Compiling resolves host names, which may block.

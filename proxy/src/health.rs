@@ -214,6 +214,7 @@ mod tests {
             in_flight: AtomicI64::new(0),
             requests: AtomicUsize::new(0),
             failures: AtomicUsize::new(0),
+            hint_until: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

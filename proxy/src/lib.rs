@@ -25,6 +25,6 @@ pub use health::HealthSupervisor;
 pub use metrics::ProxyMetrics;
 pub use rule::{RequestInfo, Rule, RuleError};
 pub use settings::ProxySettings;
-pub use smart::SmartFailoverProxy;
+pub use smart::{BreakerEvent, SmartFailoverProxy};
 pub use table::{Pool, Route, RouteTable, TableHandle, Target};
 pub use upstream::{Upstream, UpstreamKey, UpstreamRegistry};

@@ -32,6 +32,16 @@ use crate::upstream::Upstream;
 pub struct SmartFailoverProxy {
     table: Arc<ArcSwap<RouteTable>>,
     metrics: ProxyMetrics,
+    events: Option<tokio::sync::mpsc::UnboundedSender<BreakerEvent>>,
+}
+
+/// A breaker opened for an upstream (the control plane gossips it as an outlier hint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerEvent {
+    /// Service name.
+    pub service: String,
+    /// Upstream URL.
+    pub url: String,
 }
 
 /// Why the last attempt failed, for metrics and the retry reason.
@@ -81,7 +91,13 @@ pub struct RequestCtx {
 impl SmartFailoverProxy {
     /// A proxy reading snapshots from `table` and reporting into `metrics`.
     pub fn new(table: Arc<ArcSwap<RouteTable>>, metrics: ProxyMetrics) -> Self {
-        Self { table, metrics }
+        Self { table, metrics, events: None }
+    }
+
+    /// Also report every breaker opening on `events` (never blocks the request path).
+    pub fn with_events(mut self, events: tokio::sync::mpsc::UnboundedSender<BreakerEvent>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     fn route<'a>(&self, ctx: &'a RequestCtx) -> Option<&'a Route> {
@@ -121,6 +137,9 @@ impl SmartFailoverProxy {
             Transition::EjectionRefused => "ejection_refused",
         };
         tracing::info!(service, upstream = up.label(), to, "circuit breaker transition");
+        if let (Some(tx), Transition::Opened | Transition::Reopened) = (&self.events, t) {
+            let _ = tx.send(BreakerEvent { service: service.to_string(), url: up.key.url.clone() });
+        }
         self.metrics.breaker_transitions.with_label_values(&[service, up.label(), to]).inc();
         self.metrics.breaker_state.with_label_values(&[service, up.label()]).set(up.breaker_gauge(now));
     }

@@ -211,28 +211,44 @@ impl Pool {
             self.cursor.load(Ordering::Relaxed)
         };
         let mut rejected = 0;
-        for i in 0..n {
-            let up = &self.upstreams[self.order[(start + i) % n]];
-            if tried.iter().any(|t| Arc::ptr_eq(t, up)) || up.addr.is_none() {
-                continue;
+        // Upstreams another node reported as tripped are used only when nothing else
+        // is: a second pass admits them. One node's view never ejects them for all.
+        let mut skipped_hinted = false;
+        for pass in 0..2 {
+            if pass == 1 && !skipped_hinted {
+                break;
             }
-            if panic {
-                // Too few upstreams are left: spread over all of them rather than
-                // pile everything onto the survivors or refuse service.
-                return Pick::Upstream {
-                    upstream: up.clone(),
-                    admission: Admission::Allowed,
-                    pool: self.clone(),
-                    transition: None,
-                };
-            }
-            if !up.healthy.load(Ordering::Relaxed) {
-                continue;
-            }
-            match up.breaker.admit_observed(now) {
-                (Admission::Rejected, _) => rejected += 1,
-                (admission, transition) => {
-                    return Pick::Upstream { upstream: up.clone(), admission, pool: self.clone(), transition };
+            for i in 0..n {
+                let up = &self.upstreams[self.order[(start + i) % n]];
+                if tried.iter().any(|t| Arc::ptr_eq(t, up)) || up.addr.is_none() {
+                    continue;
+                }
+                let hinted = up.is_hinted(now);
+                if pass == 0 && hinted {
+                    skipped_hinted = true;
+                    continue;
+                }
+                if pass == 1 && !hinted {
+                    continue;
+                }
+                if panic {
+                    // Too few upstreams are left: spread over all of them rather than
+                    // pile everything onto the survivors or refuse service.
+                    return Pick::Upstream {
+                        upstream: up.clone(),
+                        admission: Admission::Allowed,
+                        pool: self.clone(),
+                        transition: None,
+                    };
+                }
+                if !up.healthy.load(Ordering::Relaxed) {
+                    continue;
+                }
+                match up.breaker.admit_observed(now) {
+                    (Admission::Rejected, _) => rejected += 1,
+                    (admission, transition) => {
+                        return Pick::Upstream { upstream: up.clone(), admission, pool: self.clone(), transition };
+                    }
                 }
             }
         }
@@ -352,7 +368,79 @@ pub fn weighted_order(weights: &[u32]) -> Vec<usize> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn pool(n: usize) -> Arc<Pool> {
+        let reg = crate::upstream::UpstreamRegistry::default();
+        let cfg = Arc::new(crate::breaker::BreakerConfig::default());
+        let budget = reg.budget("s", n, 50);
+        let mut live = Vec::new();
+        let upstreams: Vec<_> = (0..n)
+            .map(|i| {
+                let url = format!("http://127.0.0.1:{}", 9000 + i);
+                let parsed = crate::upstream::parse_server_url(&url).unwrap();
+                let key = crate::upstream::UpstreamKey { service: "s".into(), url };
+                reg.upstream(
+                    key,
+                    &parsed,
+                    Some(format!("127.0.0.1:{}", 9000 + i).parse().unwrap()),
+                    &cfg,
+                    &budget,
+                    &mut live,
+                )
+            })
+            .collect();
+        Arc::new(Pool {
+            name: "s".into(),
+            order: weighted_order(&vec![1; n]),
+            upstreams,
+            cursor: AtomicUsize::new(0),
+            pass_host_header: true,
+            retry_on_403: false,
+            health: None,
+            active: AtomicI64::new(0),
+            active_retries: AtomicI64::new(0),
+            panic_threshold_percent: 50,
+        })
+    }
+
+    fn picked(p: &Arc<Pool>, tried: &[Arc<Upstream>], now: Instant) -> Option<usize> {
+        match p.pick(tried, now) {
+            Pick::Upstream { upstream, admission, .. } => {
+                upstream.breaker.release(admission);
+                p.upstreams.iter().position(|u| Arc::ptr_eq(u, &upstream))
+            }
+            Pick::Unavailable { .. } => None,
+        }
+    }
+
+    #[test]
+    fn hinted_upstreams_are_used_only_when_nothing_else_is() {
+        let p = pool(3);
+        let now = Instant::now();
+        p.upstreams[1].hint(now + Duration::from_secs(30));
+        for _ in 0..9 {
+            assert_ne!(picked(&p, &[], now), Some(1), "deprioritised while others are available");
+        }
+        // The others tried: the hinted one still serves (a hint never ejects).
+        let tried = vec![p.upstreams[0].clone(), p.upstreams[2].clone()];
+        assert_eq!(picked(&p, &tried, now), Some(1));
+        // Expired hint: back in rotation.
+        let later = now + Duration::from_secs(31);
+        assert!((0..6).any(|_| picked(&p, &[], later) == Some(1)));
+    }
+
+    #[test]
+    fn retries_skip_tried_upstreams() {
+        let p = pool(2);
+        let now = Instant::now();
+        let first = picked(&p, &[], now).unwrap();
+        let tried = vec![p.upstreams[first].clone()];
+        assert_eq!(picked(&p, &tried, now), Some(1 - first));
+        let all = p.upstreams.clone();
+        assert_eq!(picked(&p, &all, now), None);
+    }
 
     #[test]
     fn weighted_order_interleaves() {

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -46,6 +47,16 @@ pub struct Upstream {
     pub requests: AtomicUsize,
     /// Failures recorded against this upstream since it was created.
     pub failures: AtomicUsize,
+    /// Another node's breaker tripped for this upstream: prefer others until this
+    /// instant (nanoseconds on [`epoch_nanos`]'s clock; 0 = no hint).
+    pub hint_until: AtomicU64,
+}
+
+/// Nanoseconds from a process-wide epoch to `t` (monotonic; for atomics).
+pub fn epoch_nanos(t: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| t);
+    t.saturating_duration_since(epoch).as_nanos() as u64
 }
 
 impl std::fmt::Debug for Upstream {
@@ -58,6 +69,17 @@ impl Upstream {
     /// Whether the load balancer may pick it outside panic mode.
     pub fn is_available(&self, now: Instant) -> bool {
         self.addr.is_some() && self.healthy.load(Ordering::Relaxed) && self.breaker.is_available(now)
+    }
+
+    /// Whether a cluster outlier hint deprioritises it now.
+    pub fn is_hinted(&self, now: Instant) -> bool {
+        let until = self.hint_until.load(Ordering::Relaxed);
+        until != 0 && epoch_nanos(now) < until
+    }
+
+    /// Deprioritise until `until` (a hint from another node); never ejects.
+    pub fn hint(&self, until: Instant) {
+        self.hint_until.store(epoch_nanos(until).max(1), Ordering::Relaxed);
     }
 
     /// A short label for metrics and logs: the URL.
@@ -157,6 +179,7 @@ impl UpstreamRegistry {
             in_flight: AtomicI64::new(0),
             requests: AtomicUsize::new(0),
             failures: AtomicUsize::new(0),
+            hint_until: AtomicU64::new(0),
         });
         inner.upstreams.insert(key, up.clone());
         up

@@ -39,8 +39,8 @@ async fn gateway_503_is_retried_for_get_but_passed_through_for_post() {
     let agent = Agent::start(&routes("app", "PathPrefix(`/`)", &[a.url(), b.url()], ""), NO_BREAKER).await;
     let mut c = agent.client();
     let n = 10;
-    for _ in 0..n {
-        let r = c.get("app", "/").await.unwrap();
+    for i in 0..n {
+        let r = c.get("app", "/").await.unwrap_or_else(|e| panic!("GET #{i}: {e:?}\n{}", agent.log()));
         assert_eq!((r.status, r.text()), (200, "b\n".to_string()));
     }
     assert_eq!(b.count(), n, "every GET ends at b");

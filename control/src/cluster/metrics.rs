@@ -1,0 +1,97 @@
+//! Gossip and state-pull metrics, and the rate limit on "packet rejected" log lines.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// How often at most a rejection from one peer address is logged.
+const REJECT_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Bound on the addresses remembered for the log rate limit.
+const REJECT_LOG_MAX_PEERS: usize = 4096;
+
+/// The cluster's Prometheus metrics.
+pub(crate) struct Metrics {
+    /// `constellation_gossip_packets_rejected_total{reason}`.
+    pub(crate) rejected: IntCounterVec,
+    /// `constellation_gossip_packets_total{direction}`.
+    pub(crate) packets: IntCounterVec,
+    /// `constellation_members{state}`.
+    pub(crate) members: IntGaugeVec,
+    /// `constellation_state_pulls_total{result}`.
+    pub(crate) pulls: IntCounterVec,
+    /// `constellation_convergence_lag_seconds`.
+    pub(crate) lag: Histogram,
+    reject_log: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl Metrics {
+    pub(crate) fn register(registry: &Registry) -> Result<Metrics, prometheus::Error> {
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "constellation_gossip_packets_rejected_total",
+                "Gossip datagrams and state-pull frames dropped, by reason \
+                 (truncated, bad_version, unknown_key, forged, decode).",
+            ),
+            &["reason"],
+        )?;
+        let packets = IntCounterVec::new(
+            Opts::new("constellation_gossip_packets_total", "Gossip datagrams by direction (in, out)."),
+            &["direction"],
+        )?;
+        let members = IntGaugeVec::new(
+            Opts::new("constellation_members", "Cluster members by state (alive, suspect, down), self included."),
+            &["state"],
+        )?;
+        let pulls = IntCounterVec::new(
+            Opts::new("constellation_state_pulls_total", "State push-pulls initiated, by result (ok, error)."),
+            &["result"],
+        )?;
+        let lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "constellation_convergence_lag_seconds",
+                "Time from receiving a newer state digest to holding that state.",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+        )?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(packets.clone()))?;
+        registry.register(Box::new(members.clone()))?;
+        registry.register(Box::new(pulls.clone()))?;
+        registry.register(Box::new(lag.clone()))?;
+        // Make every label value visible from the start, at zero.
+        for reason in ["truncated", "bad_version", "unknown_key", "forged", "decode"] {
+            rejected.with_label_values(&[reason]);
+        }
+        for direction in ["in", "out"] {
+            packets.with_label_values(&[direction]);
+        }
+        for result in ["ok", "error"] {
+            pulls.with_label_values(&[result]);
+        }
+        Ok(Metrics { rejected, packets, members, pulls, lag, reject_log: Mutex::new(HashMap::new()) })
+    }
+
+    /// Counts a rejected datagram or frame and logs it, at most once a minute per peer IP.
+    pub(crate) fn reject(&self, peer: SocketAddr, transport: &'static str, reason: &'static str) {
+        self.rejected.with_label_values(&[reason]).inc();
+        let now = Instant::now();
+        let mut log = self.reject_log.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len() >= REJECT_LOG_MAX_PEERS {
+            log.retain(|_, at| now.duration_since(*at) < REJECT_LOG_EVERY);
+        }
+        let due = log.get(&peer.ip()).is_none_or(|at| now.duration_since(*at) >= REJECT_LOG_EVERY);
+        if due && log.len() < REJECT_LOG_MAX_PEERS {
+            log.insert(peer.ip(), now);
+            tracing::warn!(
+                peer = %peer,
+                transport,
+                reason,
+                "cluster packet rejected (wrong cluster key, not a Constellation peer, or corrupted); \
+                 further rejections from this address are counted, not logged, for a minute"
+            );
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The control plane's event loop: joins the cluster, announces this node's instances
+//! (with their health), turns the cluster view into route-table rebuilds, gossips and
+//! applies outlier hints, and keeps the admin view of members current.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use constellation_proxy::BreakerEvent;
+use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::admin::AdminState;
+use crate::builder::ClusterInstance;
+use crate::cluster::{Cluster, ClusterConfig, ClusterView, Instance, Keyring, NodeState};
+use crate::config::LoadedConfig;
+use crate::discovery::{run_discovery_loop, TailscaleDiscovery};
+use crate::public_ip::{detect, PublicIpConfig};
+use crate::routes::Reloader;
+
+/// How long a breaker opening here deprioritises that upstream on other nodes.
+pub const HINT_TTL: Duration = Duration::from_secs(30);
+/// How often local instances with a health path are checked.
+pub const INSTANCE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Members as served in `/api/v1/status`.
+pub fn members_json(view: &ClusterView) -> Value {
+    Value::Array(
+        view.members
+            .iter()
+            .map(|m| {
+                json!({
+                    "name": m.name,
+                    "state": m.state,
+                    "address": m.gossip_addr.to_string(),
+                    "cluster_address": m.cluster_addr.to_string(),
+                    "incarnation": m.incarnation,
+                    "roles": m.roles,
+                    "state_version": m.state_version,
+                    "is_self": m.is_self,
+                    "public_ip": view.states.get(&m.name).and_then(|s| s.public_ip).map(|ip| ip.to_string()),
+                    "instances": view.states.get(&m.name).map(|s| s.instances.len()).unwrap_or(0),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Healthy instances of every live node, for the route builder.
+pub fn cluster_instances(view: &ClusterView) -> Vec<ClusterInstance> {
+    view.alive_states()
+        .flat_map(|s| {
+            s.instances.iter().filter(|i| i.healthy).map(move |i| ClusterInstance {
+                node: s.name.clone(),
+                service: i.service.clone(),
+                url: i.url.clone(),
+            })
+        })
+        .collect()
+}
+
+/// One plain-HTTP GET, true on a 2xx/3xx status within `timeout`.
+async fn check_instance(url: &str, path: &str, timeout: Duration) -> bool {
+    let Ok(parsed) = constellation_proxy::upstream::parse_server_url(url) else { return false };
+    let attempt = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect((parsed.host.as_str(), parsed.port)).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", parsed.authority);
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = [0u8; 32];
+        let n = s.read(&mut buf).await.ok()?;
+        let line = String::from_utf8_lossy(&buf[..n]).to_string();
+        line.get(9..12)?.parse::<u16>().ok()
+    };
+    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(200..=399)))
+}
+
+/// Run the control plane until `shutdown` resolves.
+pub async fn run(
+    cfg: LoadedConfig,
+    reloader: Arc<Reloader>,
+    admin: Arc<AdminState>,
+    registry: prometheus::Registry,
+    mut breaker_events: UnboundedReceiver<BreakerEvent>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let local: Vec<Instance> = cfg
+        .config
+        .instances
+        .iter()
+        .map(|i| Instance { service: i.service.clone(), url: i.url.clone(), healthy: i.health_path.is_none() })
+        .collect();
+    let Some(g) = cfg.gossip.clone() else {
+        // Single node: our own instances are the cluster.
+        admin.members.store(Arc::new(json!([{
+            "name": cfg.config.node.name, "state": "alive", "address": null, "incarnation": 0,
+            "roles": cfg.config.node.roles, "state_version": null, "is_self": true,
+        }])));
+        admin.cluster_joined.store(true, std::sync::atomic::Ordering::Relaxed);
+        let node = cfg.config.node.name.clone();
+        reloader.set_instances(
+            local
+                .iter()
+                .filter(|i| i.healthy)
+                .map(|i| ClusterInstance { node: node.clone(), service: i.service.clone(), url: i.url.clone() })
+                .collect(),
+        );
+        shutdown.await;
+        return;
+    };
+    let keyring = match Keyring::parse(&g.keyring_text) {
+        Ok(k) => Arc::new(k),
+        Err(e) => {
+            tracing::error!(source = %g.keyring_origin, error = %e, "cluster key is unusable; gossip is off");
+            shutdown.await;
+            return;
+        }
+    };
+    let mut ccfg = ClusterConfig::new(&cfg.config.node.name, g.bind, g.cluster_bind, keyring);
+    ccfg.gossip_advertise = g.advertise;
+    ccfg.cluster_advertise = SocketAddr::new(g.advertise.ip(), g.cluster_bind.port());
+    ccfg.seeds = g.seeds.clone();
+    ccfg.roles = cfg.config.node.roles.clone();
+    ccfg.push_pull_interval = Duration::from_millis(cfg.config.gossip.push_pull_interval_ms);
+    let mut initial = NodeState::new(&cfg.config.node.name);
+    initial.instances = local.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let cluster_stop = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let cluster = match Cluster::start(ccfg, initial, &registry, cluster_stop).await {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start gossip; this node runs alone");
+            shutdown.await;
+            return;
+        }
+    };
+    tracing::info!(gossip = %cluster.gossip_addr(), cluster = %cluster.cluster_addr(), seeds = ?g.seeds, "joined gossip");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    // Public IP for this node's state.
+    {
+        let cluster = cluster.clone();
+        let mut pcfg = PublicIpConfig::from_process_env();
+        pcfg.services = cfg.config.gossip.public_ip_services.clone();
+        tasks.spawn(async move {
+            let d = detect(&pcfg).await;
+            tracing::info!(ip = ?d.ip, source = %d.source, "public IP detection");
+            if let Some(ip) = d.ip {
+                cluster.update_local(|s| s.public_ip = Some(ip));
+            }
+        });
+    }
+    // Tailscale discovery.
+    if cfg.config.gossip.tailscale {
+        let cluster = cluster.clone();
+        let mut disc = TailscaleDiscovery::new(g.advertise.port());
+        disc.tag = cfg.config.gossip.tailscale_tag.clone();
+        tasks.spawn(async move {
+            run_discovery_loop(disc, crate::discovery::DEFAULT_INTERVAL, move |peers| {
+                cluster.add_peer_addresses(peers)
+            })
+            .await;
+        });
+    }
+    // Health of local instances that name a health path.
+    let checked: Vec<(usize, String, String)> = cfg
+        .config
+        .instances
+        .iter()
+        .enumerate()
+        .filter_map(|(i, inst)| inst.health_path.clone().map(|p| (i, inst.url.clone(), p)))
+        .collect();
+    if !checked.is_empty() {
+        let cluster = cluster.clone();
+        tasks.spawn(async move {
+            loop {
+                let mut verdicts = Vec::new();
+                for (i, url, path) in &checked {
+                    verdicts.push((*i, check_instance(url, path, Duration::from_secs(1)).await));
+                }
+                cluster.update_local(|s| {
+                    for (i, ok) in &verdicts {
+                        if let Some(inst) = s.instances.get_mut(*i) {
+                            inst.healthy = *ok;
+                        }
+                    }
+                });
+                tokio::time::sleep(INSTANCE_CHECK_INTERVAL).await;
+            }
+        });
+    }
+    // Breaker openings here become hints for the others.
+    {
+        let cluster = cluster.clone();
+        tasks.spawn(async move {
+            while let Some(ev) = breaker_events.recv().await {
+                cluster.publish_hint(&ev.service, &ev.url, HINT_TTL);
+            }
+        });
+    }
+
+    let mut view_rx = cluster.view();
+    let mut hint_tick = tokio::time::interval(Duration::from_secs(1));
+    let seeds_configured = !g.seeds.is_empty();
+    tokio::pin!(shutdown);
+    loop {
+        let view = view_rx.borrow_and_update().clone();
+        admin.members.store(Arc::new(members_json(&view)));
+        let alive = view.members.iter().filter(|m| m.state.is_up()).count();
+        if !seeds_configured || alive > 1 {
+            admin.cluster_joined.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        reloader.set_instances(cluster_instances(&view));
+        tokio::select! {
+            _ = &mut shutdown => break,
+            changed = view_rx.changed() => if changed.is_err() { break },
+            _ = hint_tick.tick() => apply_hints(&cluster, &reloader, &admin, &cfg.config.node.name),
+        }
+    }
+    tasks.abort_all();
+    cluster.leave().await;
+    let _ = stop_tx.send(true);
+}
+
+/// Deprioritise upstreams other nodes reported as tripped; show all hints in status.
+fn apply_hints(cluster: &Cluster, reloader: &Reloader, admin: &AdminState, me: &str) {
+    let hints = cluster.hints();
+    let now_unix = crate::admin::unix_now_ms();
+    let now = Instant::now();
+    let table = reloader.table().load();
+    let mut by_upstream: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for h in hints.iter().filter(|h| h.from_node != me && h.expires_unix_ms > now_unix) {
+        let e = by_upstream.entry((h.service.as_str(), h.upstream_url.as_str())).or_default();
+        *e = (*e).max(h.expires_unix_ms);
+    }
+    for pool in &table.pools {
+        for up in &pool.upstreams {
+            if let Some(exp) = by_upstream.get(&(pool.name.as_str(), up.key.url.as_str())) {
+                up.hint(now + Duration::from_millis(exp - now_unix));
+            }
+        }
+    }
+    admin.hints.store(Arc::new(json!(hints
+        .iter()
+        .map(|h| json!({
+            "from": h.from_node,
+            "service": h.service,
+            "upstream": h.upstream_url,
+            "expires_in_ms": h.expires_unix_ms.saturating_sub(now_unix),
+        }))
+        .collect::<Vec<_>>())));
+}
