@@ -54,20 +54,43 @@ pub async fn status(admin: &str, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
     println!(
         "node {}  config generation {}  last reload {}",
-        v["node"]["name"].as_str().unwrap_or("?"),
+        s(&v["node"]["name"]),
         v["config"]["generation"],
-        v["config"]["last_reload"]["result"].as_str().unwrap_or("?")
+        s(&v["config"]["last_reload"]["result"])
     );
     if let Some(members) = v["members"].as_array().filter(|m| !m.is_empty()) {
         println!("\nMEMBERS");
+        println!(
+            "  {:<16} {:<22} {:<8} {:>14} {:<10} {:>7} {:<16}",
+            "NAME", "ADDRESS", "STATE", "INCARNATION", "ROLES", "VERSION", "PUBLIC IP"
+        );
         for m in members {
+            let roles: Vec<&str> = m["roles"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();
+            let me = if m["is_self"] == true { "*" } else { "" };
             println!(
-                "  {:<16} {:<22} {}",
-                m["name"].as_str().unwrap_or(""),
-                m["address"].as_str().unwrap_or(""),
-                m["state"].as_str().unwrap_or("")
+                "  {:<16} {:<22} {:<8} {:>14} {:<10} {:>7} {:<16}",
+                format!("{}{me}", s(&m["name"])),
+                s(&m["address"]),
+                s(&m["state"]),
+                m["incarnation"].to_string(),
+                if roles.is_empty() { "-".to_string() } else { roles.join(",") },
+                m["state_version"].as_u64().map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                s(&m["public_ip"]),
+            );
+        }
+    }
+    if let Some(hints) = v["hints"].as_array().filter(|h| !h.is_empty()) {
+        println!("\nOUTLIER HINTS");
+        for h in hints {
+            println!(
+                "  {} reports {} {} (expires in {} ms)",
+                s(&h["from"]),
+                s(&h["service"]),
+                s(&h["upstream"]),
+                h["expires_in_ms"]
             );
         }
     }
@@ -76,27 +99,28 @@ pub async fn status(admin: &str, json: bool) -> anyhow::Result<()> {
     for r in v["routes"].as_array().into_iter().flatten() {
         println!(
             "  {:<20} {:>8}  {:<20} {}",
-            r["name"].as_str().unwrap_or(""),
-            r["priority"],
-            r["service"]["name"].as_str().unwrap_or(""),
-            r["rule"].as_str().unwrap_or("")
+            s(&r["name"]),
+            r["priority"].to_string(),
+            s(&r["service"]["name"]),
+            s(&r["rule"])
         );
     }
     println!("\nUPSTREAMS");
     println!(
-        "  {:<20} {:<28} {:<8} {:<10} {:>9} {:>9}",
-        "SERVICE", "URL", "HEALTHY", "BREAKER", "REQUESTS", "FAILURES"
+        "  {:<20} {:<28} {:<8} {:<10} {:>9} {:>9} {:<6}",
+        "SERVICE", "URL", "HEALTHY", "BREAKER", "REQUESTS", "FAILURES", "HINTED"
     );
-    for s in v["services"].as_array().into_iter().flatten() {
-        for u in s["upstreams"].as_array().into_iter().flatten() {
+    for svc in v["services"].as_array().into_iter().flatten() {
+        for u in svc["upstreams"].as_array().into_iter().flatten() {
             println!(
-                "  {:<20} {:<28} {:<8} {:<10} {:>9} {:>9}",
-                s["name"].as_str().unwrap_or(""),
-                u["url"].as_str().unwrap_or(""),
-                u["healthy"],
-                u["breaker"]["state"].as_str().unwrap_or(""),
-                u["requests"],
-                u["failures"]
+                "  {:<20} {:<28} {:<8} {:<10} {:>9} {:>9} {:<6}",
+                s(&svc["name"]),
+                s(&u["url"]),
+                u["healthy"].to_string(),
+                s(&u["breaker"]["state"]),
+                u["requests"].to_string(),
+                u["failures"].to_string(),
+                if u["deprioritised"] == true { "yes" } else { "" }
             );
         }
     }
