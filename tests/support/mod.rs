@@ -48,9 +48,23 @@ impl Drop for Scratch {
     }
 }
 
-/// A free loopback port (bound and released; good enough on a test machine).
+/// A free loopback port for an agent to bind later (TCP and UDP both free now).
+///
+/// Ports come from below the kernel's ephemeral range (32768+), walked by a per-process
+/// counter, so a backend binding port 0 in a parallel test can never be handed a port
+/// reserved here between our check and the agent's bind.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 10) * 1_200;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (base + n % 1_200) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A loopback address nothing listens on.
