@@ -122,6 +122,23 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
     // The first table must be valid: an agent that starts with no routes would look
     // healthy while serving nothing.
     reloader.reload().map_err(StartError::Routes)?;
+    // Pingora retries a busy listen address for a long time; fail now with a clear
+    // error instead of running without a listener.
+    let mut listen: Vec<(String, std::net::SocketAddr)> =
+        cfg.entrypoints.iter().map(|(n, a)| (format!("entrypoint {n}"), *a)).collect();
+    listen.push(("admin".into(), cfg.admin_addr));
+    if let Some(w) = cfg.config.welcome.as_ref().and_then(|w| w.address.parse().ok()) {
+        listen.push(("welcome backend".into(), w));
+    }
+    if let Some(g) = &cfg.gossip {
+        listen.push(("cluster RPC".into(), g.cluster_bind));
+        std::net::UdpSocket::bind(g.bind)
+            .map_err(|e| StartError::Runtime(format!("gossip: cannot bind UDP {}: {e}", g.bind)))?;
+    }
+    for (what, addr) in &listen {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| StartError::Runtime(format!("{what}: cannot listen on {addr}: {e}")))?;
+    }
 
     let conf = ServerConf {
         threads: settings.threads,
