@@ -107,6 +107,8 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
         members: ArcSwap::from_pointee(serde_json::json!([])),
         hints: ArcSwap::from_pointee(serde_json::json!([])),
         cluster_joined: AtomicBool::new(false),
+        leases: ArcSwap::from_pointee(serde_json::json!({})),
+        raft: ArcSwap::from_pointee(serde_json::Value::Null),
     });
     let reloader = Arc::new(
         Reloader::new(

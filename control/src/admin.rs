@@ -51,6 +51,10 @@ pub struct AdminState {
     pub hints: ArcSwap<Value>,
     /// Set once the node has joined its cluster (or runs alone).
     pub cluster_joined: AtomicBool,
+    /// Leases as JSON: name → holder, token.
+    pub leases: ArcSwap<Value>,
+    /// Raft group as JSON: leader, term (null when this node is not a voter).
+    pub raft: ArcSwap<Value>,
 }
 
 impl AdminState {
@@ -75,6 +79,8 @@ impl AdminState {
             },
             "members": &**self.members.load(),
             "hints": &**self.hints.load(),
+            "leases": &**self.leases.load(),
+            "raft": &**self.raft.load(),
             "routes": routes_json(&table),
             "services": services_json(&table),
         })
@@ -247,6 +253,11 @@ impl ServeHttp for AdminApp {
 /// Milliseconds since the Unix epoch.
 pub fn unix_now_ms() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn unix_now_ns() -> u128 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
 /// Seconds since the Unix epoch.

@@ -41,6 +41,47 @@ pub struct AgentConfig {
     pub cluster: ClusterSection,
     /// Service instances running on this node, announced to the cluster.
     pub instances: Vec<InstanceConfig>,
+    /// Raft lease group (who is the front door, who writes DNS). Off unless voters are set.
+    pub raft: RaftSection,
+}
+
+/// `[raft]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSection {
+    /// Voters as `name=cluster-address` (3 or 5), the same list on every node. Raft
+    /// itself listens on each cluster address's port + 1. Empty = no leases.
+    pub voters: Vec<String>,
+    /// Lease time to live, in milliseconds. Default 6000.
+    pub lease_ttl_ms: u64,
+    /// Minimum election timeout, in milliseconds (the maximum is twice it). Default 1000.
+    pub election_timeout_ms: u64,
+    /// Leader heartbeat interval, in milliseconds. Default 250.
+    pub heartbeat_ms: u64,
+    /// Name of the front-door lease, contended by nodes with role `lb`. Default `lb-leader`.
+    pub lb_lease: String,
+    /// Name of the DNS-writer lease, contended by nodes with role `dns`. Default `dns-writer`.
+    pub dns_lease: String,
+}
+
+/// Default lease TTL (ms).
+pub const DEFAULT_LEASE_TTL_MS: u64 = 6_000;
+/// Default minimum election timeout (ms).
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 1_000;
+/// Default heartbeat (ms).
+pub const DEFAULT_HEARTBEAT_MS: u64 = 250;
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        Self {
+            voters: Vec::new(),
+            lease_ttl_ms: DEFAULT_LEASE_TTL_MS,
+            election_timeout_ms: DEFAULT_ELECTION_TIMEOUT_MS,
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            lb_lease: "lb-leader".into(),
+            dns_lease: "dns-writer".into(),
+        }
+    }
 }
 
 /// `[gossip]`.
@@ -205,6 +246,7 @@ impl Default for AgentConfig {
             gossip: GossipConfig::default(),
             cluster: ClusterSection::default(),
             instances: Vec::new(),
+            raft: RaftSection::default(),
         }
     }
 }
@@ -281,6 +323,8 @@ pub struct LoadedConfig {
     pub admin_token: Option<String>,
     /// Resolved gossip settings; `None` runs a single node.
     pub gossip: Option<ResolvedGossip>,
+    /// Raft voters: name and Raft address (cluster address port + 1).
+    pub raft_voters: Vec<(String, SocketAddr)>,
 }
 
 /// Gossip settings with addresses parsed and the key loaded.
@@ -541,6 +585,41 @@ pub fn validate(
                 Some(ResolvedGossip { bind, advertise, cluster_bind, seeds, keyring_text, keyring_origin })
             }
         };
+    let mut raft_voters = Vec::new();
+    for v in &config.raft.voters {
+        let (name, a) = v
+            .split_once('=')
+            .ok_or_else(|| bad("raft.voters", format!("{v:?} is not name=ip:port (e.g. n1=127.0.0.1:7947)")))?;
+        let cluster: SocketAddr = addr("raft.voters", a.trim())?;
+        let raft = SocketAddr::new(cluster.ip(), cluster.port().wrapping_add(1));
+        if raft_voters.iter().any(|(n, _): &(String, SocketAddr)| n == name.trim()) {
+            return Err(bad("raft.voters", format!("voter {name:?} is listed twice")));
+        }
+        raft_voters.push((name.trim().to_string(), raft));
+    }
+    if !raft_voters.is_empty() {
+        if gossip.is_none() {
+            return Err(bad("raft.voters", "leases need the cluster key: set [gossip] address and key_file".into()));
+        }
+        if raft_voters.len() % 2 == 0 {
+            return Err(bad("raft.voters", format!("{} voters cannot outvote a split; use 3 or 5", raft_voters.len())));
+        }
+        for (key, v) in [
+            ("raft.lease_ttl_ms", config.raft.lease_ttl_ms),
+            ("raft.election_timeout_ms", config.raft.election_timeout_ms),
+            ("raft.heartbeat_ms", config.raft.heartbeat_ms),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be greater than 0".into()));
+            }
+        }
+        if config.raft.heartbeat_ms * 3 > config.raft.election_timeout_ms {
+            return Err(bad("raft.heartbeat_ms", "must be at most a third of election_timeout_ms".into()));
+        }
+        if config.raft.lease_ttl_ms < 2 * config.raft.election_timeout_ms {
+            return Err(bad("raft.lease_ttl_ms", "must be at least twice election_timeout_ms".into()));
+        }
+    }
     Ok(LoadedConfig {
         config,
         base_dir: base_dir.to_path_buf(),
@@ -549,6 +628,7 @@ pub fn validate(
         admin_addr,
         admin_token,
         gossip,
+        raft_voters,
     })
 }
 
@@ -594,6 +674,12 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ),
     ("cluster.address", "TCP address for cluster RPC (state pulls). Default: gossip IP, port 7947."),
     ("cluster.domain", "Default router of an announced service: Host(<service>.<domain>)."),
+    ("raft.voters", "Lease group voters as \"name=cluster-address\" (3 or 5); Raft uses that port + 1."),
+    ("raft.lease_ttl_ms", "Lease time to live; holders renew every third of it and step down early."),
+    ("raft.election_timeout_ms", "Minimum election timeout (maximum is twice it)."),
+    ("raft.heartbeat_ms", "Leader heartbeat interval."),
+    ("raft.lb_lease", "Front-door lease, contended by nodes with role \"lb\"."),
+    ("raft.dns_lease", "DNS-writer lease, contended by nodes with role \"dns\"."),
     ("entrypoints.web.address", "Where the proxy listens (ip:port). Add [entrypoints.<name>] for more."),
     ("admin.address", "Admin API (metrics, status, Traefik provider). Keep it on loopback or the mesh."),
     ("admin.token_file", "File with a bearer token required on all admin endpoints but /healthz."),

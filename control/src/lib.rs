@@ -11,6 +11,7 @@ pub mod config;
 pub mod discovery;
 pub mod plane;
 pub mod public_ip;
+pub mod raft;
 pub mod routes;
 
 pub use admin::{AdminApp, AdminState, ReloadReport};

@@ -132,6 +132,8 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let cluster_keyring = ccfg.keyring.clone();
+    let mut lease_node: Option<crate::raft::LeaseNode> = None;
     let cluster = match Cluster::start(ccfg, initial, &registry, cluster_stop).await {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -205,6 +207,52 @@ pub async fn run(
         });
     }
 
+    // Leases, on voters.
+    if let Some((_, raft_addr)) = cfg.raft_voters.iter().find(|(n, _)| *n == cfg.config.node.name) {
+        let rcfg = crate::raft::RaftConfig {
+            node: cfg.config.node.name.clone(),
+            voters: cfg.raft_voters.clone(),
+            bind: *raft_addr,
+            data_dir: cfg.base_dir.join(&cfg.config.node.data_dir),
+            keyring: cluster_keyring.clone(),
+            election_timeout: (
+                Duration::from_millis(cfg.config.raft.election_timeout_ms),
+                Duration::from_millis(cfg.config.raft.election_timeout_ms * 2),
+            ),
+            heartbeat: Duration::from_millis(cfg.config.raft.heartbeat_ms),
+            lease_ttl: Duration::from_millis(cfg.config.raft.lease_ttl_ms),
+        };
+        let raft_stop = {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        match crate::raft::LeaseNode::start(rcfg, &registry, raft_stop).await {
+            Ok(node) => {
+                tracing::info!(raft = %raft_addr, voters = cfg.raft_voters.len(), "lease group started");
+                let roles = &cfg.config.node.roles;
+                let mut wanted = Vec::new();
+                if roles.iter().any(|r| r == "lb") {
+                    wanted.push(cfg.config.raft.lb_lease.clone());
+                }
+                if roles.iter().any(|r| r == "dns") {
+                    wanted.push(cfg.config.raft.dns_lease.clone());
+                }
+                let ttl = Duration::from_millis(cfg.config.raft.lease_ttl_ms);
+                let holders: Vec<crate::raft::LeaseHolder> = wanted
+                    .iter()
+                    .map(|l| crate::raft::LeaseHolder::spawn(node.clone(), crate::raft::HolderConfig::new(l, ttl)))
+                    .collect();
+                let history = cfg.base_dir.join(&cfg.config.node.data_dir).join("lease-history.jsonl");
+                let leases = [cfg.config.raft.lb_lease.clone(), cfg.config.raft.dns_lease.clone()];
+                tasks.spawn(lease_loop(node.clone(), holders, wanted, leases, history, admin.clone()));
+                lease_node = Some(node);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start the lease group; this node holds no leases"),
+        }
+    }
+
     let mut view_rx = cluster.view();
     let mut hint_tick = tokio::time::interval(Duration::from_secs(1));
     let seeds_configured = !g.seeds.is_empty();
@@ -224,8 +272,93 @@ pub async fn run(
         }
     }
     tasks.abort_all();
+    if let Some(node) = lease_node {
+        node.shutdown().await;
+    }
     cluster.leave().await;
     let _ = stop_tx.send(true);
+}
+
+/// Keep the admin lease view current, and append every holder event of this node to
+/// `history` (JSON lines: unix nanoseconds, lease, token, event) for audits and tests.
+async fn lease_loop(
+    node: crate::raft::LeaseNode,
+    holders: Vec<crate::raft::LeaseHolder>,
+    names: Vec<String>,
+    leases: [String; 2],
+    history: std::path::PathBuf,
+    admin: Arc<AdminState>,
+) {
+    use crate::raft::HolderEvent;
+    use std::io::Write;
+    // Instants are converted to wall-clock nanoseconds once, from one reference pair, so
+    // the events of one process keep their monotonic order.
+    let (ref_instant, ref_unix) = (Instant::now(), crate::admin::unix_now_ns());
+    let unix = |t: Instant| -> u128 {
+        if t >= ref_instant {
+            ref_unix + t.duration_since(ref_instant).as_nanos()
+        } else {
+            ref_unix.saturating_sub(ref_instant.duration_since(t).as_nanos())
+        }
+    };
+    let mut written = vec![0usize; holders.len()];
+    let mut view_rx = node.view();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        let view = view_rx.borrow_and_update().clone();
+        let mut map = serde_json::Map::new();
+        for lease in &leases {
+            let st = view.leases.get(lease);
+            map.insert(
+                lease.clone(),
+                json!({
+                    "holder": st.and_then(|s| s.holder.clone()),
+                    "token": st.map(|s| s.token),
+                    "ttl_ms": st.map(|s| s.ttl_ms),
+                    "held_here": holders.iter().zip(&names).any(|(h, n)| n == lease && h.held().borrow().is_some()),
+                }),
+            );
+        }
+        admin.leases.store(Arc::new(Value::Object(map)));
+        admin.raft.store(Arc::new(json!({"leader": view.leader, "term": view.term, "node": node.name()})));
+        for (i, h) in holders.iter().enumerate() {
+            let events = h.history();
+            if events.len() > written[i] {
+                let mut lines = String::new();
+                for e in &events[written[i]..] {
+                    let (t, token, kind) = match e {
+                        HolderEvent::Acquired { token, at, .. } => (*at, *token, "acquired"),
+                        HolderEvent::Renewed { token, at, .. } => (*at, *token, "renewed"),
+                        HolderEvent::Lost { token, at, .. } => (*at, *token, "lost"),
+                    };
+                    if kind != "renewed" {
+                        tracing::info!(lease = %names[i], token, event = kind, "lease");
+                    }
+                    lines.push_str(&format!(
+                        "{{\"t_ns\":{},\"node\":{:?},\"lease\":{:?},\"token\":{},\"event\":\"{}\"}}\n",
+                        unix(t),
+                        node.name(),
+                        names[i],
+                        token,
+                        kind
+                    ));
+                }
+                let res = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&history)
+                    .and_then(|mut f| f.write_all(lines.as_bytes()));
+                if let Err(e) = res {
+                    tracing::warn!(file = %history.display(), error = %e, "cannot record lease history");
+                }
+                written[i] = events.len();
+            }
+        }
+        tokio::select! {
+            changed = view_rx.changed() => if changed.is_err() { break },
+            _ = tick.tick() => {}
+        }
+    }
 }
 
 /// Deprioritise upstreams other nodes reported as tripped; show all hints in status.

@@ -1,0 +1,299 @@
+//! The lease state machine: named leases with fencing tokens, applied identically on every
+//! replica from the Raft log, and the leader's in-memory lease clock.
+//!
+//! Nothing in [`LeaseTable::apply`] reads a clock: whether a lease has expired is decided
+//! by the leader alone (as etcd's lessor does), which then revokes it through the log.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// A command proposed to the lease state machine (the Raft application data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseCommand {
+    /// Grant `lease` to `node` if it is vacant, or renew it if `node` already holds it.
+    Acquire {
+        /// Lease name (`lb-leader`, `dns-writer`, …).
+        lease: String,
+        /// The node asking.
+        node: String,
+        /// Time to live the holder asks for, in milliseconds.
+        ttl_ms: u64,
+    },
+    /// Give the lease up; only the holder with the current token can.
+    Release {
+        /// Lease name.
+        lease: String,
+        /// The node releasing.
+        node: String,
+        /// The token it holds.
+        token: u64,
+    },
+    /// Take the lease away from whoever holds it with `token` (the leader does this when a
+    /// lease expires).
+    Revoke {
+        /// Lease name.
+        lease: String,
+        /// The token being revoked; any other token makes this a no-op.
+        token: u64,
+    },
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseResponse {
+    /// Not a lease command (blank or membership entry).
+    #[default]
+    None,
+    /// The lease was vacant and is now held with this new token.
+    Granted {
+        /// The fencing token: the index of the log entry that granted it.
+        token: u64,
+    },
+    /// The node already held the lease; its deadline is renewed, the token unchanged.
+    Renewed {
+        /// The unchanged token.
+        token: u64,
+    },
+    /// Someone else holds the lease.
+    Refused {
+        /// The current holder.
+        holder: String,
+        /// Its token.
+        token: u64,
+    },
+    /// The lease is vacant now (released or revoked with the current token; repeating the
+    /// command says so again).
+    Vacated {
+        /// The token that ended.
+        token: u64,
+    },
+    /// The token given is not the current one (or the node is not the holder): nothing changed.
+    Stale {
+        /// The current token (0 if the lease was never granted).
+        current: u64,
+        /// The current holder, if any.
+        holder: Option<String>,
+    },
+}
+
+/// One lease as the state machine records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseState {
+    /// Node holding it, `None` when vacant.
+    pub holder: Option<String>,
+    /// Fencing token of the latest grant (kept after release, so the next grant is larger).
+    pub token: u64,
+    /// Log index of the latest grant or renewal.
+    pub granted_index: u64,
+    /// Time to live asked for at the latest grant or renewal, in milliseconds.
+    pub ttl_ms: u64,
+}
+
+/// All leases by name. The state machine proper: pure, deterministic, clock-free.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseTable {
+    /// Leases by name.
+    pub leases: BTreeMap<String, LeaseState>,
+}
+
+/// A grant or renewal seen while applying; the lease clock turns it into a deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Touch {
+    /// Lease name.
+    pub lease: String,
+    /// Token held.
+    pub token: u64,
+    /// Time to live in milliseconds.
+    pub ttl_ms: u64,
+}
+
+// === impl LeaseTable ===
+
+impl LeaseTable {
+    /// Applies `cmd`, found in the log at `index`. Commands are idempotent: a client retry
+    /// that lands twice in the log gives the same state (an `Acquire` repeated by the holder
+    /// is a renewal that keeps the token; a repeated `Release`/`Revoke` finds the lease
+    /// vacant at that token and reports `Vacated` again).
+    pub fn apply(&mut self, index: u64, cmd: &LeaseCommand) -> (LeaseResponse, Option<Touch>) {
+        match cmd {
+            LeaseCommand::Acquire { lease, node, ttl_ms } => {
+                let state = self.leases.entry(lease.clone()).or_default();
+                match &state.holder {
+                    Some(holder) if holder != node => {
+                        (LeaseResponse::Refused { holder: holder.clone(), token: state.token }, None)
+                    }
+                    Some(_) => {
+                        state.granted_index = index;
+                        state.ttl_ms = *ttl_ms;
+                        let touch = Touch { lease: lease.clone(), token: state.token, ttl_ms: *ttl_ms };
+                        (LeaseResponse::Renewed { token: state.token }, Some(touch))
+                    }
+                    None => {
+                        // Log indexes only grow, so every grant's token is larger than any
+                        // earlier one. Guard anyway against a replayed older index.
+                        let token = index.max(state.token + 1);
+                        *state =
+                            LeaseState { holder: Some(node.clone()), token, granted_index: index, ttl_ms: *ttl_ms };
+                        let touch = Touch { lease: lease.clone(), token, ttl_ms: *ttl_ms };
+                        (LeaseResponse::Granted { token }, Some(touch))
+                    }
+                }
+            }
+            LeaseCommand::Release { lease, node, token } => {
+                self.vacate(lease, *token, |state| state.holder.as_deref() == Some(node.as_str()))
+            }
+            LeaseCommand::Revoke { lease, token } => self.vacate(lease, *token, |_| true),
+        }
+    }
+
+    fn vacate(&mut self, lease: &str, token: u64, may: impl Fn(&LeaseState) -> bool) -> (LeaseResponse, Option<Touch>) {
+        let Some(state) = self.leases.get_mut(lease) else {
+            return (LeaseResponse::Stale { current: 0, holder: None }, None);
+        };
+        if state.token != token {
+            return (LeaseResponse::Stale { current: state.token, holder: state.holder.clone() }, None);
+        }
+        if state.holder.is_none() {
+            // Already vacated at this token: the same command applied again.
+            return (LeaseResponse::Vacated { token }, None);
+        }
+        if !may(state) {
+            return (LeaseResponse::Stale { current: state.token, holder: state.holder.clone() }, None);
+        }
+        state.holder = None;
+        (LeaseResponse::Vacated { token }, None)
+    }
+
+    /// The lease if `node` holds it with `token`.
+    pub fn holds(&self, lease: &str, node: &str, token: u64) -> bool {
+        self.leases.get(lease).is_some_and(|s| s.token == token && s.holder.as_deref() == Some(node))
+    }
+}
+
+/// The leader's view of lease deadlines, in its own monotonic clock. Every replica keeps
+/// one (fed by [`Touch`]es as it applies), but only the leader acts on it, and a new
+/// leader first extends every deadline by TTL + the maximum election timeout: a holder
+/// whose renewal the old leader acknowledged cannot have a later deadline than that.
+#[derive(Debug, Default)]
+pub struct LeaseClock {
+    deadlines: HashMap<String, (u64, Instant)>,
+}
+
+// === impl LeaseClock ===
+
+impl LeaseClock {
+    /// Records a grant or renewal applied at `now`.
+    pub fn touch(&mut self, touch: &Touch, now: Instant) {
+        let deadline = now + Duration::from_millis(touch.ttl_ms);
+        let entry = self.deadlines.entry(touch.lease.clone()).or_insert((touch.token, deadline));
+        if entry.0 != touch.token || entry.1 < deadline {
+            *entry = (touch.token, deadline);
+        }
+    }
+
+    /// On becoming leader: every held lease gets `now + ttl + grace`, whatever an earlier
+    /// term recorded.
+    pub fn extend_all(&mut self, table: &LeaseTable, now: Instant, grace: Duration) {
+        self.deadlines.clear();
+        for (name, state) in &table.leases {
+            if state.holder.is_some() {
+                let deadline = now + Duration::from_millis(state.ttl_ms) + grace;
+                self.deadlines.insert(name.clone(), (state.token, deadline));
+            }
+        }
+    }
+
+    /// Held leases whose deadline passed at `now`, as `(lease, token)`. A held lease the
+    /// clock has not seen yet (or saw with another token) gets a fresh deadline instead.
+    pub fn expired(&mut self, table: &LeaseTable, now: Instant, grace: Duration) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for (name, state) in &table.leases {
+            if state.holder.is_none() {
+                continue;
+            }
+            match self.deadlines.get(name) {
+                Some((token, deadline)) if *token == state.token => {
+                    if *deadline <= now {
+                        out.push((name.clone(), state.token));
+                    }
+                }
+                _ => {
+                    let deadline = now + Duration::from_millis(state.ttl_ms) + grace;
+                    self.deadlines.insert(name.clone(), (state.token, deadline));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acquire(lease: &str, node: &str) -> LeaseCommand {
+        LeaseCommand::Acquire { lease: lease.into(), node: node.into(), ttl_ms: 1000 }
+    }
+
+    #[test]
+    fn grant_renew_refuse_and_tokens_grow() {
+        let mut t = LeaseTable::default();
+        assert_eq!(t.apply(5, &acquire("lb", "a")).0, LeaseResponse::Granted { token: 5 });
+        assert_eq!(t.apply(6, &acquire("lb", "a")).0, LeaseResponse::Renewed { token: 5 });
+        assert_eq!(t.apply(7, &acquire("lb", "b")).0, LeaseResponse::Refused { holder: "a".into(), token: 5 });
+        assert_eq!(t.leases["lb"].granted_index, 6);
+        let release = LeaseCommand::Release { lease: "lb".into(), node: "a".into(), token: 5 };
+        assert_eq!(t.apply(8, &release).0, LeaseResponse::Vacated { token: 5 });
+        // Applied again (client retry): same answer, same state.
+        let before = t.clone();
+        assert_eq!(t.apply(9, &release).0, LeaseResponse::Vacated { token: 5 });
+        assert_eq!(t, before);
+        assert_eq!(t.apply(10, &acquire("lb", "b")).0, LeaseResponse::Granted { token: 10 });
+        // A lease of another name is independent.
+        assert_eq!(t.apply(11, &acquire("dns", "a")).0, LeaseResponse::Granted { token: 11 });
+    }
+
+    #[test]
+    fn stale_release_and_revoke_are_no_ops() {
+        let mut t = LeaseTable::default();
+        t.apply(3, &acquire("lb", "a"));
+        let before = t.clone();
+        let stale = LeaseResponse::Stale { current: 3, holder: Some("a".into()) };
+        assert_eq!(t.apply(4, &LeaseCommand::Revoke { lease: "lb".into(), token: 2 }).0, stale);
+        let wrong_node = LeaseCommand::Release { lease: "lb".into(), node: "b".into(), token: 3 };
+        assert_eq!(t.apply(5, &wrong_node).0, stale);
+        assert_eq!(t, before);
+        assert_eq!(
+            t.apply(6, &LeaseCommand::Revoke { lease: "nope".into(), token: 1 }).0,
+            LeaseResponse::Stale { current: 0, holder: None }
+        );
+        assert_eq!(
+            t.apply(7, &LeaseCommand::Revoke { lease: "lb".into(), token: 3 }).0,
+            LeaseResponse::Vacated { token: 3 }
+        );
+        // A revoke for the old token after a new grant does nothing to the new holder.
+        t.apply(8, &acquire("lb", "b"));
+        assert_eq!(
+            t.apply(9, &LeaseCommand::Revoke { lease: "lb".into(), token: 3 }).0,
+            LeaseResponse::Stale { current: 8, holder: Some("b".into()) }
+        );
+        assert!(t.holds("lb", "b", 8));
+    }
+
+    #[test]
+    fn clock_expires_only_past_deadline_and_new_leader_extends() {
+        let mut t = LeaseTable::default();
+        let (_, touch) = t.apply(3, &acquire("lb", "a"));
+        let mut clock = LeaseClock::default();
+        let t0 = Instant::now();
+        clock.touch(&touch.unwrap_or_else(|| panic!("grant touches")), t0);
+        let grace = Duration::from_millis(500);
+        assert!(clock.expired(&t, t0 + Duration::from_millis(999), grace).is_empty());
+        assert_eq!(clock.expired(&t, t0 + Duration::from_millis(1000), grace), vec![("lb".to_string(), 3)]);
+        clock.extend_all(&t, t0 + Duration::from_millis(1000), grace);
+        assert!(clock.expired(&t, t0 + Duration::from_millis(2499), grace).is_empty());
+        assert_eq!(clock.expired(&t, t0 + Duration::from_millis(2500), grace).len(), 1);
+    }
+}

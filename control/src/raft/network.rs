@@ -1,0 +1,390 @@
+//! Raft RPC over TCP: each frame is a big-endian `u32` length and a payload sealed with
+//! the cluster keyring. Peers connect lazily and keep one connection per target; the
+//! server opens every frame before anything decodes it, dispatches Raft RPCs to the local
+//! `Raft`, and also serves forwarded lease commands and linearizable checks, so a follower
+//! can act through the leader.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    CheckIsLeaderError, ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError as OrError,
+    RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::Raft;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+use super::lease::{LeaseCommand, LeaseResponse};
+use super::metrics::RaftMetrics;
+use super::store::{lock, SmData};
+use super::{NodeId, PeerNode, TypeConfig};
+use crate::cluster::Keyring;
+
+/// Largest frame accepted (a snapshot chunk or a batch of entries is far smaller).
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// How long a connect may take before the peer counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the server waits for the next frame on an idle connection.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A request on the Raft port.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Request {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A lease command forwarded by a follower to the leader.
+    Write(LeaseCommand),
+    /// A linearizable "does `node` hold `lease` with `token`?" asked of the leader.
+    Check {
+        lease: String,
+        node: String,
+        token: u64,
+    },
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Response {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, OrError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, OrError<NodeId>>),
+    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, OrError<NodeId, InstallSnapshotError>>),
+    Write(Result<LeaseResponse, ForwardError>),
+    Check(Result<bool, ForwardError>),
+}
+
+/// Why the leader did not carry out a forwarded command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    /// The node asked is not the leader; it names the one it knows, if any.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader's node id as far as the asked node knows.
+        leader: Option<NodeId>,
+    },
+    /// Raft failed otherwise (shutting down, quorum lost).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Why an RPC to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No connection could be made.
+    #[error("cannot connect to raft peer {addr}: {source}")]
+    Connect {
+        /// The peer's Raft address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection broke or the peer did not answer in time.
+    #[error("raft peer {addr}: {source}")]
+    Io {
+        /// The peer's Raft address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The reply did not open with the keyring or did not decode.
+    #[error("raft peer {addr} sent a reply that {problem}")]
+    BadReply {
+        /// The peer's Raft address.
+        addr: SocketAddr,
+        /// What was wrong with it.
+        problem: String,
+    },
+}
+
+// === framing ===
+
+pub(crate) async fn write_frame(stream: &mut TcpStream, keyring: &Keyring, plain: &[u8]) -> std::io::Result<()> {
+    let sealed = keyring.seal(plain);
+    let len = u32::try_from(sealed.len()).map_err(|_| std::io::Error::other("frame too large"))?;
+    let mut buf = Vec::with_capacity(4 + sealed.len());
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&sealed);
+    stream.write_all(&buf).await?;
+    stream.flush().await
+}
+
+/// Reads one frame (still sealed). `Ok(None)` on a clean end of stream.
+pub(crate) async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {len} bytes")));
+    }
+    let mut buf = vec![0u8; len];
+    stream.read_exact(&mut buf).await?;
+    Ok(Some(buf))
+}
+
+// === client ===
+
+/// One lazily connected client to a peer's Raft port.
+pub(crate) struct PeerClient {
+    addr: SocketAddr,
+    keyring: Arc<Keyring>,
+    conn: Option<TcpStream>,
+}
+
+impl PeerClient {
+    pub(crate) fn new(addr: SocketAddr, keyring: Arc<Keyring>) -> PeerClient {
+        PeerClient { addr, keyring, conn: None }
+    }
+
+    /// Sends `req` and waits for the reply, all within `timeout`. On any failure the
+    /// connection is dropped; the next call reconnects.
+    pub(crate) async fn call(&mut self, req: &Request, timeout: Duration) -> Result<Response, CallError> {
+        let addr = self.addr;
+        let result = tokio::time::timeout(timeout, self.call_inner(req)).await.unwrap_or_else(|_| {
+            Err(CallError::Io { addr, source: std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply in time") })
+        });
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    async fn call_inner(&mut self, req: &Request) -> Result<Response, CallError> {
+        let addr = self.addr;
+        let plain = serde_json::to_vec(req).map_err(|e| CallError::BadReply { addr, problem: e.to_string() })?;
+        if self.conn.is_none() {
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))
+                .map_err(|source| CallError::Connect { addr, source })?;
+            let _ = stream.set_nodelay(true);
+            self.conn = Some(stream);
+        }
+        let Some(stream) = self.conn.as_mut() else {
+            return Err(CallError::Connect { addr, source: std::io::Error::other("no connection") });
+        };
+        write_frame(stream, &self.keyring, &plain).await.map_err(|source| CallError::Io { addr, source })?;
+        let frame = read_frame(stream)
+            .await
+            .map_err(|source| CallError::Io { addr, source })?
+            .ok_or_else(|| CallError::Io { addr, source: std::io::ErrorKind::UnexpectedEof.into() })?;
+        let plain = self
+            .keyring
+            .open(&frame)
+            .map_err(|e| CallError::BadReply { addr, problem: format!("does not open: {e}") })?;
+        serde_json::from_slice(&plain)
+            .map_err(|e| CallError::BadReply { addr, problem: format!("does not decode: {e}") })
+    }
+}
+
+/// Builds [`Network`] clients for openraft.
+pub struct NetworkFactory {
+    pub(crate) keyring: Arc<Keyring>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = Network;
+
+    async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> Network {
+        // Never fails: an address that does not parse makes every RPC `Unreachable`.
+        let addr = node.addr.parse().ok();
+        Network {
+            target,
+            name: node.name.clone(),
+            addr,
+            client: addr.map(|a| PeerClient::new(a, self.keyring.clone())),
+        }
+    }
+}
+
+/// openraft's client to one peer.
+pub struct Network {
+    target: NodeId,
+    name: String,
+    addr: Option<SocketAddr>,
+    client: Option<PeerClient>,
+}
+
+type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, PeerNode, OrError<NodeId, E>>>;
+
+impl Network {
+    async fn rpc<E: std::error::Error>(
+        &mut self,
+        req: Request,
+        option: &RPCOption,
+    ) -> Result<Response, RPCError<NodeId, PeerNode, OrError<NodeId, E>>> {
+        let Some(client) = self.client.as_mut() else {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("raft peer {} has no valid address {:?}", self.name, self.addr),
+            );
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        };
+        match client.call(&req, option.hard_ttl()).await {
+            Ok(resp) => Ok(resp),
+            Err(e @ CallError::Connect { .. }) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+
+    fn unexpected<E: std::error::Error>(&self) -> RPCError<NodeId, PeerNode, OrError<NodeId, E>> {
+        let e = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("raft peer {} answered another RPC", self.name),
+        );
+        RPCError::Network(NetworkError::new(&e))
+    }
+
+    fn remote<E: std::error::Error>(&self, e: OrError<NodeId, E>) -> RPCError<NodeId, PeerNode, OrError<NodeId, E>> {
+        RPCError::RemoteError(RemoteError::new(self.target, e))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Network {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        match self.rpc(Request::AppendEntries(rpc), &option).await? {
+            Response::AppendEntries(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        match self.rpc(Request::InstallSnapshot(rpc), &option).await? {
+            Response::InstallSnapshot(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+        match self.rpc(Request::Vote(rpc), &option).await? {
+            Response::Vote(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(self.unexpected()),
+        }
+    }
+}
+
+// === server ===
+
+/// Serves one node's Raft port: opens frames, dispatches them, seals the replies.
+pub struct RaftHandler {
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) keyring: Arc<Keyring>,
+    pub(crate) metrics: Arc<RaftMetrics>,
+    pub(crate) sm: Arc<std::sync::Mutex<SmData>>,
+}
+
+impl RaftHandler {
+    /// Handles one sealed frame and returns the sealed reply, or `None` when the frame
+    /// does not open with the keyring or does not decode (it is counted in
+    /// `constellation_raft_frames_rejected_total{reason}` and dropped). This is also the
+    /// entry point for a shared cluster-port server that demultiplexes by message kind.
+    pub async fn handle_raft_frame(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        let plain = match self.keyring.open(sealed) {
+            Ok(p) => p,
+            Err(e) => {
+                self.metrics.rejected.with_label_values(&[e.reason()]).inc();
+                return None;
+            }
+        };
+        let req: Request = match serde_json::from_slice(&plain) {
+            Ok(r) => r,
+            Err(_) => {
+                self.metrics.rejected.with_label_values(&["decode"]).inc();
+                return None;
+            }
+        };
+        let resp = self.dispatch(req).await;
+        let plain = serde_json::to_vec(&resp).ok()?;
+        Some(self.keyring.seal(&plain))
+    }
+
+    async fn dispatch(&self, req: Request) -> Response {
+        match req {
+            Request::AppendEntries(rpc) => Response::AppendEntries(self.raft.append_entries(rpc).await),
+            Request::Vote(rpc) => Response::Vote(self.raft.vote(rpc).await),
+            Request::InstallSnapshot(rpc) => Response::InstallSnapshot(self.raft.install_snapshot(rpc).await),
+            Request::Write(cmd) => Response::Write(match self.raft.client_write(cmd).await {
+                Ok(r) => Ok(r.data),
+                Err(OrError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    Err(ForwardError::NotLeader { leader: f.leader_id })
+                }
+                Err(e) => Err(ForwardError::Failed(e.to_string())),
+            }),
+            Request::Check { lease, node, token } => Response::Check(match self.raft.ensure_linearizable().await {
+                Ok(_) => Ok(lock(&self.sm).table.holds(&lease, &node, token)),
+                Err(OrError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    Err(ForwardError::NotLeader { leader: f.leader_id })
+                }
+                Err(e) => Err(ForwardError::Failed(e.to_string())),
+            }),
+        }
+    }
+}
+
+/// Accepts connections on the Raft port until the task is aborted (which also ends every
+/// connection task).
+pub async fn serve(listener: TcpListener, handler: Arc<RaftHandler>) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    conns.spawn(serve_conn(stream, peer, Arc::clone(&handler)));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "raft accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_conn(mut stream: TcpStream, peer: SocketAddr, handler: Arc<RaftHandler>) {
+    loop {
+        let frame = match tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut stream)).await {
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(None)) | Err(_) => return,
+            Ok(Err(_)) => {
+                handler.metrics.rejected.with_label_values(&["io"]).inc();
+                return;
+            }
+        };
+        let Some(reply) = handler.handle_raft_frame(&frame).await else {
+            // A peer that cannot seal with our key gets nothing, not even an error.
+            tracing::debug!(peer = %peer, "raft frame rejected; closing connection");
+            return;
+        };
+        let Ok(len) = u32::try_from(reply.len()) else { return };
+        let mut buf = Vec::with_capacity(4 + reply.len());
+        buf.extend_from_slice(&len.to_be_bytes());
+        buf.extend_from_slice(&reply);
+        if stream.write_all(&buf).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! Multi-node tests of the lease group over real TCP on loopback, each node with its own
+//! temporary data directory and Prometheus registry.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::holder::LostReason;
+use super::*;
+use crate::cluster::generate_key_hex;
+
+const HEARTBEAT: Duration = Duration::from_millis(50);
+const ELECTION: (Duration, Duration) = (Duration::from_millis(300), Duration::from_millis(600));
+const TTL: Duration = Duration::from_millis(1500);
+const WAIT: Duration = Duration::from_secs(15);
+
+static DIRS: AtomicUsize = AtomicUsize::new(0);
+
+struct TestCluster {
+    keyring: Arc<Keyring>,
+    voters: Vec<(String, SocketAddr)>,
+    root: PathBuf,
+    nodes: Vec<Option<LeaseNode>>,
+    registries: Vec<prometheus::Registry>,
+}
+
+impl TestCluster {
+    async fn start(tag: &str, n: usize) -> TestCluster {
+        let root = std::env::temp_dir().join(format!(
+            "constellation-raft-{tag}-{}-{}",
+            std::process::id(),
+            DIRS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        let keyring = Arc::new(Keyring::parse(&generate_key_hex()).unwrap());
+        let mut listeners = Vec::new();
+        let mut voters = Vec::new();
+        for i in 0..n {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            voters.push((format!("n{}", i + 1), listener.local_addr().unwrap()));
+            listeners.push(listener);
+        }
+        let mut cluster = TestCluster { keyring, voters, root, nodes: Vec::new(), registries: Vec::new() };
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (node, registry) = cluster.start_node(i, listener).await.unwrap();
+            cluster.nodes.push(Some(node));
+            cluster.registries.push(registry);
+        }
+        tracing::info!(n, "cluster started");
+        cluster
+    }
+
+    fn config(&self, i: usize) -> RaftConfig {
+        RaftConfig {
+            node: self.voters[i].0.clone(),
+            voters: self.voters.clone(),
+            bind: self.voters[i].1,
+            data_dir: self.root.join(&self.voters[i].0),
+            keyring: Arc::clone(&self.keyring),
+            election_timeout: ELECTION,
+            heartbeat: HEARTBEAT,
+            lease_ttl: TTL,
+        }
+    }
+
+    async fn start_node(
+        &self,
+        i: usize,
+        listener: TcpListener,
+    ) -> Result<(LeaseNode, prometheus::Registry), RaftError> {
+        let registry = prometheus::Registry::new();
+        let node = LeaseNode::start_on(self.config(i), listener, &registry, std::future::pending::<()>()).await?;
+        Ok((node, registry))
+    }
+
+    async fn stop(&mut self, i: usize) {
+        let node = self.nodes[i].take().expect("node is running");
+        node.shutdown().await;
+        tracing::info!(node = %self.voters[i].0, "node stopped");
+    }
+
+    async fn restart(&mut self, i: usize) -> Result<(), RaftError> {
+        let listener = TcpListener::bind(self.voters[i].1).await.unwrap();
+        let (node, registry) = self.start_node(i, listener).await?;
+        self.nodes[i] = Some(node);
+        self.registries[i] = registry;
+        Ok(())
+    }
+
+    fn node(&self, i: usize) -> &LeaseNode {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    fn index_of(&self, name: &str) -> usize {
+        self.voters.iter().position(|(n, _)| n == name).unwrap()
+    }
+
+    /// Waits until every running node names the same running leader; returns its index.
+    async fn leader(&self) -> usize {
+        wait_for("all running nodes to agree on a running leader", || {
+            let mut leaders = self.nodes.iter().flatten().map(|n| n.view().borrow().leader.clone());
+            let first = leaders.next()??;
+            let i = self.index_of(&first);
+            (self.nodes[i].is_some() && leaders.all(|l| l.as_deref() == Some(first.as_str()))).then_some(i)
+        })
+        .await
+    }
+
+    fn metric(&self, i: usize, name: &str, label: Option<(&str, &str)>) -> f64 {
+        for family in self.registries[i].gather() {
+            if family.name() != name {
+                continue;
+            }
+            for m in family.get_metric() {
+                let matches = label.is_none_or(|(k, v)| m.get_label().iter().any(|l| l.name() == k && l.value() == v));
+                if matches {
+                    return m.get_counter().get_value() + m.get_gauge().get_value();
+                }
+            }
+        }
+        0.0
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_voters_form_a_cluster_and_grant_fenced_leases() {
+    let c = TestCluster::start("grant", 3).await;
+    let leader = c.leader().await;
+    let (a, b) = ((leader + 1) % 3, (leader + 2) % 3);
+    tracing::info!(leader = %c.voters[leader].0, "leader elected without a manual init");
+
+    // A follower acquires through the leader; another node is refused while it is held.
+    let t1 = c.node(a).acquire("lb-leader", TTL).await.unwrap();
+    let err = c.node(b).acquire("lb-leader", TTL).await.unwrap_err();
+    assert_eq!(err, LeaseError::Refused { holder: c.voters[a].0.clone(), token: t1 });
+    // Renewing keeps the token.
+    assert_eq!(c.node(a).acquire("lb-leader", TTL).await.unwrap(), t1);
+    assert!(c.node(a).check("lb-leader", t1).await.unwrap());
+    assert!(!c.node(b).check("lb-leader", t1).await.unwrap(), "b does not hold it");
+    assert!(!c.node(a).check("lb-leader", t1 + 1).await.unwrap(), "wrong token");
+
+    // Stale tokens change nothing and say so.
+    let stale = c.node(b).release("lb-leader", t1).await.unwrap_err();
+    assert_eq!(stale, LeaseError::Stale { current: t1, holder: Some(c.voters[a].0.clone()) });
+    let stale = c.node(b).revoke("lb-leader", t1 - 1).await.unwrap_err();
+    assert!(matches!(stale, LeaseError::Stale { current, .. } if current == t1), "{stale:?}");
+    assert!(c.node(a).check("lb-leader", t1).await.unwrap());
+
+    // Released, the lease goes to the next node with a larger token.
+    c.node(a).release("lb-leader", t1).await.unwrap();
+    // Releasing again (a client retry) is still fine.
+    c.node(a).release("lb-leader", t1).await.unwrap();
+    let t2 = c.node(b).acquire("lb-leader", TTL).await.unwrap();
+    assert!(t2 > t1, "{t2} > {t1}");
+    let t3 = c.node(leader).acquire("dns-writer", TTL).await.unwrap();
+    assert!(t3 > t2);
+
+    // Every node's view converges on the same leases.
+    for i in 0..3 {
+        let mut view = c.node(i).view();
+        let v = view.wait_for(|v| v.leases.get("dns-writer").is_some_and(|l| l.token == t3)).await.unwrap().clone();
+        assert_eq!(v.leases["lb-leader"].holder.as_deref(), Some(c.voters[b].0.as_str()));
+        assert_eq!(v.leases["lb-leader"].token, t2);
+        assert_eq!(c.metric(i, "constellation_lease_token", Some(("lease", "dns-writer"))), t3 as f64);
+    }
+    let leaders: f64 = (0..3).map(|i| c.metric(i, "constellation_raft_is_leader", None)).sum();
+    assert_eq!(leaders, 1.0);
+    assert!(c.metric(leader, "constellation_raft_term", None) >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_leader_loss_lease_is_granted_again_only_after_ttl_with_a_larger_token() {
+    let mut c = TestCluster::start("failover", 3).await;
+    let old = c.leader().await;
+    let t1 = c.node(old).acquire("lb-leader", TTL).await.unwrap();
+    let stopped = Instant::now();
+    c.stop(old).await;
+    tracing::info!("old leader (and holder) stopped");
+
+    let new = c.leader().await;
+    assert_ne!(new, old);
+    let other = (0..3).find(|i| *i != old && *i != new).unwrap();
+    let t2 = loop {
+        match c.node(other).acquire("lb-leader", TTL).await {
+            Ok(t) => break t,
+            Err(LeaseError::Refused { holder, token }) => {
+                assert_eq!((holder.as_str(), token), (c.voters[old].0.as_str(), t1));
+                assert!(stopped.elapsed() < WAIT, "lease never expired");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("acquire failed: {e}"),
+        }
+    };
+    let waited = stopped.elapsed();
+    tracing::info!(?waited, t1, t2, "lease granted again");
+    assert!(t2 > t1, "{t2} > {t1}");
+    // The new leader extended the lease by TTL + election timeout from its election, which
+    // came after the stop.
+    assert!(waited >= TTL + ELECTION.1, "granted again after only {waited:?}");
+    let view = c.node(new).view().borrow().clone();
+    assert_eq!(view.leases["lb-leader"].holder.as_deref(), Some(c.voters[other].0.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_recovers_log_and_snapshot_and_rejoins_as_follower() {
+    let mut c = TestCluster::start("restart", 3).await;
+    let leader = c.leader().await;
+    let f = (leader + 1) % 3;
+    let t1 = c.node(leader).acquire("dns-writer", TTL).await.unwrap();
+    let mut view = c.node(f).view();
+    view.wait_for(|v| v.leases.contains_key("dns-writer")).await.unwrap();
+
+    // A snapshot on the follower, then one more entry after it: the restart needs both.
+    c.node(f).inner.raft.trigger().snapshot().await.unwrap();
+    let mut m = c.node(f).inner.raft.metrics();
+    m.wait_for(|m| m.snapshot.is_some()).await.unwrap();
+    let t2 = c.node(leader).acquire("lb-leader", TTL).await.unwrap();
+    view.wait_for(|v| v.leases.contains_key("lb-leader")).await.unwrap();
+
+    c.stop(f).await;
+    c.restart(f).await.unwrap();
+    tracing::info!("follower restarted on the same data dir");
+    let mut view = c.node(f).view();
+    let v = view.wait_for(|v| v.leases.get("lb-leader").is_some_and(|l| l.token == t2)).await.unwrap().clone();
+    assert_eq!(v.leases["dns-writer"].token, t1);
+    assert_eq!(v.leases["dns-writer"].holder.as_deref(), Some(c.voters[leader].0.as_str()));
+
+    assert_eq!(c.leader().await, leader, "the restarted node follows the same leader");
+    let mut m = c.node(f).inner.raft.metrics();
+    m.wait_for(|m| m.state == ServerState::Follower).await.unwrap();
+    let t3 = c.node(leader).acquire("third", TTL).await.unwrap();
+    view.wait_for(|v| v.leases.get("third").is_some_and(|l| l.token == t3)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_sealed_with_another_key_are_rejected_and_counted() {
+    let c = TestCluster::start("forged", 1).await;
+    c.leader().await;
+    let addr = c.voters[0].1;
+    let check = Request::Check { lease: "lb-leader".into(), node: "n1".into(), token: 1 };
+
+    let stranger = Arc::new(Keyring::parse(&generate_key_hex()).unwrap());
+    let err = PeerClient::new(addr, stranger).call(&check, Duration::from_secs(2)).await.unwrap_err();
+    assert!(matches!(err, network::CallError::Io { .. }), "{err}");
+    assert_eq!(c.metric(0, "constellation_raft_frames_rejected_total", Some(("reason", "unknown_key"))), 1.0);
+
+    // Sealed with the right key but not a request: dropped as undecodable.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    network::write_frame(&mut stream, &c.keyring, b"not json").await.unwrap();
+    assert!(network::read_frame(&mut stream).await.unwrap().is_none(), "connection closed without a reply");
+    assert_eq!(c.metric(0, "constellation_raft_frames_rejected_total", Some(("reason", "decode"))), 1.0);
+
+    // The right key works.
+    let resp = PeerClient::new(addr, Arc::clone(&c.keyring)).call(&check, Duration::from_secs(2)).await.unwrap();
+    assert!(matches!(resp, Response::Check(Ok(false))), "{resp:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_or_garbage_store_is_an_error_naming_the_file() {
+    let mut c = TestCluster::start("corrupt", 1).await;
+    c.leader().await;
+    c.node(0).acquire("lb-leader", TTL).await.unwrap();
+    c.stop(0).await;
+    let file = c.config(0).data_dir.join(STORE_FILE);
+
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let err = c.restart(0).await.expect_err("a truncated store must not start");
+    let text = err.to_string();
+    tracing::info!(error = %text, "truncated store refused");
+    assert!(matches!(err, RaftError::Store(_)), "{err:?}");
+    assert!(text.contains(&file.display().to_string()), "{text}");
+
+    std::fs::write(&file, b"this is not a redb file at all, just some text that is long enough").unwrap();
+    let err = c.restart(0).await.expect_err("a garbage store must not start");
+    assert!(err.to_string().contains(&file.display().to_string()), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_renews_and_steps_down_before_its_deadline_when_cut_off() {
+    let mut c = TestCluster::start("stepdown", 3).await;
+    let leader = c.leader().await;
+    let f = (leader + 1) % 3;
+    let third = (leader + 2) % 3;
+    let holder = LeaseHolder::spawn(c.node(f).clone(), HolderConfig::new("lb-leader", TTL));
+    let mut held = holder.held();
+    let token = held.wait_for(|h| h.is_some()).await.unwrap().unwrap();
+
+    // It renews, keeping its token.
+    wait_for("two renewals", || {
+        (holder.history().iter().filter(|e| matches!(e, HolderEvent::Renewed { .. })).count() >= 2).then_some(())
+    })
+    .await;
+    assert!(holder.history().iter().all(|e| match e {
+        HolderEvent::Acquired { token: t, .. } | HolderEvent::Renewed { token: t, .. } => *t == token,
+        HolderEvent::Lost { .. } => false,
+    }));
+    assert!(c.node(third).check("lb-leader", token).await.is_ok_and(|held_by_third| !held_by_third));
+    assert!(c.node(f).check("lb-leader", token).await.unwrap());
+
+    // Cut it off: the leader and the third node stop, so no renewal can commit.
+    c.stop(leader).await;
+    c.stop(third).await;
+    held.wait_for(|h| h.is_none()).await.unwrap();
+    let history = holder.history();
+    let last_ack = history
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            HolderEvent::Acquired { sent, .. } | HolderEvent::Renewed { sent, .. } => Some(*sent),
+            HolderEvent::Lost { .. } => None,
+        })
+        .unwrap();
+    let Some(HolderEvent::Lost { token: lost, at, deadline, reason }) = history.last().cloned() else {
+        panic!("last event is not a loss: {history:?}");
+    };
+    assert_eq!((lost, reason), (token, LostReason::Deadline));
+    assert!(at >= deadline, "stepped down at its deadline, not before");
+    assert!(at < last_ack + TTL, "stepped down {:?} after the last acked send; TTL is {TTL:?}", at - last_ack);
+    assert_eq!(c.metric(f, "constellation_lease_stepdowns_total", Some(("lease", "lb-leader"))), 1.0);
+    assert!(c.metric(f, "constellation_lease_renewals_total", Some(("result", "renewed"))) >= 2.0);
+}
+
+#[test]
+fn node_ids_are_stable_and_config_is_validated() {
+    assert_eq!(node_id("n1"), node_id("n1"));
+    assert_ne!(node_id("n1"), node_id("n2"));
+    // FNV-1a of the empty string is its offset basis.
+    assert_eq!(node_id(""), 0xcbf2_9ce4_8422_2325);
+    let keyring = Arc::new(Keyring::parse(&generate_key_hex()).unwrap());
+    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let mut cfg = RaftConfig {
+        node: "x".into(),
+        voters: vec![("a".into(), addr)],
+        bind: addr,
+        data_dir: PathBuf::from("/nonexistent"),
+        keyring,
+        election_timeout: ELECTION,
+        heartbeat: HEARTBEAT,
+        lease_ttl: TTL,
+    };
+    assert!(validate(&cfg).unwrap_err().to_string().contains("not among the voters"));
+    cfg.node = "a".into();
+    cfg.voters.push(("a".into(), addr));
+    assert!(validate(&cfg).unwrap_err().to_string().contains("listed twice"));
+    cfg.voters.pop();
+    cfg.heartbeat = Duration::from_secs(1);
+    assert!(validate(&cfg).is_err());
+}
