@@ -1,0 +1,614 @@
+#!/usr/bin/env bash
+# benches/proxy.sh: Constellation vs. nginx vs. HAProxy as HTTP/1.1 reverse proxies
+# on loopback, plus a failover run that kills one of three backends under load.
+#
+# Usage: bash benches/proxy.sh
+#
+# It installs what it needs (haproxy, nginx-light, wrk, curl) with apt-get when it is
+# missing, builds `constellation` in release mode (honours CARGO_TARGET_DIR), runs
+# everything on 127.0.0.1 from a temp dir under /tmp, and rewrites the block between
+# `<!-- proxy-bench:start -->` and `<!-- proxy-bench:end -->` in docs/benchmarks.md.
+# Every process it starts is stopped on exit.
+#
+# Knobs (environment):
+#   BENCH_ROUNDS=3          measured rounds per round set (proxies interleaved per round)
+#   BENCH_DURATION=10       seconds per measured wrk run
+#   BENCH_WARMUP=2          seconds of warm-up wrk run before each measured run
+#   BENCH_CONNS=50          wrk connections (wrk -t1)
+#   BENCH_THREAD_SETS="1 2" worker processes/threads per proxy, one round set each
+#   BENCH_FAILOVER=1        0 skips the failover run
+#   BENCH_FAILOVER_THREADS=1 workers/threads per proxy in the failover run
+#   BENCH_OUT=docs/benchmarks.md
+#   BENCH_KEEP_TMP=0        1 keeps the temp dir (configs, logs, raw wrk output)
+#   BENCH_SKIP_BUILD=0      1 uses the existing release binary as is
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROUNDS=${BENCH_ROUNDS:-3}
+DURATION=${BENCH_DURATION:-10}
+WARMUP=${BENCH_WARMUP:-2}
+CONNS=${BENCH_CONNS:-50}
+THREAD_SETS=${BENCH_THREAD_SETS:-"1 2"}
+FAILOVER=${BENCH_FAILOVER:-1}
+FAILOVER_THREADS=${BENCH_FAILOVER_THREADS:-1}
+OUT=${BENCH_OUT:-$ROOT/docs/benchmarks.md}
+KEEP_TMP=${BENCH_KEEP_TMP:-0}
+SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
+FO_CONNS=20
+FO_DURATION=10
+FO_KILL_AFTER=3
+PROXIES=(haproxy nginx constellation)
+
+export PATH="$PATH:/usr/sbin:/sbin"
+log() { printf '[proxy-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- dependencies
+install_deps() {
+    local need=()
+    command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+    command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+    command -v wrk >/dev/null 2>&1 || need+=(wrk)
+    command -v curl >/dev/null 2>&1 || need+=(curl)
+    command -v lscpu >/dev/null 2>&1 || need+=(util-linux)
+    ((${#need[@]} == 0)) && return 0
+    log "installing ${need[*]}"
+    local sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
+}
+install_deps
+
+# ---------------------------------------------------------------- build
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+[[ $TARGET_DIR == /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR
+BIN=$TARGET_DIR/release/constellation
+if [[ $SKIP_BUILD != 1 ]]; then
+    log "building constellation (release); this can take several minutes"
+    (cd "$ROOT" && cargo build --release --bin constellation)
+fi
+[[ -x $BIN ]] || die "no binary at $BIN"
+
+# ---------------------------------------------------------------- temp dir and cleanup
+WORK=$(mktemp -d /tmp/constellation-proxy-bench.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+    local rc=$?
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    sleep 0.5
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [[ $KEEP_TMP == 1 || $rc -ne 0 ]]; then
+        log "temp dir kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- helpers
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Ports come from below the kernel's ephemeral range, so that no client socket (or one
+# in TIME-WAIT) of this very benchmark can hold a port that a listener needs later.
+read -r EPH_LO EPH_HI </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || { EPH_LO=32768 EPH_HI=60999; }
+if ((EPH_LO > 12000)); then
+    NEXT_PORT=$((10000 + RANDOM % (EPH_LO - 11000)))
+else
+    NEXT_PORT=$((EPH_HI + 1 + RANDOM % ((65000 - EPH_HI) / 2)))
+fi
+alloc_ports() { # VAR...: assigns each a distinct loopback port nobody listens on
+    local v
+    for v in "$@"; do
+        while port_in_use "$NEXT_PORT"; do NEXT_PORT=$((NEXT_PORT + 1)); done
+        printf -v "$v" '%s' "$NEXT_PORT"
+        NEXT_PORT=$((NEXT_PORT + 1))
+    done
+}
+
+wait_http() { # url [seconds]: wait for a 200
+    local url=$1 deadline=$((SECONDS + ${2:-30}))
+    while ((SECONDS < deadline)); do
+        [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null) == 200 ]] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+stop_pid() { # graceful stop, then kill
+    local p=$1 i
+    kill -TERM "$p" 2>/dev/null || return 0
+    for i in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+}
+
+nginx_common() { # dir: the lines every nginx here shares
+    local d=$1
+    mkdir -p "$d/tmp"
+    cat <<EOF
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+worker_rlimit_nofile 16384;
+EOF
+}
+nginx_http_common() {
+    local d=$1
+    cat <<EOF
+    access_log off;
+    client_body_temp_path $d/tmp/body;
+    proxy_temp_path $d/tmp/proxy;
+    fastcgi_temp_path $d/tmp/fastcgi;
+    uwsgi_temp_path $d/tmp/uwsgi;
+    scgi_temp_path $d/tmp/scgi;
+EOF
+}
+
+# start_backend NAME PORT SINGLE: nginx returning a fixed 200 "ok\n". SINGLE=1 runs it as
+# one process (master_process off) so `kill -9` of that pid takes the backend down whole.
+start_backend() {
+    local name=$1 port=$2 single=$3 d=$WORK/$1
+    mkdir -p "$d"
+    {
+        nginx_common "$d"
+        echo "worker_processes 1;"
+        [[ $single == 1 ]] && echo "master_process off;"
+        echo "events { worker_connections 4096; }"
+        echo "http {"
+        nginx_http_common "$d"
+        cat <<EOF
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        location / { default_type text/plain; return 200 "ok\n"; }
+    }
+}
+EOF
+    } >"$d/nginx.conf"
+    nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" >>"$d/stdout.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    eval "PID_$name=$pid"
+    wait_http "http://127.0.0.1:$port/" 10 || die "backend $name did not start (see $d/error.log)"
+}
+
+# start_nginx_proxy NAME PORT WORKERS FAILOVER BACKEND_PORT...
+start_nginx_proxy() {
+    local name=$1 port=$2 workers=$3 failover=$4 d=$WORK/$1
+    shift 4
+    mkdir -p "$d"
+    {
+        nginx_common "$d"
+        echo "worker_processes $workers;"
+        echo "events { worker_connections 4096; }"
+        echo "http {"
+        nginx_http_common "$d"
+        echo "    keepalive_requests 1000000;"
+        echo "    upstream be {"
+        local b
+        for b in "$@"; do echo "        server 127.0.0.1:$b;"; done
+        echo "        keepalive 64;"
+        echo "        keepalive_requests 1000000;"
+        echo "    }"
+        echo "    server {"
+        echo "        listen 127.0.0.1:$port backlog=4096;"
+        echo "        location / {"
+        echo "            proxy_pass http://be;"
+        echo "            proxy_http_version 1.1;"
+        echo '            proxy_set_header Connection "";'
+        [[ $failover == 1 ]] && echo "            proxy_next_upstream error timeout http_502 http_503 http_504;"
+        echo "        }"
+        echo "    }"
+        echo "}"
+    } >"$d/nginx.conf"
+    nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" >>"$d/stdout.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    eval "PID_$name=$pid"
+    wait_http "http://127.0.0.1:$port/" 10 || die "nginx proxy $name did not start (see $d/error.log)"
+}
+
+# start_haproxy NAME PORT THREADS FAILOVER BACKEND_PORT...
+start_haproxy() {
+    local name=$1 port=$2 threads=$3 failover=$4 d=$WORK/$1
+    shift 4
+    mkdir -p "$d"
+    {
+        cat <<EOF
+global
+    nbthread $threads
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 30s
+    http-reuse always
+
+frontend fe
+    bind 127.0.0.1:$port
+    default_backend be
+
+backend be
+EOF
+        local b i=0 check=""
+        if [[ $failover == 1 ]]; then
+            echo "    option redispatch"
+            echo "    retries 3"
+            echo "    retry-on conn-failure empty-response response-timeout 503"
+            check=" check inter 1s"
+        fi
+        for b in "$@"; do
+            i=$((i + 1))
+            echo "    server s$i 127.0.0.1:$b$check"
+        done
+    } >"$d/haproxy.cfg"
+    haproxy -c -q -f "$d/haproxy.cfg" || die "bad haproxy config $d/haproxy.cfg"
+    haproxy -db -f "$d/haproxy.cfg" >>"$d/haproxy.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    eval "PID_$name=$pid"
+    wait_http "http://127.0.0.1:$port/" 10 || die "haproxy $name did not start (see $d/haproxy.log)"
+}
+
+# start_constellation NAME PORT ADMIN_PORT THREADS BACKEND_PORT...
+start_constellation() {
+    local name=$1 port=$2 admin=$3 threads=$4 d=$WORK/$1
+    shift 4
+    mkdir -p "$d"
+    cat >"$d/agent.toml" <<EOF
+[node]
+name = "bench"
+
+[entrypoints.web]
+address = "127.0.0.1:$port"
+
+[admin]
+address = "127.0.0.1:$admin"
+
+[routes]
+files = ["routes.yaml"]
+
+[proxy]
+threads = $threads
+EOF
+    {
+        cat <<'EOF'
+http:
+  routers:
+    bench:
+      rule: "PathPrefix(`/`)"
+      service: bench
+  services:
+    bench:
+      loadBalancer:
+        servers:
+EOF
+        local b
+        for b in "$@"; do echo "          - url: \"http://127.0.0.1:$b\""; done
+    } >"$d/routes.yaml"
+    "$BIN" config check "$d/agent.toml" >/dev/null || die "constellation rejects $d/agent.toml"
+    CONSTELLATION_LOG=${CONSTELLATION_LOG:-info} "$BIN" agent -c "$d/agent.toml" >>"$d/agent.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    eval "PID_$name=$pid"
+    wait_http "http://127.0.0.1:$admin/readyz" 30 || die "constellation $name not ready (see $d/agent.log)"
+    wait_http "http://127.0.0.1:$port/" 10 || die "constellation $name does not proxy (see $d/agent.log)"
+}
+
+# parse_wrk FILE: prints "rps p50_ms p99_ms requests non2xx socket_errors"
+parse_wrk() {
+    awk '
+    function ms(v,   n, u) {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") return n / 1000
+        if (u == "ms") return n
+        if (u == "s") return n * 1000
+        if (u == "m") return n * 60000
+        return n
+    }
+    /Requests\/sec:/ { rps = $2 }
+    /requests in/ { total = $1 }
+    $1 == "50%" { p50 = ms($2) }
+    $1 == "99%" { p99 = ms($2) }
+    /Non-2xx or 3xx responses:/ { non2xx = $NF }
+    /Socket errors:/ {
+        s = $0; sub(/.*Socket errors: */, "", s); n = split(s, parts, ",")
+        for (i = 1; i <= n; i++) { split(parts[i], kv, " "); sock += kv[2] }
+    }
+    END { printf "%s %.3f %.3f %d %d %d\n", rps, p50, p99, total, non2xx + 0, sock + 0 }
+    ' "$1"
+}
+socket_errors_text() { grep -o 'Socket errors:.*' "$1" | sed 's/Socket errors: //' || echo "none"; }
+
+median() { # numbers as arguments
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0) { print "nan"; exit }
+        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+run_wrk() { # out_file url [extra wrk args...]
+    local out=$1 url=$2
+    shift 2
+    wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url" >"$out" 2>&1 || true
+}
+warm() { wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$1" >/dev/null 2>&1 || true; }
+
+metric_sum() { # metrics_text name: sum of every sample of that metric
+    printf '%s\n' "$1" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%d\n", s }'
+}
+
+# ---------------------------------------------------------------- environment facts
+DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
+NPROC=$(nproc)
+CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -1) || true
+HAPROXY_V=$(haproxy -v 2>&1 | head -1) || true
+NGINX_V=$(nginx -v 2>&1 | head -1) || true
+WRK_V=$( (wrk -v 2>&1 || true) | head -1 | sed 's/ Copyright.*//') || true
+C_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+    C_COMMIT="$C_COMMIT (work tree had uncommitted changes)"
+fi
+C_V=$("$BIN" --version 2>/dev/null | head -1 || echo constellation)
+KERNEL=$(uname -r)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
+CMDLINE="bash benches/proxy.sh"
+for v in BENCH_ROUNDS BENCH_DURATION BENCH_WARMUP BENCH_CONNS BENCH_THREAD_SETS BENCH_FAILOVER BENCH_FAILOVER_THREADS; do
+    [[ -n ${!v:-} ]] && CMDLINE="$v=\"${!v}\" $CMDLINE"
+done
+log "work dir $WORK; $NPROC CPUs ($CPU)"
+
+mkdir -p "$WORK/results"
+SECTION=$WORK/section.md
+
+# ---------------------------------------------------------------- throughput round sets
+alloc_ports BACKEND_PORT
+start_backend backend "$BACKEND_PORT" 0
+log "backend nginx on 127.0.0.1:$BACKEND_PORT"
+
+{
+    echo "## Proxy throughput and failover (\`benches/proxy.sh\`)"
+    echo
+    echo "Produced by \`$CMDLINE\` on $DATE; this block is rewritten by each run."
+    echo
+    echo "| | |"
+    echo "| --- | --- |"
+    echo "| machine | $NPROC CPUs (\`nproc\`), $CPU, Linux $KERNEL |"
+    echo "| HAProxy | $HAPROXY_V |"
+    echo "| nginx | $NGINX_V |"
+    echo "| wrk | $WRK_V |"
+    echo "| Constellation | $C_V, git $C_COMMIT, release build |"
+    echo
+    echo "Everything runs on 127.0.0.1 on the same machine: one backend (nginx, \`worker_processes 1\`,"
+    echo "access log off, \`return 200 \"ok\\n\"\`), the three proxies side by side in front of it,"
+    echo "and the load generator. Each proxy keeps connections to the backend alive (nginx:"
+    echo "\`upstream { keepalive 64; }\`, \`proxy_http_version 1.1\`, \`proxy_set_header Connection \"\"\`;"
+    echo "HAProxy: \`mode http\`, \`http-reuse always\`, timeouts set; Constellation: its connection pool,"
+    echo "on by default). Constellation runs with its circuit breakers, routing (a \`PathPrefix(\`/\`)\`"
+    echo "router from a Traefik route file), retries and Prometheus metrics on: they are always on and"
+    echo "were not turned off for the benchmark. HAProxy and nginx run without health checks here."
+    echo
+    echo "Load: \`wrk -t1 -c$CONNS -d${DURATION}s --latency\` after a ${WARMUP} s \`wrk -t1 -c$CONNS\` warm-up,"
+    echo "$ROUNDS round(s), the order of the proxies rotated each round; the table shows the median over the"
+    echo "rounds of each column separately. The load generator, the backend and the proxy share $NPROC CPUs,"
+    echo "so these figures are for comparing the proxies with one another on this machine, not absolute"
+    echo "capacities. The machine was shared with other work (builds, tests) while this ran, so the"
+    echo "figures are noisy; compare ratios rather than absolute numbers. Load average (1, 5, 15 min)"
+    echo "when the benchmark started: $LOAD_START; see the end of this block for the value at its end."
+    echo
+    echo "For context (not measured by this script): a plain Pingora proxy with default settings was"
+    echo "earlier seen at about 0.55–0.6× HAProxy 2.6's requests/s on this 2-CPU machine."
+    echo
+} >"$SECTION"
+
+for T in $THREAD_SETS; do
+    log "round set: $T worker(s)/thread(s) per proxy"
+    alloc_ports P_H P_N P_C A_C
+    start_haproxy "haproxy_t$T" "$P_H" "$T" 0 "$BACKEND_PORT"
+    start_nginx_proxy "nginx_t$T" "$P_N" "$T" 0 "$BACKEND_PORT"
+    start_constellation "constellation_t$T" "$P_C" "$A_C" "$T" "$BACKEND_PORT"
+    declare -A URL=([haproxy]="http://127.0.0.1:$P_H/" [nginx]="http://127.0.0.1:$P_N/" [constellation]="http://127.0.0.1:$P_C/")
+    for p in "${PROXIES[@]}"; do
+        body=$(curl -s --max-time 2 "${URL[$p]}")
+        [[ $body == ok ]] || die "$p answered '$body' instead of ok"
+    done
+
+    log "baseline: wrk straight to the backend"
+    warm "http://127.0.0.1:$BACKEND_PORT/"
+    run_wrk "$WORK/results/t${T}_backend.txt" "http://127.0.0.1:$BACKEND_PORT/"
+
+    for r in $(seq "$ROUNDS"); do
+        order=()
+        for i in 0 1 2; do order+=("${PROXIES[$(((i + r - 1) % 3))]}"); done
+        for p in "${order[@]}"; do
+            log "set $T, round $r/$ROUNDS: $p"
+            warm "${URL[$p]}"
+            run_wrk "$WORK/results/t${T}_${p}_r$r.txt" "${URL[$p]}"
+            read -r rps p50 p99 total non2xx sock < <(parse_wrk "$WORK/results/t${T}_${p}_r$r.txt")
+            log "  $rps req/s, p50 $p50 ms, p99 $p99 ms, non-2xx $non2xx, socket errors $sock"
+        done
+    done
+
+    # Medians and the table.
+    declare -A RPS=() P50=() P99=() ERRS=() ALL_RPS=()
+    for p in backend "${PROXIES[@]}"; do
+        rs=() fs=() ns=() errs=0
+        for f in "$WORK/results/t${T}_${p}"*.txt; do
+            read -r rps p50 p99 total non2xx sock < <(parse_wrk "$f")
+            rs+=("$rps") fs+=("$p50") ns+=("$p99")
+            errs=$((errs + non2xx + sock))
+        done
+        RPS[$p]=$(median "${rs[@]}") P50[$p]=$(median "${fs[@]}") P99[$p]=$(median "${ns[@]}") ERRS[$p]=$errs
+        ALL_RPS[$p]="${rs[*]}"
+    done
+    {
+        if [[ $T == 1 ]]; then
+            echo "### 1 worker each: nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`, Constellation \`[proxy] threads = 1\`"
+        else
+            echo "### $T workers each: nginx \`worker_processes $T\`, HAProxy \`nbthread $T\`, Constellation \`[proxy] threads = $T\`"
+        fi
+        echo
+        echo "Backend: nginx \`worker_processes 1\` in both round sets."
+        echo
+        echo "| target | requests/s (median) | ÷ HAProxy | p50 latency | p99 latency | requests/s per round | errors |"
+        echo "| --- | ---: | ---: | ---: | ---: | --- | ---: |"
+        for p in "${PROXIES[@]}" backend; do
+            label=$p
+            [[ $p == backend ]] && label="backend direct (baseline, 1 run)"
+            [[ $p == haproxy ]] && label="HAProxy"
+            [[ $p == nginx ]] && label="nginx"
+            [[ $p == constellation ]] && label="Constellation"
+            ratio=$(awk -v a="${RPS[$p]}" -v b="${RPS[haproxy]}" 'BEGIN { printf "%.2f×", a / b }')
+            rounds=$(printf '%s\n' ${ALL_RPS[$p]} | awk '{ printf "%s%.0f", (NR > 1 ? ", " : ""), $1 }')
+            printf '| %s | %.0f | %s | %.2f ms | %.2f ms | %s | %s |\n' "$label" "${RPS[$p]}" "$ratio" \
+                "${P50[$p]}" "${P99[$p]}" "$rounds" "${ERRS[$p]}"
+        done
+        echo
+    } >>"$SECTION"
+
+    for p in "haproxy_t$T" "nginx_t$T" "constellation_t$T"; do
+        pv="PID_$p"
+        stop_pid "${!pv}"
+    done
+    unset URL RPS P50 P99 ERRS ALL_RPS
+done
+
+# ---------------------------------------------------------------- failover run
+if [[ $FAILOVER == 1 ]]; then
+    log "failover run: three backends, $FAILOVER_THREADS worker(s)/thread(s) per proxy"
+    alloc_ports B1 B2 B3
+    start_backend fb1 "$B1" 1
+    start_backend fb2 "$B2" 1
+    start_backend fb3 "$B3" 1
+    alloc_ports P_H P_N P_C A_C
+    start_haproxy fo_haproxy "$P_H" "$FAILOVER_THREADS" 1 "$B1" "$B2" "$B3"
+    start_nginx_proxy fo_nginx "$P_N" "$FAILOVER_THREADS" 1 "$B1" "$B2" "$B3"
+    start_constellation fo_constellation "$P_C" "$A_C" "$FAILOVER_THREADS" "$B1" "$B2" "$B3"
+    declare -A FURL=([haproxy]="http://127.0.0.1:$P_H/" [nginx]="http://127.0.0.1:$P_N/" [constellation]="http://127.0.0.1:$P_C/")
+    sleep 3 # let HAProxy's health checks see every server up
+    declare -A FO=() FO_SOCK=()
+    for p in "${PROXIES[@]}"; do
+        # All three backends up (the one killed in the previous run is restarted).
+        if ! kill -0 "$PID_fb1" 2>/dev/null; then
+            start_backend fb1 "$B1" 1
+            sleep 4 # HAProxy: rise 2 × inter 1s, with margin
+        fi
+        [[ $p == constellation ]] && M_BEFORE=$(curl -s "http://127.0.0.1:$A_C/metrics")
+        log "failover: $p under wrk -t1 -c$FO_CONNS -d${FO_DURATION}s; kill -9 of backend 1 after ${FO_KILL_AFTER}s"
+        out=$WORK/results/failover_$p.txt
+        wrk -t1 -c"$FO_CONNS" -d"${FO_DURATION}s" --latency "${FURL[$p]}" >"$out" 2>&1 &
+        wrk_pid=$!
+        PIDS+=("$wrk_pid")
+        sleep "$FO_KILL_AFTER"
+        kill -9 "$PID_fb1"
+        wait "$PID_fb1" 2>/dev/null || true
+        log "  killed backend 1 (pid $PID_fb1)"
+        wait "$wrk_pid" || true
+        read -r rps p50 p99 total non2xx sock < <(parse_wrk "$out")
+        FO[$p]="$total $non2xx $sock $rps $p99"
+        FO_SOCK[$p]=$(socket_errors_text "$out")
+        log "  $total requests, non-2xx $non2xx, socket errors $sock (${FO_SOCK[$p]})"
+        if [[ $p == constellation ]]; then
+            M_AFTER=$(curl -s "http://127.0.0.1:$A_C/metrics")
+        fi
+    done
+
+    {
+        echo "### Failover: one of three backends killed under load"
+        echo
+        echo "Three backends (separate single-process nginx instances, \`master_process off\`, so that"
+        echo "\`kill -9\` of one pid takes a backend down whole). Each proxy has all three, $FAILOVER_THREADS"
+        echo "worker(s)/thread(s) each:"
+        echo
+        echo "- HAProxy: \`option redispatch\`, \`retries 3\`, \`retry-on conn-failure empty-response response-timeout 503\`,"
+        echo "  \`check inter 1s\` on each server, \`http-reuse always\`, round robin;"
+        echo "- nginx: \`proxy_next_upstream error timeout http_502 http_503 http_504\`, default \`max_fails=1 fail_timeout=10s\`,"
+        echo "  \`keepalive 64\`, round robin;"
+        echo "- Constellation: defaults (\`max_attempts = 3\`, retry budget 20 % / 10 concurrent, breakers"
+        echo "  on with their default thresholds, no health check configured in the route file)."
+        echo
+        echo "For each proxy in turn: \`wrk -t1 -c$FO_CONNS -d${FO_DURATION}s --latency\` GET load; ${FO_KILL_AFTER} s in,"
+        echo "\`kill -9\` of backend 1; the backend is restarted (and HAProxy given time to see it up) before"
+        echo "the next proxy's run. Errors are what the client saw: wrk's \"Non-2xx or 3xx responses\" plus"
+        echo "its socket errors (connect, read, write, timeout)."
+        echo
+        echo "| proxy | requests | non-2xx | socket errors | client-visible errors | requests/s | p99 latency |"
+        echo "| --- | ---: | ---: | --- | ---: | ---: | ---: |"
+        for p in "${PROXIES[@]}"; do
+            read -r total non2xx sock rps p99 <<<"${FO[$p]}"
+            label=$p
+            [[ $p == haproxy ]] && label="HAProxy"
+            [[ $p == constellation ]] && label="Constellation"
+            printf '| %s | %d | %d | %d (%s) | **%d** | %.0f | %.2f ms |\n' "$label" "$total" "$non2xx" "$sock" \
+                "${FO_SOCK[$p]}" "$((non2xx + sock))" "$rps" "$p99"
+        done
+        echo
+        echo "Constellation's own metrics over its failover run (after minus before):"
+        echo
+        for m in constellation_retries_total constellation_retries_suppressed_total constellation_breaker_transitions_total; do
+            b=$(metric_sum "$M_BEFORE" "$m")
+            a=$(metric_sum "$M_AFTER" "$m")
+            echo "- \`$m\`: $((a - b))"
+        done
+        echo
+        echo "Samples after the run:"
+        echo
+        echo '```'
+        printf '%s\n' "$M_AFTER" | grep -E '^constellation_(retries_total|retries_suppressed_total|breaker_transitions_total|breaker_state)\{' || echo "(none)"
+        echo '```'
+        echo
+        clog=$WORK/fo_constellation/agent.log
+        grep -E 'WARN|ERROR' "$clog" >"$WORK/fo_constellation_warn.log" || true
+        nwarn=$(wc -l <"$WORK/fo_constellation_warn.log")
+        sed -E 's/\x1b\[[0-9;]*m//g; s/^[0-9TZ:.-]+ +//; s/127\.0\.0\.1:[0-9]+/ADDR/g; s/[0-9]+/N/g' \
+            "$WORK/fo_constellation_warn.log" | sort | uniq -c | sort -rn | head -8 | cut -c1-220 \
+            >"$WORK/fo_constellation_warn_summary.txt" || true
+        # Should the summary come out empty, show the first raw lines instead.
+        [[ -s $WORK/fo_constellation_warn_summary.txt ]] ||
+            head -5 "$WORK/fo_constellation_warn.log" >"$WORK/fo_constellation_warn_summary.txt"
+        echo "Constellation's log over the failover run: $nwarn WARN/ERROR lines (Pingora logs one WARN per"
+        echo "failed upstream attempt, including attempts that were then retried); the distinct messages"
+        echo "(timestamps, numbers and addresses stripped; most frequent first):"
+        echo
+        echo '```'
+        cat "$WORK/fo_constellation_warn_summary.txt"
+        echo '```'
+        echo
+    } >>"$SECTION"
+fi
+
+# ---------------------------------------------------------------- write docs/benchmarks.md
+{
+    echo "Load average at the end of the benchmark: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)."
+    echo
+    echo "Raw wrk output and configs are in a temp dir that is removed at the end; run with"
+    echo "\`BENCH_KEEP_TMP=1\` to keep them."
+} >>"$SECTION"
+
+mkdir -p "$(dirname "$OUT")"
+[[ -f $OUT ]] || printf '# Benchmarks\n' >"$OUT"
+BLOCK=$WORK/block.md
+{
+    echo "<!-- proxy-bench:start -->"
+    cat "$SECTION"
+    echo "<!-- proxy-bench:end -->"
+} >"$BLOCK"
+if grep -q '<!-- proxy-bench:start -->' "$OUT" && grep -q '<!-- proxy-bench:end -->' "$OUT"; then
+    awk -v block="$BLOCK" '
+        /<!-- proxy-bench:start -->/ { while ((getline l < block) > 0) print l; skip = 1; next }
+        /<!-- proxy-bench:end -->/ { skip = 0; next }
+        !skip { print }
+    ' "$OUT" >"$WORK/out.md"
+else
+    { cat "$OUT"; echo; cat "$BLOCK"; } >"$WORK/out.md"
+fi
+cat "$WORK/out.md" >"$OUT"
+log "wrote $OUT"
+sed -n '/<!-- proxy-bench:start -->/,/<!-- proxy-bench:end -->/p' "$OUT"
