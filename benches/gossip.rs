@@ -1,0 +1,823 @@
+//! Gossip benchmark: full-convergence and failure-detection times of
+//! `constellation_control::cluster` for several cluster sizes.
+//!
+//! Run with `cargo bench --bench gossip` (optionally `-- --sizes 3,10,30,100 --runs 5`).
+//! For each size N it starts N in-process members on 127.0.0.1 (port 0 binds, one tokio
+//! multi-thread runtime, every member with its own Prometheus registry), all joining
+//! through member 0, and measures:
+//!
+//! 1. full convergence: from the first `Cluster::start` until every member's view lists all
+//!    N members alive and holds all N states, each with the instance that member started
+//!    with;
+//! 2. failure detection: after convergence (and a short settle), one random non-seed member
+//!    is dropped without `leave` (a crash); from the drop, the time until the first
+//!    survivor lists it suspect (or already down), until the first survivor lists it down,
+//!    and until every survivor lists it down.
+//!
+//! Views are polled every `--poll-ms` (10 ms) from the main thread, which is not one of
+//! the runtime's workers. Results go to stdout and into the block between
+//! `<!-- gossip-bench:start -->` and `<!-- gossip-bench:end -->` of `docs/benchmarks.md`
+//! (appended when missing; the rest of the file is left as it is). `--no-write` skips that.
+//!
+//! Options: `--sizes 3,10,30,100`, `--runs N` (all sizes; default 5, and 3 for N >= 100),
+//! `--converge-timeout SECS` (180), `--detect-timeout SECS` (60), `--settle SECS` (2),
+//! `--poll-ms MS` (10), `--suspect-ms MS` (override the default suspicion timeout),
+//! `--worker-threads N` (tokio default: one per CPU), `--out PATH`, `--no-write`.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use constellation_control::cluster::{
+    generate_key_hex, Cluster, ClusterConfig, ClusterView, Instance, Keyring, MemberState, NodeState,
+    DEFAULT_PUSH_PULL_INTERVAL,
+};
+use rand::Rng;
+use tokio::sync::watch;
+
+const PROBE_PERIOD: Duration = Duration::from_secs(1);
+const PROBE_RTT: Duration = Duration::from_millis(500);
+/// foca's LAN default, which `ClusterConfig` keeps.
+const INDIRECT_PROBES: u32 = 3;
+const START_MARK: &str = "<!-- gossip-bench:start -->";
+const END_MARK: &str = "<!-- gossip-bench:end -->";
+
+struct Options {
+    sizes: Vec<usize>,
+    runs: Option<usize>,
+    converge_timeout: Duration,
+    detect_timeout: Duration,
+    settle: Duration,
+    poll: Duration,
+    suspect: Option<Duration>,
+    worker_threads: Option<usize>,
+    out: PathBuf,
+    write: bool,
+    /// The arguments as given after `--` (cargo's own `--bench` removed).
+    args: Vec<String>,
+}
+
+impl Options {
+    fn parse() -> Result<Options> {
+        let mut opts = Options {
+            sizes: vec![3, 10, 30, 100],
+            runs: None,
+            converge_timeout: Duration::from_secs(180),
+            detect_timeout: Duration::from_secs(60),
+            settle: Duration::from_secs(2),
+            poll: Duration::from_millis(10),
+            suspect: None,
+            worker_threads: None,
+            out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md"),
+            write: true,
+            args: Vec::new(),
+        };
+        // `cargo bench` passes `--bench` to harness-less benchmarks; it is not ours.
+        let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+        opts.args.clone_from(&args);
+        let mut it = args.into_iter();
+        while let Some(arg) = it.next() {
+            let (key, inline) = match arg.split_once('=') {
+                Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                None => (arg.clone(), None),
+            };
+            let mut value = || -> Result<String> {
+                match inline.clone() {
+                    Some(v) => Ok(v),
+                    None => it.next().with_context(|| format!("{key} needs a value")),
+                }
+            };
+            match key.as_str() {
+                "--sizes" => {
+                    opts.sizes = value()?
+                        .split(',')
+                        .filter(|s| !s.trim().is_empty())
+                        .map(|s| s.trim().parse::<usize>().with_context(|| format!("bad size {s:?}")))
+                        .collect::<Result<_>>()?;
+                    if opts.sizes.iter().any(|&n| n < 3) {
+                        bail!("sizes must be at least 3 (a seed, a victim and one other survivor)");
+                    }
+                }
+                "--runs" => opts.runs = Some(value()?.parse().context("--runs")?),
+                "--converge-timeout" => opts.converge_timeout = secs(&value()?)?,
+                "--detect-timeout" => opts.detect_timeout = secs(&value()?)?,
+                "--settle" => opts.settle = secs(&value()?)?,
+                "--poll-ms" => opts.poll = Duration::from_millis(value()?.parse().context("--poll-ms")?),
+                "--suspect-ms" => {
+                    opts.suspect = Some(Duration::from_millis(value()?.parse().context("--suspect-ms")?));
+                }
+                "--worker-threads" => opts.worker_threads = Some(value()?.parse().context("--worker-threads")?),
+                "--out" => opts.out = PathBuf::from(value()?),
+                "--no-write" => opts.write = false,
+                "-h" | "--help" => {
+                    println!(
+                        "usage: cargo bench --bench gossip -- [--sizes 3,10,30,100] [--runs N] \
+                         [--converge-timeout SECS] [--detect-timeout SECS] [--settle SECS] [--poll-ms MS] \
+                         [--suspect-ms MS] [--worker-threads N] [--out PATH] [--no-write]"
+                    );
+                    std::process::exit(0);
+                }
+                other => bail!("unknown argument {other:?} (try --help)"),
+            }
+        }
+        if opts.sizes.is_empty() {
+            bail!("--sizes is empty");
+        }
+        Ok(opts)
+    }
+
+    fn runs_for(&self, n: usize) -> usize {
+        self.runs.unwrap_or(if n >= 100 { 3 } else { 5 }).max(1)
+    }
+
+    fn command(&self) -> String {
+        let mut cmd = String::from("cargo bench --bench gossip");
+        if !self.args.is_empty() {
+            cmd.push_str(" --");
+            for a in &self.args {
+                cmd.push(' ');
+                cmd.push_str(a);
+            }
+        }
+        cmd
+    }
+}
+
+fn secs(s: &str) -> Result<Duration> {
+    let v: f64 = s.parse().with_context(|| format!("bad number of seconds {s:?}"))?;
+    if !v.is_finite() || v < 0.0 {
+        bail!("bad number of seconds {s:?}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// The suspicion timeout `ClusterConfig` derives when `suspect_to_down_after` is `None`
+/// (memberlist's LAN formula, see `control/src/cluster/mod.rs`).
+fn default_suspect(hint: usize) -> Duration {
+    #[allow(clippy::cast_precision_loss)]
+    let factor = 4.0 * (hint.max(1) as f64).log10().max(1.0);
+    PROBE_PERIOD.mul_f64(factor)
+}
+
+/// foca's `max_transmissions` for a cluster-size hint (its LAN config).
+fn max_transmissions(hint: usize) -> u32 {
+    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let tx = ((hint as f64 + 1.0).log10() * 4.0) as u32;
+    tx.clamp(1, 255)
+}
+
+/// SWIM's expected time to first detection in protocol periods when each of the `n - 1`
+/// survivors probes one uniformly random other member per period:
+/// `1 / (1 - (1 - 1/(n-1))^(n-1))`, which tends to e/(e-1) ≈ 1.58 for large n.
+fn swim_expected_periods(n: usize) -> f64 {
+    let others = i32::try_from(n.saturating_sub(1).max(1)).unwrap_or(i32::MAX);
+    1.0 / (1.0 - (1.0 - 1.0 / f64::from(others)).powi(others))
+}
+
+struct Node {
+    name: String,
+    view: watch::Receiver<ClusterView>,
+    /// Dropping it crashes the member (its tasks are aborted, no leave).
+    cluster: Cluster,
+    _registry: prometheus::Registry,
+}
+
+fn node_name(i: usize) -> String {
+    format!("n{i:03}")
+}
+
+fn service_of(name: &str) -> String {
+    format!("svc-{name}")
+}
+
+/// Everything measured in one run; `None` where the event was not reached.
+#[derive(Default)]
+struct RunResult {
+    /// All views list N members, all alive.
+    membership: Option<Duration>,
+    /// All views list N alive members and hold N states with the expected instances.
+    converged: Option<Duration>,
+    /// How far convergence got when it timed out.
+    convergence_note: Option<String>,
+    victim: Option<String>,
+    /// Crash to the first survivor listing the victim suspect or down.
+    first_suspect: Option<Duration>,
+    /// Crash to the first survivor listing the victim down.
+    first_down: Option<Duration>,
+    /// Crash to every survivor listing the victim down.
+    all_down: Option<Duration>,
+    /// Survivors that went straight from alive to down (never seen suspect by the poller).
+    skipped_suspect: usize,
+    detect_note: Option<String>,
+    /// Distinct (observer, member) pairs where a live member was seen suspect / down.
+    spurious_suspect: usize,
+    spurious_down: usize,
+    /// Time taken by the N `Cluster::start` calls.
+    start_calls: Duration,
+}
+
+/// Records a live member (not the victim) seen suspect or down by `observer`.
+struct Spurious {
+    suspect: HashSet<(usize, String)>,
+    down: HashSet<(usize, String)>,
+}
+
+impl Spurious {
+    fn observe(&mut self, observer: usize, view: &ClusterView, victim: Option<&str>) {
+        for m in &view.members {
+            if m.is_self || Some(m.name.as_str()) == victim {
+                continue;
+            }
+            match m.state {
+                MemberState::Alive => {}
+                MemberState::Suspect => {
+                    self.suspect.insert((observer, m.name.clone()));
+                }
+                MemberState::Down => {
+                    self.down.insert((observer, m.name.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// (all N listed and alive, and also all N states with the expected instance).
+fn converged(view: &ClusterView, names: &[String], services: &[String]) -> (bool, bool) {
+    let members = view.members.len() == names.len()
+        && view.members.iter().all(|m| m.state == MemberState::Alive)
+        && names.iter().all(|n| view.members.binary_search_by(|m| m.name.as_str().cmp(n)).is_ok());
+    if !members {
+        return (false, false);
+    }
+    let states = view.states.len() == names.len()
+        && names
+            .iter()
+            .zip(services)
+            .all(|(n, svc)| view.states.get(n).is_some_and(|s| s.instances.iter().any(|i| &i.service == svc)));
+    (true, states)
+}
+
+fn progress(nodes: &[Node], names: &[String], services: &[String]) -> String {
+    let mut alive = Vec::new();
+    let mut states = Vec::new();
+    let mut full = 0;
+    for node in nodes {
+        let view = node.view.borrow();
+        alive.push(view.members.iter().filter(|m| m.state == MemberState::Alive).count());
+        states.push(
+            names
+                .iter()
+                .zip(services)
+                .filter(|(n, svc)| view.states.get(*n).is_some_and(|s| s.instances.iter().any(|i| &i.service == *svc)))
+                .count(),
+        );
+        if converged(&view, names, services).1 {
+            full += 1;
+        }
+    }
+    alive.sort_unstable();
+    states.sort_unstable();
+    let mid = |v: &[usize]| v.get(v.len() / 2).copied().unwrap_or(0);
+    format!(
+        "{full}/{n} views converged; alive members listed per view min/median/max {}/{}/{}; \
+         expected states held per view min/median/max {}/{}/{}",
+        alive.first().copied().unwrap_or(0),
+        mid(&alive),
+        alive.last().copied().unwrap_or(0),
+        states.first().copied().unwrap_or(0),
+        mid(&states),
+        states.last().copied().unwrap_or(0),
+        n = nodes.len(),
+    )
+}
+
+async fn run_once(n: usize, opts: &Options) -> Result<RunResult> {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let keyring = Arc::new(Keyring::parse(&generate_key_hex()).context("parsing a generated key")?);
+    let names: Vec<String> = (0..n).map(node_name).collect();
+    let services: Vec<String> = names.iter().map(|n| service_of(n)).collect();
+    let mut result = RunResult::default();
+    let mut spurious = Spurious { suspect: HashSet::new(), down: HashSet::new() };
+
+    // 1. Start everyone back to back; node 0 is the seed of all others.
+    let t0 = Instant::now();
+    let mut nodes: Vec<Node> = Vec::with_capacity(n);
+    let mut seed: Option<SocketAddr> = None;
+    for name in &names {
+        let mut cfg = ClusterConfig::new(name, loopback, loopback, Arc::clone(&keyring));
+        cfg.seeds = seed.into_iter().collect();
+        cfg.probe_period = PROBE_PERIOD;
+        cfg.probe_rtt = PROBE_RTT;
+        cfg.cluster_size_hint = u32::try_from(n).unwrap_or(u32::MAX);
+        cfg.suspect_to_down_after = opts.suspect;
+        let registry = prometheus::Registry::new();
+        let mut initial = NodeState::new(name);
+        initial.instances =
+            vec![Instance { service: service_of(name), url: format!("http://{name}.bench:8080"), healthy: true }];
+        let cluster = Cluster::start(cfg, initial, &registry, std::future::pending::<()>())
+            .await
+            .with_context(|| format!("starting {name}"))?;
+        if seed.is_none() {
+            seed = Some(cluster.gossip_addr());
+        }
+        nodes.push(Node { name: name.clone(), view: cluster.view(), cluster, _registry: registry });
+    }
+    result.start_calls = t0.elapsed();
+
+    // 2. Wait for full convergence.
+    loop {
+        let elapsed = t0.elapsed();
+        let mut all_members = true;
+        let mut all_full = true;
+        for (i, node) in nodes.iter().enumerate() {
+            let view = node.view.borrow();
+            let (members, full) = converged(&view, &names, &services);
+            all_members &= members;
+            all_full &= full;
+            spurious.observe(i, &view, None);
+        }
+        if all_members && result.membership.is_none() {
+            result.membership = Some(elapsed);
+        }
+        if all_full {
+            result.converged = Some(elapsed);
+            break;
+        }
+        if elapsed > opts.converge_timeout {
+            result.convergence_note = Some(format!(
+                "no convergence within {:?}: {}",
+                opts.converge_timeout,
+                progress(&nodes, &names, &services)
+            ));
+            break;
+        }
+        tokio::time::sleep(opts.poll).await;
+    }
+
+    if result.converged.is_some() {
+        // 3. Let the join traffic settle, then crash one random non-seed member.
+        let settle_until = Instant::now() + opts.settle;
+        while Instant::now() < settle_until {
+            for (i, node) in nodes.iter().enumerate() {
+                spurious.observe(i, &node.view.borrow(), None);
+            }
+            tokio::time::sleep(opts.poll).await;
+        }
+        let victim_index = rand::rng().random_range(1..n);
+        let victim = nodes.remove(victim_index);
+        let victim_name = victim.name.clone();
+        let crash = Instant::now();
+        drop(victim.cluster);
+        drop(victim.view);
+        result.victim = Some(victim_name.clone());
+
+        let mut seen_suspect = vec![false; nodes.len()];
+        loop {
+            let elapsed = crash.elapsed();
+            let mut all_down = true;
+            for (i, node) in nodes.iter().enumerate() {
+                let view = node.view.borrow();
+                let state = view.member(&victim_name).map(|m| m.state);
+                match state {
+                    Some(MemberState::Suspect) => {
+                        seen_suspect[i] = true;
+                        result.first_suspect.get_or_insert(elapsed);
+                        all_down = false;
+                    }
+                    Some(MemberState::Down) => {
+                        result.first_suspect.get_or_insert(elapsed);
+                        result.first_down.get_or_insert(elapsed);
+                    }
+                    Some(MemberState::Alive) | None => all_down = false,
+                }
+                // Observer indices after the removal are shifted; names keep them apart.
+                let observer = if i >= victim_index { i + 1 } else { i };
+                spurious.observe(observer, &view, Some(&victim_name));
+            }
+            if all_down {
+                result.all_down = Some(elapsed);
+                result.skipped_suspect = seen_suspect.iter().filter(|s| !**s).count();
+                break;
+            }
+            if elapsed > opts.detect_timeout {
+                let down = nodes
+                    .iter()
+                    .filter(|nd| nd.view.borrow().member(&victim_name).is_some_and(|m| m.state == MemberState::Down))
+                    .count();
+                let suspect = nodes
+                    .iter()
+                    .filter(|nd| nd.view.borrow().member(&victim_name).is_some_and(|m| m.state == MemberState::Suspect))
+                    .count();
+                result.detect_note = Some(format!(
+                    "not down everywhere within {:?}: {down} of {} survivors list it down, {suspect} suspect",
+                    opts.detect_timeout,
+                    nodes.len()
+                ));
+                break;
+            }
+            tokio::time::sleep(opts.poll).await;
+        }
+    }
+    result.spurious_suspect = spurious.suspect.len();
+    result.spurious_down = spurious.down.len();
+
+    // 4. Tear down (crash everyone) and let the aborted tasks and sockets go.
+    drop(nodes);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(result)
+}
+
+/// Median (mean of the middle two for an even count) and maximum.
+fn median_worst(values: &[Duration]) -> Option<(Duration, Duration)> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    let mid = v.len() / 2;
+    let median = if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2 };
+    Some((median, v[v.len() - 1]))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+fn periods(d: Duration) -> f64 {
+    d.as_secs_f64() / PROBE_PERIOD.as_secs_f64()
+}
+
+struct SizeReport {
+    n: usize,
+    runs: Vec<RunResult>,
+    /// Process CPU time (user + system) over the size's runs divided by their wall time.
+    cpu_cores: Option<f64>,
+    wall: Duration,
+    hint: usize,
+    suspect: Duration,
+}
+
+struct Measure {
+    label: &'static str,
+    get: fn(&RunResult) -> Option<Duration>,
+}
+
+const MEASURES: [Measure; 5] = [
+    Measure { label: "membership only (all alive in every view)", get: |r| r.membership },
+    Measure { label: "**full convergence** (members + states)", get: |r| r.converged },
+    Measure { label: "**first detection: suspect** (or down)", get: |r| r.first_suspect },
+    Measure { label: "first detection: down", get: |r| r.first_down },
+    Measure { label: "**full detection: down at all survivors**", get: |r| r.all_down },
+];
+
+fn results_table(reports: &[SizeReport]) -> String {
+    let mut s = String::new();
+    s.push_str(
+        "| nodes | measure | runs with a value | median | median (periods) | worst | worst (periods) | per run (ms) |\n",
+    );
+    s.push_str("| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |\n");
+    for r in reports {
+        for m in &MEASURES {
+            let values: Vec<Duration> = r.runs.iter().filter_map(m.get).collect();
+            let per_run: Vec<String> =
+                r.runs.iter().map(|run| (m.get)(run).map_or("–".to_string(), |d| d.as_millis().to_string())).collect();
+            let (med, medp, worst, worstp) = match median_worst(&values) {
+                Some((med, worst)) => {
+                    (ms(med), format!("{:.2}", periods(med)), ms(worst), format!("{:.2}", periods(worst)))
+                }
+                None => ("–".into(), "–".into(), "–".into(), "–".into()),
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {}/{} | {med} | {medp} | {worst} | {worstp} | {} |",
+                r.n,
+                m.label,
+                values.len(),
+                r.runs.len(),
+                per_run.join(", ")
+            );
+        }
+    }
+    s
+}
+
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after ')'.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let hz: f64 = command_output("getconf", &["CLK_TCK"]).and_then(|s| s.parse().ok()).unwrap_or(100.0);
+    Some((utime + stime) / hz)
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(cmd).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+struct Environment {
+    date: String,
+    cpus: usize,
+    cpu_model: String,
+    kernel: String,
+    git: String,
+    workers: usize,
+    load_start: String,
+    load_end: String,
+}
+
+fn render(opts: &Options, env: &Environment, reports: &[SizeReport]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{START_MARK}");
+    s.push_str("## Gossip convergence and failure detection (`benches/gossip.rs`)\n\n");
+    let _ = writeln!(
+        s,
+        "Produced by `{}` on {}; this block is rewritten by each run (the numbers below are the\n\
+         program's own output, not edited by hand).\n",
+        opts.command(),
+        env.date
+    );
+    s.push_str("| | |\n| --- | --- |\n");
+    let _ = writeln!(s, "| machine | {} CPUs (`nproc`), {}, Linux {} |", env.cpus, env.cpu_model, env.kernel);
+    let _ = writeln!(
+        s,
+        "| Constellation | {}, `cargo bench` profile ({}) |",
+        env.git,
+        if cfg!(debug_assertions) { "debug assertions ON" } else { "optimised, inherits `release`" }
+    );
+    let _ = writeln!(
+        s,
+        "| process | all members in one process on 127.0.0.1 (UDP gossip + TCP state pulls over loopback, \
+         sealed with one generated key), one tokio multi-thread runtime with {} worker threads; \
+         the poller runs on the main thread |",
+        env.workers
+    );
+    let _ = writeln!(s, "| load average (1, 5, 15 min) | {} at start, {} at end |", env.load_start, env.load_end);
+    s.push('\n');
+
+    s.push_str("### Configuration\n\n");
+    let suspect_note = match opts.suspect {
+        Some(d) => format!(
+            "**overridden** with `--suspect-ms {}` to {} for every size (not the default)",
+            d.as_millis(),
+            ms(d)
+        ),
+        None => "the default (`suspect_to_down_after = None`): `4 × max(1, log10(cluster_size_hint)) × \
+                 probe_period`, memberlist's LAN formula"
+            .to_string(),
+    };
+    let _ = writeln!(
+        s,
+        "- `probe_period` {} ms, `probe_rtt` {} ms, {INDIRECT_PROBES} indirect probes (foca LAN), \
+         `push_pull_interval` {} ms (default);\n\
+         - `cluster_size_hint` = N (what an operator would set; it sizes foca's retransmissions and \
+         the suspicion timeout);\n\
+         - suspicion timeout: {suspect_note};\n\
+         - member 0 has no seeds; members 1..N-1 have member 0's gossip address as their only seed; all N \
+         `Cluster::start` calls run back to back (the clock starts before the first);\n\
+         - every member starts with one instance (`svc-<name>`) in its `NodeState`; **full convergence** = \
+         the first poll at which every view lists all N members `alive` and holds all N states, each with \
+         its instance;\n\
+         - after convergence the cluster settles for {} ms, then one random non-seed member is dropped \
+         without `leave()` (its tasks are aborted, its sockets close: a crash); detection times run from \
+         the drop. **First detection** = the first survivor listing it `suspect` (or already `down`), and \
+         separately the first listing it `down`; **full detection** = every survivor lists it `down`;\n\
+         - views are polled every {} ms (the resolution of every figure); timeouts: {} s for convergence, \
+         {} s for detection; a protocol period is {} ms, so \"periods\" = ms / {}.\n",
+        PROBE_PERIOD.as_millis(),
+        PROBE_RTT.as_millis(),
+        DEFAULT_PUSH_PULL_INTERVAL.as_millis(),
+        opts.settle.as_millis(),
+        opts.poll.as_millis(),
+        opts.converge_timeout.as_secs_f64(),
+        opts.detect_timeout.as_secs_f64(),
+        PROBE_PERIOD.as_millis(),
+        PROBE_PERIOD.as_millis(),
+    );
+    s.push_str(
+        "| nodes | runs | suspicion timeout | foca max transmissions | SWIM expected first detection \
+         (periods, random probe targets) | benchmark CPU use (cores, avg) | wall time |\n",
+    );
+    s.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for r in reports {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} ({:.1} periods) | {} | {:.2} | {} | {:.0} s |",
+            r.n,
+            r.runs.len(),
+            ms(r.suspect),
+            periods(r.suspect),
+            max_transmissions(r.hint),
+            swim_expected_periods(r.n),
+            r.cpu_cores.map_or("?".into(), |c| format!("{c:.2} of {}", env.cpus)),
+            r.wall.as_secs_f64()
+        );
+    }
+    s.push('\n');
+
+    s.push_str("### Results\n\n");
+    s.push_str(&results_table(reports));
+    s.push('\n');
+    s.push_str(
+        "Medians are over the runs that reached the event (mean of the middle two for an even count); \
+         \"worst\" is the maximum; \"–\" means not reached.\n\n",
+    );
+
+    // Per-run notes: victims, timeouts, spurious suspicions.
+    s.push_str(
+        "Per run (victim; spurious = distinct (observer, live member) pairs seen suspect / down; \
+                survivors that went straight from alive to down between two polls):\n\n",
+    );
+    for r in reports {
+        let mut parts = Vec::new();
+        for (i, run) in r.runs.iter().enumerate() {
+            let mut p = format!(
+                "run {}: victim {}, spurious {}/{}, straight-to-down {}, start calls {} ms",
+                i + 1,
+                run.victim.as_deref().unwrap_or("–"),
+                run.spurious_suspect,
+                run.spurious_down,
+                run.skipped_suspect,
+                run.start_calls.as_millis()
+            );
+            if let Some(note) = &run.convergence_note {
+                let _ = write!(p, "; **{note}**");
+            }
+            if let Some(note) = &run.detect_note {
+                let _ = write!(p, "; **{note}**");
+            }
+            parts.push(p);
+        }
+        let _ = writeln!(s, "- N = {}: {}", r.n, parts.join("; "));
+    }
+    s.push('\n');
+
+    s.push_str("### Reading the numbers\n\n");
+    s.push_str(
+        "- **SWIM reference point.** The SWIM paper (Das, Gupta, Motivala, DSN 2002) gives the expected \
+         time from a member's failure to its *first* detection by some non-faulty member as about \
+         e/(e−1) ≈ 1.58 protocol periods (each period every member probes one random other member, so a \
+         given member is probed by someone with probability 1 − (1 − 1/(N−1))^(N−1) → 1 − 1/e per \
+         period; the table above gives the finite-N value). foca probes members in a shuffled round-robin \
+         instead, which bounds the worst case, and it declares a member `suspect` only at the end of a \
+         probe period in which neither the direct probe (`probe_rtt`) nor the indirect probes were \
+         answered. The first-suspect column is the one to compare with 1.58 periods.\n",
+    );
+    s.push_str(
+        "- **Down includes the suspicion timeout.** SWIM with suspicion (and foca) does not declare a \
+         member down when a probe fails: it is first `suspect`, and becomes `down` only when the suspicion \
+         timeout expires without a refutation. foca's timeout grows with log(N) (by default \
+         `4 × max(1, log10 N)` periods: 4 s up to 10 nodes, 5.9 s at 30, 8 s at 100), so first-down is \
+         expected at about first-suspect + the suspicion timeout, and down-at-all-survivors a little \
+         later again (the `down` verdict is disseminated by piggybacked gossip, and each survivor also \
+         runs its own suspicion timer from when it heard of the suspicion).\n",
+    );
+    s.push_str(
+        "- **Machine load.** Every member of a size runs in one process on one runtime sharing the \
+         machine's CPUs with the poller (and with whatever else ran on the machine: other builds and \
+         tests were running while this was measured; see the load average). A 100-node cluster here is \
+         100 foca instances, 100 UDP sockets and 100 TCP pull servers contending for 2 cores, so late \
+         timers and delayed packets inflate the figures for large N, and a member starved long enough can \
+         be suspected without having failed (the spurious counts). On separate machines each member has \
+         its own CPU; treat large-N figures as an upper bound for this implementation, not as a property \
+         of the protocol.\n",
+    );
+    let _ = writeln!(s, "{END_MARK}");
+    s
+}
+
+/// Replaces the gossip-bench block in `path` (or appends it), leaving the rest untouched.
+fn write_block(path: &PathBuf, block: &str) -> Result<()> {
+    let current = match std::fs::read_to_string(path) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let updated = match (current.find(START_MARK), current.find(END_MARK)) {
+        (Some(start), Some(end)) if end > start => {
+            let mut after = end + END_MARK.len();
+            if current[after..].starts_with('\n') {
+                after += 1;
+            }
+            format!("{}{}{}", &current[..start], block, &current[after..])
+        }
+        (None, None) => {
+            let mut c = current.clone();
+            if !c.is_empty() && !c.ends_with('\n') {
+                c.push('\n');
+            }
+            if !c.is_empty() {
+                c.push('\n');
+            }
+            c.push_str(block);
+            c
+        }
+        _ => bail!("{} has a broken gossip-bench block (markers missing or out of order)", path.display()),
+    };
+    std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
+}
+
+fn main() -> Result<()> {
+    let opts = Options::parse()?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = opts.worker_threads.unwrap_or(cpus).max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+
+    let git = match command_output("git", &["rev-parse", "--short", "HEAD"]) {
+        Some(rev) => {
+            let dirty = command_output("git", &["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            format!("git {rev}{}", if dirty { " (work tree had uncommitted changes)" } else { "" })
+        }
+        None => "git revision unknown".into(),
+    };
+    let load_start = load_average();
+    let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_else(|| "unknown date".into());
+    eprintln!(
+        "gossip bench: sizes {:?}, {workers} worker threads on {cpus} CPUs, load average {load_start}",
+        opts.sizes
+    );
+
+    let mut reports = Vec::new();
+    for &n in &opts.sizes {
+        let runs = opts.runs_for(n);
+        let suspect = opts.suspect.unwrap_or_else(|| default_suspect(n));
+        let cpu_before = cpu_seconds();
+        let wall_start = Instant::now();
+        let mut results = Vec::new();
+        for run in 1..=runs {
+            let r = runtime.block_on(run_once(n, &opts))?;
+            let show = |d: Option<Duration>| d.map_or("–".to_string(), |d| format!("{} ms", d.as_millis()));
+            eprintln!(
+                "N={n:>3} run {run}/{runs}: membership {}, converged {}, victim {}, first suspect {}, \
+                 first down {}, all down {}, spurious {}/{}{}{}",
+                show(r.membership),
+                show(r.converged),
+                r.victim.as_deref().unwrap_or("–"),
+                show(r.first_suspect),
+                show(r.first_down),
+                show(r.all_down),
+                r.spurious_suspect,
+                r.spurious_down,
+                r.convergence_note.as_ref().map(|n| format!(" [{n}]")).unwrap_or_default(),
+                r.detect_note.as_ref().map(|n| format!(" [{n}]")).unwrap_or_default(),
+            );
+            results.push(r);
+        }
+        let wall = wall_start.elapsed();
+        let cpu_cores = match (cpu_before, cpu_seconds()) {
+            (Some(a), Some(b)) if wall.as_secs_f64() > 0.0 => Some((b - a) / wall.as_secs_f64()),
+            _ => None,
+        };
+        reports.push(SizeReport { n, runs: results, cpu_cores, wall, hint: n, suspect });
+    }
+    drop(runtime);
+
+    let env = Environment {
+        date,
+        cpus,
+        cpu_model: cpu_model(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "?".into(), |k| k.trim().into()),
+        git,
+        workers,
+        load_start,
+        load_end: load_average(),
+    };
+    let block = render(&opts, &env, &reports);
+    println!("{block}");
+    if opts.write {
+        write_block(&opts.out, &block)?;
+        eprintln!("wrote the gossip-bench block of {}", opts.out.display());
+    }
+    Ok(())
+}
