@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-cargo test --workspace --all-targets "$@"
+# Benchmarks are programs (harness = false): clippy compiles them, `cargo bench` runs them.
+cargo test --workspace --lib --bins --tests "$@"
 cargo test --workspace --doc
