@@ -9,6 +9,7 @@ pub mod builder;
 pub mod cluster;
 pub mod config;
 pub mod discovery;
+pub mod dns;
 pub mod plane;
 pub mod public_ip;
 pub mod raft;
