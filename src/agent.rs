@@ -109,6 +109,8 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
         cluster_joined: AtomicBool::new(false),
         leases: ArcSwap::from_pointee(serde_json::json!({})),
         raft: ArcSwap::from_pointee(serde_json::Value::Null),
+        lease_node: Default::default(),
+        dns: Arc::new(ArcSwap::from_pointee(serde_json::Value::Null)),
     });
     let reloader = Arc::new(
         Reloader::new(

@@ -303,3 +303,138 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     println!("  agent log: {}", dir.join("agent.log").display());
     Ok(())
 }
+
+/// The admin bearer token: `--token`, else `CONSTELLATION_ADMIN__TOKEN` (as the agent reads it).
+fn admin_token(token: Option<&str>) -> Option<String> {
+    token.map(str::to_string).or_else(|| std::env::var("CONSTELLATION_ADMIN__TOKEN").ok()).filter(|t| !t.is_empty())
+}
+
+/// One request to the admin API with the bearer token if any; returns the parsed JSON
+/// body of a 200, else an error carrying the server's `error` (or text).
+pub async fn admin_call(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    token: Option<&str>,
+) -> anyhow::Result<Value> {
+    let addr = admin_addr(base)?;
+    let auth = admin_token(token).map(|t| format!("Bearer {t}"));
+    let mut headers: Vec<(&str, &str)> = Vec::new();
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    let payload = match body {
+        Some(v) => {
+            headers.push(("Content-Type", "application/json"));
+            serde_json::to_vec(v)?
+        }
+        None => Vec::new(),
+    };
+    let r = fetch(addr, method, &addr.to_string(), path, &headers, &payload)
+        .await
+        .with_context(|| format!("cannot reach the admin API at {base}"))?;
+    let parsed: Option<Value> = serde_json::from_slice(&r.body).ok();
+    if r.status != 200 {
+        let message = parsed
+            .as_ref()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| r.text().trim().to_string());
+        bail!("{method} {base}{path} answered {}: {message}", r.status);
+    }
+    parsed.with_context(|| format!("{base}{path} did not return JSON"))
+}
+
+/// `constellation raft status`: the group as the node behind `admin` sees it, plus the
+/// `leases` and `raft` objects of its `/api/v1/status`.
+pub async fn raft_status(admin: &str, json: bool, token: Option<&str>) -> anyhow::Result<()> {
+    let group = admin_call(admin, "GET", "/api/v1/raft", None, token).await?;
+    let status = admin_call(admin, "GET", "/api/v1/status", None, token).await?;
+    if json {
+        let all = serde_json::json!({"group": group, "leases": status["leases"], "raft": status["raft"]});
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| "-".to_string());
+    let opt = |v: &Value| if v.is_null() { "-".to_string() } else { v.to_string() };
+    println!(
+        "node {}  leader {}  term {}  last log index {}  applied {}{}",
+        s(&group["node"]),
+        s(&group["leader"]),
+        group["term"],
+        opt(&group["last_log_index"]),
+        opt(&group["last_applied"]),
+        if group["joint"] == true { "  (membership change under way)" } else { "" }
+    );
+    for (title, key) in [("VOTERS", "voters"), ("LEARNERS", "learners")] {
+        let Some(list) = group[key].as_array().filter(|l| !l.is_empty()) else { continue };
+        println!("\n{title}");
+        println!("  {:<16} {:<22} {:<10} {:>8}", "NAME", "RAFT ADDRESS", "REACHABLE", "MATCHED");
+        for m in list {
+            let reachable = match m["reachable"].as_bool() {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "-",
+            };
+            let leader = if group["leader"] == m["name"] { "*" } else { "" };
+            println!(
+                "  {:<16} {:<22} {:<10} {:>8}",
+                format!("{}{leader}", s(&m["name"])),
+                s(&m["raft_address"]),
+                reachable,
+                opt(&m["matched_index"])
+            );
+        }
+    }
+    if let Some(leases) = status["leases"].as_object().filter(|l| !l.is_empty()) {
+        println!("\nLEASES");
+        println!("  {:<16} {:<16} {:>8} {:>8} HELD HERE", "LEASE", "HOLDER", "TOKEN", "TTL MS");
+        for (name, l) in leases {
+            println!(
+                "  {:<16} {:<16} {:>8} {:>8} {}",
+                name,
+                s(&l["holder"]),
+                opt(&l["token"]),
+                opt(&l["ttl_ms"]),
+                if l["held_here"] == true { "yes" } else { "" }
+            );
+        }
+    }
+    println!("\nRAFT (status)\n  {}", status["raft"]);
+    Ok(())
+}
+
+/// `constellation raft add-voter NAME ADDRESS` (the cluster address; Raft is its port + 1).
+pub async fn raft_add_voter(admin: &str, name: &str, address: &str, token: Option<&str>) -> anyhow::Result<()> {
+    let body = serde_json::json!({"name": name, "address": address});
+    let v = admin_call(admin, "POST", "/api/v1/raft/voters", Some(&body), token).await?;
+    print_voters(&format!("added {name} as a voter"), &v);
+    Ok(())
+}
+
+/// `constellation raft remove-voter NAME`.
+pub async fn raft_remove_voter(admin: &str, name: &str, token: Option<&str>) -> anyhow::Result<()> {
+    if name.is_empty() || name.contains(['/', '?', '#', '%', ' ']) {
+        bail!("{name:?} is not a node name");
+    }
+    let v = admin_call(admin, "DELETE", &format!("/api/v1/raft/voters/{name}"), None, token).await?;
+    print_voters(&format!("removed {name}"), &v);
+    Ok(())
+}
+
+fn print_voters(what: &str, v: &Value) {
+    let names = |key: &str| -> String {
+        let list: Vec<String> = v[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| format!("{} ({})", m["name"].as_str().unwrap_or("?"), m["raft_address"].as_str().unwrap_or("?")))
+            .collect();
+        if list.is_empty() {
+            "-".to_string()
+        } else {
+            list.join(", ")
+        }
+    };
+    println!("{what}\nvoters: {}\nlearners: {}", names("voters"), names("learners"));
+}

@@ -63,6 +63,68 @@ enum Command {
         #[command(subcommand)]
         command: TraefikCommand,
     },
+    /// DNS controller tools.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCommand,
+    },
+    /// The Raft lease group: status and membership changes (through any voter's admin API).
+    Raft {
+        #[command(subcommand)]
+        command: RaftCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DnsCommand {
+    /// Show the DNS controller's role, last outcome and (in dry-run) its plan.
+    Plan {
+        /// Admin API base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9180")]
+        admin: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RaftCommand {
+    /// Leader, term, voters and learners, and the leases.
+    Status {
+        /// Admin API base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9180")]
+        admin: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        /// Admin bearer token (default: $CONSTELLATION_ADMIN__TOKEN).
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Add a voter: it joins as a learner, catches up, then votes. Refused if the new
+    /// configuration would not have a reachable majority.
+    AddVoter {
+        /// The new node's name (its `node.name`).
+        name: String,
+        /// Its cluster address, host:port; Raft listens on that port + 1.
+        address: String,
+        /// Admin API base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9180")]
+        admin: String,
+        /// Admin bearer token (default: $CONSTELLATION_ADMIN__TOKEN).
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Remove a voter (or a learner). Refused if the remaining voters would not have a
+    /// reachable majority, and for the last voter.
+    RemoveVoter {
+        /// The node's name.
+        name: String,
+        /// Admin API base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9180")]
+        admin: String,
+        /// Admin bearer token (default: $CONSTELLATION_ADMIN__TOKEN).
+        #[arg(long)]
+        token: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -228,6 +290,23 @@ fn main() -> ExitCode {
             }
         }
         Command::Status { admin, json } => run_async(constellation::demo::status(&admin, json)),
+        Command::Dns { command: DnsCommand::Plan { admin } } => run_async(async move {
+            let v = constellation::demo::admin_json(&admin, "/api/v1/status").await?;
+            if v["dns"].is_null() {
+                anyhow::bail!("DNS is not configured on this node (no [dns] section)");
+            }
+            println!("{}", serde_json::to_string_pretty(&v["dns"])?);
+            Ok(())
+        }),
+        Command::Raft { command: RaftCommand::Status { admin, json, token } } => {
+            run_async(constellation::demo::raft_status(&admin, json, token.as_deref()))
+        }
+        Command::Raft { command: RaftCommand::AddVoter { name, address, admin, token } } => {
+            run_async(constellation::demo::raft_add_voter(&admin, &name, &address, token.as_deref()))
+        }
+        Command::Raft { command: RaftCommand::RemoveVoter { name, admin, token } } => {
+            run_async(constellation::demo::raft_remove_voter(&admin, &name, token.as_deref()))
+        }
         Command::Demo { seconds } => run_async(constellation::demo::run(seconds)),
     }
 }

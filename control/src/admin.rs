@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use async_trait::async_trait;
 use constellation_proxy::{RouteTable, TableHandle, Target};
 use http::{Response, StatusCode};
@@ -12,6 +12,11 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use prometheus::{Encoder, Registry, TextEncoder};
 use serde_json::{json, Value};
+
+use crate::raft::{LeaseNode, MembershipError};
+
+/// Largest request body the admin API reads.
+const MAX_BODY: usize = 64 * 1024;
 
 /// The outcome of the most recent route reload, for status.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -55,6 +60,11 @@ pub struct AdminState {
     pub leases: ArcSwap<Value>,
     /// Raft group as JSON: leader, term (null when this node is not a voter).
     pub raft: ArcSwap<Value>,
+    /// This node's lease-group member, once started (none on non-voters): serves
+    /// `/api/v1/raft` and its membership changes.
+    pub lease_node: ArcSwapOption<LeaseNode>,
+    /// DNS controller status as JSON (null when DNS is not configured).
+    pub dns: Arc<ArcSwap<Value>>,
 }
 
 impl AdminState {
@@ -81,6 +91,7 @@ impl AdminState {
             "hints": &**self.hints.load(),
             "leases": &**self.leases.load(),
             "raft": &**self.raft.load(),
+            "dns": &**self.dns.load(),
             "routes": routes_json(&table),
             "services": services_json(&table),
         })
@@ -206,7 +217,10 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let path = req.uri.path().to_string();
-        if req.method != http::Method::GET && req.method != http::Method::HEAD {
+        let method = req.method.clone();
+        let raft_write = (method == http::Method::POST && path == "/api/v1/raft/voters")
+            || (method == http::Method::DELETE && path.starts_with("/api/v1/raft/voters/"));
+        if method != http::Method::GET && method != http::Method::HEAD && !raft_write {
             return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", b"only GET\n".to_vec());
         }
         if path != "/healthz" {
@@ -223,6 +237,9 @@ impl ServeHttp for AdminApp {
                     return r;
                 }
             }
+        }
+        if raft_write {
+            return self.raft_write(session, &method, &path).await;
         }
         match path.as_str() {
             "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
@@ -245,8 +262,109 @@ impl ServeHttp for AdminApp {
             }
             "/api/v1/status" => json_reply(StatusCode::OK, &self.state.status()),
             "/api/v1/traefik" => json_reply(StatusCode::OK, &self.state.traefik.load()),
+            "/api/v1/raft" => match self.state.lease_node.load_full() {
+                Some(node) => json_reply(StatusCode::OK, &json!(node.status())),
+                None => not_a_voter(),
+            },
             _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
         }
+    }
+}
+
+fn error_reply(status: StatusCode, message: impl std::fmt::Display) -> Response<Vec<u8>> {
+    json_reply(status, &json!({"error": message.to_string()}))
+}
+
+fn not_a_voter() -> Response<Vec<u8>> {
+    error_reply(StatusCode::SERVICE_UNAVAILABLE, "this node runs no raft lease group (it is not among [raft] voters)")
+}
+
+/// `{"name": …, "address": …}` of `POST /api/v1/raft/voters`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddVoter {
+    name: String,
+    /// Cluster address; Raft listens on its port + 1.
+    address: String,
+}
+
+/// Reads the whole request body, refusing more than `MAX_BODY` bytes.
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<u8>>> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(error_reply(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("request body exceeds {MAX_BODY} bytes"),
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(error_reply(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}"))),
+        }
+    }
+}
+
+fn membership_reply(node: &LeaseNode, result: Result<(), MembershipError>) -> Response<Vec<u8>> {
+    match result {
+        Ok(()) => {
+            let members = node.membership();
+            let names = |voter: bool| -> Vec<Value> {
+                members
+                    .iter()
+                    .filter(|(_, _, v)| *v == voter)
+                    .map(|(name, addr, _)| json!({"name": name, "raft_address": addr.to_string()}))
+                    .collect()
+            };
+            json_reply(StatusCode::OK, &json!({"ok": true, "voters": names(true), "learners": names(false)}))
+        }
+        Err(e) if e.is_refusal() => error_reply(StatusCode::CONFLICT, e),
+        Err(e) => error_reply(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+impl AdminApp {
+    /// `POST /api/v1/raft/voters` and `DELETE /api/v1/raft/voters/<name>`.
+    async fn raft_write(&self, session: &mut ServerSession, method: &http::Method, path: &str) -> Response<Vec<u8>> {
+        let body = match read_body(session).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let Some(node) = self.state.lease_node.load_full() else {
+            return not_a_voter();
+        };
+        if method == http::Method::DELETE {
+            let name = path.trim_start_matches("/api/v1/raft/voters/");
+            if name.is_empty() || name.contains('/') {
+                return error_reply(StatusCode::BAD_REQUEST, "expected DELETE /api/v1/raft/voters/<name>");
+            }
+            tracing::info!(node = %name, "admin API: remove raft voter");
+            return membership_reply(&node, node.remove_voter(name).await);
+        }
+        let req: AddVoter = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error_reply(
+                    StatusCode::BAD_REQUEST,
+                    format!("expected JSON {{\"name\": \"n4\", \"address\": \"host:port\"}}: {e}"),
+                )
+            }
+        };
+        let cluster: std::net::SocketAddr = match req.address.parse() {
+            Ok(a) => a,
+            Err(e) => {
+                return error_reply(StatusCode::BAD_REQUEST, format!("address {:?} is not ip:port: {e}", req.address))
+            }
+        };
+        let Some(port) = cluster.port().checked_add(1) else {
+            return error_reply(StatusCode::BAD_REQUEST, "the cluster port must be below 65535 (raft uses port + 1)");
+        };
+        let raft_addr = std::net::SocketAddr::new(cluster.ip(), port);
+        tracing::info!(node = %req.name, cluster = %cluster, raft = %raft_addr, "admin API: add raft voter");
+        membership_reply(&node, node.add_voter(&req.name, raft_addr).await)
     }
 }
 

@@ -43,6 +43,8 @@ pub struct AgentConfig {
     pub instances: Vec<InstanceConfig>,
     /// Raft lease group (who is the front door, who writes DNS). Off unless voters are set.
     pub raft: RaftSection,
+    /// Cloudflare DNS following the front door (see docs/dns.md). Off unless present.
+    pub dns: Option<crate::dns::DnsConfig>,
 }
 
 /// `[raft]`.
@@ -247,6 +249,7 @@ impl Default for AgentConfig {
             cluster: ClusterSection::default(),
             instances: Vec::new(),
             raft: RaftSection::default(),
+            dns: None,
         }
     }
 }
@@ -471,6 +474,10 @@ pub fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
     None
 }
 
+fn cfg_has_no_leases(voters: &[(String, SocketAddr)]) -> bool {
+    voters.is_empty()
+}
+
 /// Check values that parse but make no sense, and resolve addresses and secrets.
 /// `text` is the file's content, used to point errors at the line and column.
 pub fn validate(
@@ -618,6 +625,25 @@ pub fn validate(
         }
         if config.raft.lease_ttl_ms < 2 * config.raft.election_timeout_ms {
             return Err(bad("raft.lease_ttl_ms", "must be at least twice election_timeout_ms".into()));
+        }
+    }
+    let mut config = config;
+    if let Some(dns) = config.dns.as_mut() {
+        dns.token = match (std::env::var("CONSTELLATION_DNS__API_TOKEN"), &dns.api_token_file) {
+            (Ok(t), _) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            (_, Some(f)) => {
+                let path = base_dir.join(f);
+                let t = std::fs::read_to_string(&path)
+                    .map_err(|e| bad("dns.api_token_file", format!("cannot read {}: {e}", path.display())))?;
+                Some(t.trim().to_string())
+            }
+            _ => None,
+        };
+        if let Err(e) = dns.validate() {
+            return Err(bad("dns", e.to_string()));
+        }
+        if cfg_has_no_leases(&raft_voters) {
+            return Err(bad("dns", "DNS writes are fenced by the dns-writer lease: configure [raft] voters".into()));
         }
     }
     Ok(LoadedConfig {

@@ -244,9 +244,38 @@ pub async fn run(
                     .iter()
                     .map(|l| crate::raft::LeaseHolder::spawn(node.clone(), crate::raft::HolderConfig::new(l, ttl)))
                     .collect();
+                // DNS follows the front door while this node holds the dns-writer lease.
+                if let Some(dns_cfg) = cfg.config.dns.clone() {
+                    let dns_held = wanted
+                        .iter()
+                        .zip(&holders)
+                        .find(|(l, _)| **l == cfg.config.raft.dns_lease)
+                        .map(|(_, h)| h.held());
+                    match (dns_held, crate::dns::Reconciler::new(dns_cfg, &registry)) {
+                        (Some(dns_held), Ok(reconciler)) => {
+                            let inputs = crate::dns::controller::Inputs {
+                                lease_node: node.clone(),
+                                dns_held,
+                                leases: node.view(),
+                                cluster: cluster.view(),
+                                lb_lease: cfg.config.raft.lb_lease.clone(),
+                                dns_lease: cfg.config.raft.dns_lease.clone(),
+                                status: admin.dns.clone(),
+                            };
+                            tasks.spawn(crate::dns::controller::run(reconciler, inputs));
+                        }
+                        (None, _) => {
+                            tracing::info!(
+                                "[dns] is configured but this node lacks the \"dns\" role; it never writes DNS"
+                            )
+                        }
+                        (_, Err(e)) => tracing::error!(error = %e, "DNS controller cannot start"),
+                    }
+                }
                 let history = cfg.base_dir.join(&cfg.config.node.data_dir).join("lease-history.jsonl");
                 let leases = [cfg.config.raft.lb_lease.clone(), cfg.config.raft.dns_lease.clone()];
                 tasks.spawn(lease_loop(node.clone(), holders, wanted, leases, history, admin.clone()));
+                admin.lease_node.store(Some(Arc::new(node.clone())));
                 lease_node = Some(node);
             }
             Err(e) => tracing::error!(error = %e, "cannot start the lease group; this node holds no leases"),

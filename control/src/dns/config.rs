@@ -25,6 +25,9 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_LEADER_SETTLE_MS: u64 = 2_000;
 /// Cloudflare's documented per-user limit per 5 minutes; a budget above it only earns 429s.
 pub const CLOUDFLARE_LIMIT_PER_5MIN: u32 = 1_200;
+/// Default cluster id in the ownership marker (set your own when several clusters
+/// share a zone).
+pub const DEFAULT_CLUSTER_ID: &str = "constellation";
 
 /// The `[dns]` section. With no `token` the reconciler runs dry: it plans and logs, and
 /// writes nothing.
@@ -37,8 +40,13 @@ pub struct DnsConfig {
     pub zone_id: Option<String>,
     /// API base URL, ending with `/`. Default: `https://api.cloudflare.com/client/v4/`.
     pub api_url: String,
-    /// API token (Zone:DNS:Edit and Zone:Zone:Read). Never logged. Default: none (dry run).
+    /// API token (Zone:DNS:Edit and Zone:Zone:Read). Never logged, never read from the
+    /// config file itself: it comes from `api_token_file` or `CONSTELLATION_DNS__API_TOKEN`.
+    /// Default: none (dry run).
+    #[serde(skip)]
     pub token: Option<String>,
+    /// File holding the API token, relative to the agent config. Default: none.
+    pub api_token_file: Option<std::path::PathBuf>,
     /// Point the zone apex at the lb-leader's public IP. Default: true.
     pub apex: bool,
     /// Point `*.zone` at the lb-leader's public IP. Default: true.
@@ -79,6 +87,7 @@ impl Default for DnsConfig {
             zone_id: None,
             api_url: DEFAULT_API_URL.to_string(),
             token: None,
+            api_token_file: None,
             apex: true,
             wildcard: true,
             node_record: None,
@@ -92,7 +101,7 @@ impl Default for DnsConfig {
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             leader_settle_ms: DEFAULT_LEADER_SETTLE_MS,
             adopt: false,
-            cluster_id: String::new(),
+            cluster_id: DEFAULT_CLUSTER_ID.to_string(),
         }
     }
 }
@@ -105,6 +114,7 @@ impl fmt::Debug for DnsConfig {
             .field("zone_id", &self.zone_id)
             .field("api_url", &self.api_url)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("api_token_file", &self.api_token_file)
             .field("apex", &self.apex)
             .field("wildcard", &self.wildcard)
             .field("node_record", &self.node_record)

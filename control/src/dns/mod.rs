@@ -10,6 +10,7 @@ mod api;
 mod bucket;
 mod client;
 mod config;
+pub mod controller;
 mod debounce;
 mod desired;
 mod grace;

@@ -425,7 +425,12 @@ fn config_validation_names_the_key() {
         (d.api_url.as_str(), d.reconcile_interval(), d.rate_per_5min),
         (DEFAULT_API_URL, Duration::from_secs(60), 600)
     );
-    let parsed: DnsConfig = toml::from_str("zone = \"example.com\"\ncluster_id = \"c1\"\ntoken = \"t\"").unwrap();
+    let parsed: DnsConfig =
+        toml::from_str("zone = \"example.com\"\ncluster_id = \"c1\"\napi_token_file = \"cf.token\"").unwrap();
     assert!(parsed.validate().is_ok());
+    assert!(
+        toml::from_str::<DnsConfig>("zone = \"example.com\"\ntoken = \"inline-secret\"").is_err(),
+        "a token written into the config file is refused: secrets come from files or the environment"
+    );
     assert!(toml::from_str::<DnsConfig>("zonee = \"x\"").is_err(), "unknown fields are refused");
 }

@@ -18,6 +18,7 @@
 
 mod holder;
 pub mod lease;
+mod membership;
 mod metrics;
 pub mod network;
 pub mod store;
@@ -41,12 +42,14 @@ use tokio::task::AbortHandle;
 
 pub use holder::{HolderConfig, HolderEvent, LeaseHolder};
 pub use lease::{LeaseCommand, LeaseResponse, LeaseState};
+pub use membership::{Member, MembershipError};
 pub use metrics::RaftMetrics;
 pub use network::ForwardError;
 pub use store::{StoreError, STORE_FILE};
 
 use crate::cluster::Keyring;
 use lease::LeaseClock;
+use membership::{members_of, MembershipCtl, Outcome};
 use network::{PeerClient, RaftHandler, Request, Response};
 use store::{lock, SmData};
 
@@ -174,6 +177,42 @@ pub struct LeaseView {
     pub leases: BTreeMap<String, LeaseState>,
 }
 
+/// The group as one node sees it ([`LeaseNode::status`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupStatus {
+    /// This node.
+    pub node: String,
+    /// The leader's name, if known.
+    pub leader: Option<String>,
+    /// Whether this node leads.
+    pub is_leader: bool,
+    /// Current term.
+    pub term: u64,
+    /// Index of the last log entry.
+    pub last_log_index: Option<u64>,
+    /// Index of the last applied entry.
+    pub last_applied: Option<u64>,
+    /// Whether a joint configuration (a change under way) is in force.
+    pub joint: bool,
+    /// Voters, by name.
+    pub voters: Vec<MemberStatus>,
+    /// Learners (catching up before promotion), by name.
+    pub learners: Vec<MemberStatus>,
+}
+
+/// One member in a [`GroupStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberStatus {
+    /// Node name.
+    pub name: String,
+    /// Raft address.
+    pub raft_address: String,
+    /// Whether the leader heard from it recently; `None` unless this node leads.
+    pub reachable: Option<bool>,
+    /// Last log index known to be replicated to it; `None` unless this node leads.
+    pub matched_index: Option<u64>,
+}
+
 /// One voter of the lease group. Cheap to clone.
 #[derive(Clone)]
 pub struct LeaseNode {
@@ -184,7 +223,9 @@ struct Inner {
     name: String,
     id: NodeId,
     raft: Raft<TypeConfig>,
+    /// The configured voters: a fallback for names and addresses the membership lacks.
     peers: Arc<BTreeMap<NodeId, (String, SocketAddr)>>,
+    membership: Arc<MembershipCtl>,
     keyring: Arc<Keyring>,
     sm: Arc<Mutex<SmData>>,
     view: watch::Receiver<LeaseView>,
@@ -254,10 +295,20 @@ impl LeaseNode {
         .validate()
         .map_err(|e| RaftError::Config(e.to_string()))?;
         let id = node_id(&cfg.node);
-        let network = network::NetworkFactory { keyring: Arc::clone(&cfg.keyring) };
+        let acks: membership::Acks = Arc::default();
+        let network = network::NetworkFactory { keyring: Arc::clone(&cfg.keyring), acks: Arc::clone(&acks) };
         let raft = Raft::new(id, Arc::new(config), network, log_store, sm)
             .await
             .map_err(|e| RaftError::Start(e.to_string()))?;
+        let request_timeout = (max * 10).max(Duration::from_secs(3));
+        let membership = Arc::new(MembershipCtl {
+            raft: raft.clone(),
+            acks,
+            serial: tokio::sync::Mutex::new(()),
+            window: max.max(cfg.heartbeat * 4),
+            catch_up: request_timeout,
+            commit: request_timeout,
+        });
 
         let peers = Arc::new(peers);
         let handler = Arc::new(RaftHandler {
@@ -265,6 +316,7 @@ impl LeaseNode {
             keyring: Arc::clone(&cfg.keyring),
             metrics: Arc::clone(&metrics),
             sm: Arc::clone(&sm_data),
+            membership: Arc::clone(&membership),
         });
         let (view_tx, view_rx) = watch::channel(LeaseView::default());
         let tasks = Arc::new(Mutex::new(Vec::new()));
@@ -299,6 +351,7 @@ impl LeaseNode {
                 id,
                 raft,
                 peers,
+                membership,
                 keyring: cfg.keyring,
                 sm: sm_data,
                 view: view_rx,
@@ -307,7 +360,7 @@ impl LeaseNode {
                 closed,
                 addr,
                 retry: cfg.heartbeat.min(Duration::from_millis(100)),
-                request_timeout: (max * 10).max(Duration::from_secs(3)),
+                request_timeout,
                 lease_ttl: cfg.lease_ttl,
             }),
         })
@@ -369,6 +422,101 @@ impl LeaseNode {
         .await
     }
 
+    /// Adds `name` as a voter, its Raft server at `raft_addr`: first as a learner, which
+    /// the leader brings up to date, then promoted (openraft's joint consensus, `retain =
+    /// false`). Carried out by the leader, wherever it is called. Refused when the new
+    /// configuration would not have a majority of voters the leader currently reaches
+    /// ([`MembershipError::WouldLoseQuorum`]), for a name that is a voter already, an
+    /// address another member uses, or a node that does not catch up in time.
+    pub async fn add_voter(&self, name: &str, raft_addr: SocketAddr) -> Result<(), MembershipError> {
+        let req = Request::AddVoter { name: name.to_string(), addr: raft_addr };
+        self.change_membership(req).await?;
+        self.wait_local(|m| m.iter().any(|(n, a, voter)| n == name && *a == raft_addr && *voter)).await;
+        Ok(())
+    }
+
+    /// Removes `name` from the group (a voter, or a learner left behind). Carried out by
+    /// the leader, wherever it is called. Refused for an unknown name, the last voter, and
+    /// when the remaining voters would not have a majority the leader currently reaches
+    /// ([`MembershipError::WouldLoseQuorum`]). A removed node that still runs should be
+    /// stopped: it no longer receives the log.
+    pub async fn remove_voter(&self, name: &str) -> Result<(), MembershipError> {
+        self.change_membership(Request::RemoveVoter { name: name.to_string() }).await?;
+        if name != self.inner.name {
+            self.wait_local(|m| m.iter().all(|(n, _, _)| n != name)).await;
+        }
+        Ok(())
+    }
+
+    /// The group's members as this node knows them (followers may lag): name, Raft
+    /// address, voter (false: learner); sorted by name.
+    pub fn membership(&self) -> Vec<Member> {
+        members_of(self.inner.raft.metrics().borrow().membership_config.membership())
+    }
+
+    /// Leader, term, log position and members, as this node sees them; on the leader also
+    /// which members it currently reaches.
+    pub fn status(&self) -> GroupStatus {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let is_leader = m.state == ServerState::Leader;
+        let reachable = is_leader.then(|| self.inner.membership.reachable());
+        let membership = m.membership_config.membership();
+        let (mut voters, mut learners) = (Vec::new(), Vec::new());
+        let voter_ids: BTreeSet<NodeId> = membership.voter_ids().collect();
+        for (id, node) in membership.nodes() {
+            let status = MemberStatus {
+                name: node.name.clone(),
+                raft_address: node.addr.clone(),
+                reachable: reachable.as_ref().map(|r| r.contains(id)),
+                matched_index: m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).copied().flatten())
+                    .map(|l| l.index)
+                    .or_else(|| (is_leader && *id == m.id).then_some(m.last_log_index).flatten()),
+            };
+            if voter_ids.contains(id) {
+                voters.push(status);
+            } else {
+                learners.push(status);
+            }
+        }
+        voters.sort_by(|a, b| a.name.cmp(&b.name));
+        learners.sort_by(|a, b| a.name.cmp(&b.name));
+        GroupStatus {
+            node: self.inner.name.clone(),
+            leader: m.current_leader.and_then(|id| self.peer(&m, id)).map(|(name, _)| name),
+            is_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            joint: membership.get_joint_config().len() > 1,
+            voters,
+            learners,
+        }
+    }
+
+    async fn change_membership(&self, req: Request) -> Result<(), MembershipError> {
+        // A change may wait for a learner to catch up and then for two commits.
+        let timeout = self.inner.request_timeout * 3;
+        let pick = |resp| match resp {
+            Response::Membership(r) => Some(r),
+            _ => None,
+        };
+        match self.through_leader_within(req, pick, timeout).await {
+            Ok(outcome) => outcome.map(|_| ()),
+            Err(e) => Err(MembershipError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Waits (briefly, best effort) until this node's membership shows a change the leader
+    /// committed, so that [`LeaseNode::membership`] reflects it on return.
+    async fn wait_local(&self, done: impl Fn(&[Member]) -> bool) {
+        let mut rx = self.inner.raft.metrics();
+        let wait = rx.wait_for(|m| done(&members_of(m.membership_config.membership())));
+        let _ = tokio::time::timeout(self.inner.request_timeout, wait).await;
+    }
+
     /// Stops openraft and every task of this node; the store file is closed once it
     /// returns (a restart on the same data directory may follow).
     pub async fn shutdown(&self) {
@@ -391,9 +539,19 @@ impl LeaseNode {
         req: Request,
         pick: impl Fn(Response) -> Option<Result<T, ForwardError>>,
     ) -> Result<T, LeaseError> {
+        self.through_leader_within(req, pick, self.inner.request_timeout).await
+    }
+
+    /// [`LeaseNode::through_leader`] with its own time limit.
+    async fn through_leader_within<T: LocalAnswer>(
+        &self,
+        req: Request,
+        pick: impl Fn(Response) -> Option<Result<T, ForwardError>>,
+        timeout: Duration,
+    ) -> Result<T, LeaseError> {
         let inner = &self.inner;
         let started = Instant::now();
-        let deadline = started + inner.request_timeout;
+        let deadline = started + timeout;
         let mut last = "no leader known".to_string();
         loop {
             let metrics = inner.raft.metrics().borrow().clone();
@@ -409,9 +567,9 @@ impl LeaseNode {
                         None
                     }
                 },
-                Some(leader) => match inner.peers.get(&leader) {
+                Some(leader) => match self.peer(&metrics, leader) {
                     Some((name, addr)) => {
-                        let mut client = PeerClient::new(*addr, Arc::clone(&inner.keyring));
+                        let mut client = PeerClient::new(addr, Arc::clone(&inner.keyring));
                         match client.call(&req, remaining).await {
                             Ok(resp) => Some(pick(resp).unwrap_or_else(|| {
                                 Err(ForwardError::Failed(format!("leader {name} answered another request")))
@@ -423,7 +581,7 @@ impl LeaseNode {
                         }
                     }
                     None => {
-                        last = format!("leader id {leader} is not a configured voter");
+                        last = format!("leader id {leader} is neither a member nor a configured voter");
                         None
                     }
                 },
@@ -440,6 +598,13 @@ impl LeaseNode {
             }
             tokio::time::sleep(inner.retry.min(deadline.saturating_duration_since(Instant::now()))).await;
         }
+    }
+
+    /// Name and Raft address of node `id`: from the membership config (which knows voters
+    /// added at run time), else from the configured voters.
+    fn peer(&self, metrics: &openraft::RaftMetrics<NodeId, PeerNode>, id: NodeId) -> Option<(String, SocketAddr)> {
+        let member = metrics.membership_config.membership().get_node(&id);
+        member.and_then(|n| Some((n.name.clone(), n.addr.parse().ok()?))).or_else(|| self.inner.peers.get(&id).cloned())
     }
 
     /// Runs a request on the local Raft, as the server would for a peer.
@@ -467,6 +632,16 @@ impl LocalAnswer for LeaseResponse {
                 Err(ForwardError::NotLeader { leader: f.leader_id })
             }
             Err(e) => Err(ForwardError::Failed(e.to_string())),
+        }
+    }
+}
+
+impl LocalAnswer for Outcome {
+    async fn answer(node: &LeaseNode, req: &Request) -> Result<Self, ForwardError> {
+        match req {
+            Request::AddVoter { name, addr } => node.inner.membership.add_voter(name, *addr).await,
+            Request::RemoveVoter { name } => node.inner.membership.remove_voter(name).await,
+            _ => Err(ForwardError::Failed("not a membership change".to_string())),
         }
     }
 }
@@ -576,7 +751,11 @@ async fn publish_view(
     loop {
         let (leader, term, is_leader) = {
             let m = rm.borrow_and_update();
-            (m.current_leader, m.current_term, m.state == ServerState::Leader)
+            let name = m.current_leader.and_then(|id| {
+                let node = m.membership_config.membership().get_node(&id).map(|n| n.name.clone());
+                node.or_else(|| peers.get(&id).map(|(name, _)| name.clone()))
+            });
+            (name, m.current_term, m.state == ServerState::Leader)
         };
         let leases = table.borrow_and_update().leases.clone();
         metrics.term.set(i64::try_from(term).unwrap_or(i64::MAX));
@@ -584,7 +763,6 @@ async fn publish_view(
         for (name, state) in &leases {
             metrics.token.with_label_values(&[name.as_str()]).set(i64::try_from(state.token).unwrap_or(i64::MAX));
         }
-        let leader = leader.and_then(|id| peers.get(&id)).map(|(name, _)| name.clone());
         view.send_if_modified(|v| {
             let new = LeaseView { leader, term, leases };
             let changed = *v != new;

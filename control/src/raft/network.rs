@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use super::lease::{LeaseCommand, LeaseResponse};
+use super::membership::{Acks, MembershipCtl, Outcome};
 use super::metrics::RaftMetrics;
 use super::store::{lock, SmData};
 use super::{NodeId, PeerNode, TypeConfig};
@@ -50,6 +51,15 @@ pub(crate) enum Request {
         node: String,
         token: u64,
     },
+    /// A membership change carried out by the leader: add a voter (learner first).
+    AddVoter {
+        name: String,
+        addr: SocketAddr,
+    },
+    /// A membership change carried out by the leader: remove a voter or learner.
+    RemoveVoter {
+        name: String,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -60,6 +70,7 @@ pub(crate) enum Response {
     InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, OrError<NodeId, InstallSnapshotError>>),
     Write(Result<LeaseResponse, ForwardError>),
     Check(Result<bool, ForwardError>),
+    Membership(Result<Outcome, ForwardError>),
 }
 
 /// Why the leader did not carry out a forwarded command.
@@ -194,11 +205,15 @@ impl PeerClient {
 /// Builds [`Network`] clients for openraft.
 pub struct NetworkFactory {
     pub(crate) keyring: Arc<Keyring>,
+    /// Where every client records when its peer last answered an `AppendEntries`.
+    pub(crate) acks: Acks,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Network;
 
+    /// `node` is the target's entry in the membership config, so a voter or learner added
+    /// at run time is reached at the address it was added with, not only configured ones.
     async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> Network {
         // Never fails: an address that does not parse makes every RPC `Unreachable`.
         let addr = node.addr.parse().ok();
@@ -207,6 +222,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             name: node.name.clone(),
             addr,
             client: addr.map(|a| PeerClient::new(a, self.keyring.clone())),
+            acks: Arc::clone(&self.acks),
         }
     }
 }
@@ -217,6 +233,7 @@ pub struct Network {
     name: String,
     addr: Option<SocketAddr>,
     client: Option<PeerClient>,
+    acks: Acks,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, PeerNode, OrError<NodeId, E>>>;
@@ -261,7 +278,11 @@ impl RaftNetwork<TypeConfig> for Network {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         match self.rpc(Request::AppendEntries(rpc), &option).await? {
-            Response::AppendEntries(r) => r.map_err(|e| self.remote(e)),
+            Response::AppendEntries(r) => {
+                // Any answer, even a conflict, shows the peer is reachable (heartbeats too).
+                lock(&self.acks).insert(self.target, std::time::Instant::now());
+                r.map_err(|e| self.remote(e))
+            }
             _ => Err(self.unexpected()),
         }
     }
@@ -293,6 +314,7 @@ pub struct RaftHandler {
     pub(crate) keyring: Arc<Keyring>,
     pub(crate) metrics: Arc<RaftMetrics>,
     pub(crate) sm: Arc<std::sync::Mutex<SmData>>,
+    pub(crate) membership: Arc<MembershipCtl>,
 }
 
 impl RaftHandler {
@@ -339,6 +361,8 @@ impl RaftHandler {
                 }
                 Err(e) => Err(ForwardError::Failed(e.to_string())),
             }),
+            Request::AddVoter { name, addr } => Response::Membership(self.membership.add_voter(&name, addr).await),
+            Request::RemoveVoter { name } => Response::Membership(self.membership.remove_voter(&name).await),
         }
     }
 }

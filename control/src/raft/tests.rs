@@ -88,6 +88,31 @@ impl TestCluster {
         Ok(())
     }
 
+    /// Starts one more node (`n<k>`, not yet a member: it waits to be added) whose
+    /// configuration lists every voter so far and itself; returns its index.
+    async fn add_node(&mut self) -> usize {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let i = self.voters.len();
+        self.voters.push((format!("n{}", i + 1), listener.local_addr().unwrap()));
+        let (node, registry) = self.start_node(i, listener).await.unwrap();
+        self.nodes.push(Some(node));
+        self.registries.push(registry);
+        i
+    }
+
+    fn voter_names(&self, i: usize) -> Vec<String> {
+        self.node(i).membership().into_iter().filter(|(_, _, voter)| *voter).map(|(n, _, _)| n).collect()
+    }
+
+    /// Waits until the leader (index `leader`) reports `name` unreachable.
+    async fn wait_unreachable(&self, leader: usize, name: &str) {
+        wait_for(&format!("the leader to see {name} unreachable"), || {
+            let status = self.node(leader).status();
+            status.voters.iter().any(|v| v.name == name && v.reachable == Some(false)).then_some(())
+        })
+        .await
+    }
+
     fn node(&self, i: usize) -> &LeaseNode {
         self.nodes[i].as_ref().expect("node is running")
     }
@@ -364,4 +389,127 @@ fn node_ids_are_stable_and_config_is_validated() {
     cfg.voters.pop();
     cfg.heartbeat = Duration::from_secs(1);
     assert!(validate(&cfg).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_node_joins_as_learner_then_voter_and_receives_the_log() {
+    let mut c = TestCluster::start("add-voter", 3).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    let t1 = c.node(leader).acquire("lb-leader", TTL).await.unwrap();
+
+    let new = c.add_node().await;
+    let (name, addr) = c.voters[new].clone();
+    assert!(c.node(new).membership().is_empty(), "a node not yet added knows no membership");
+    // Asked of a follower: carried out by the leader.
+    c.node(follower).add_voter(&name, addr).await.unwrap();
+    for i in [leader, follower] {
+        assert!(c.node(i).membership().contains(&(name.clone(), addr, true)), "{:?}", c.node(i).membership());
+        assert_eq!(c.voter_names(i), ["n1", "n2", "n3", "n4"]);
+    }
+    // The new voter received the log: its view shows the lease granted before it joined.
+    let mut view = c.node(new).view();
+    view.wait_for(|v| v.leases.get("lb-leader").is_some_and(|l| l.token == t1)).await.unwrap();
+    wait_for("the new voter to know its membership", || (c.voter_names(new).len() == 4).then_some(())).await;
+    assert_eq!(c.leader().await, leader);
+    let status = c.node(leader).status();
+    assert!(status.learners.is_empty(), "{status:?}");
+    assert!(status.voters.iter().all(|v| v.reachable == Some(true)), "{status:?}");
+
+    // It takes part: it acquires a lease through the leader, which every node then sees.
+    let t2 = c.node(new).acquire("dns-writer", TTL).await.unwrap();
+    assert!(t2 > t1);
+    let mut view = c.node(follower).view();
+    view.wait_for(|v| v.leases.get("dns-writer").is_some_and(|l| l.holder.as_deref() == Some("n4"))).await.unwrap();
+
+    // Duplicates and address clashes are refused, changing nothing.
+    let err = c.node(leader).add_voter(&name, addr).await.unwrap_err();
+    assert_eq!(err, MembershipError::AlreadyVoter(name.clone()));
+    let err = c.node(follower).add_voter("n5", addr).await.unwrap_err();
+    assert_eq!(err, MembershipError::AddressInUse { addr, name: name.clone() });
+    assert_eq!(c.voter_names(leader).len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_voter_leaves_the_membership_and_the_rest_still_grants_leases() {
+    let mut c = TestCluster::start("remove-voter", 3).await;
+    let leader = c.leader().await;
+    let (gone, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let gone_name = c.voters[gone].0.clone();
+
+    // Asked of the other follower; the leader carries it out.
+    c.node(other).remove_voter(&gone_name).await.unwrap();
+    for i in [leader, other] {
+        let names = c.voter_names(i);
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(!names.contains(&gone_name), "{names:?}");
+        assert!(c.node(i).membership().iter().all(|(n, _, _)| *n != gone_name), "not kept as a learner");
+    }
+    c.stop(gone).await;
+    let t = c.node(other).acquire("lb-leader", TTL).await.unwrap();
+    assert!(c.node(leader).check("lb-leader", t).await.is_ok_and(|held_by_leader| !held_by_leader));
+    assert!(c.node(other).check("lb-leader", t).await.unwrap());
+
+    let err = c.node(leader).remove_voter(&gone_name).await.unwrap_err();
+    assert_eq!(err, MembershipError::UnknownNode(gone_name.clone()));
+    let err = c.node(leader).remove_voter("nobody").await.unwrap_err();
+    assert_eq!(err, MembershipError::UnknownNode("nobody".into()));
+
+    // Down to one voter (both remaining are reachable), but never to none.
+    let other_name = c.voters[other].0.clone();
+    c.node(leader).remove_voter(&other_name).await.unwrap();
+    assert_eq!(c.voter_names(leader), [c.voters[leader].0.clone()]);
+    let err = c.node(leader).remove_voter(&c.voters[leader].0).await.unwrap_err();
+    assert_eq!(err, MembershipError::LastVoter(c.voters[leader].0.clone()));
+    let t2 = c.node(leader).acquire("dns-writer", TTL).await.unwrap();
+    assert!(t2 > t);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removal_that_would_lose_quorum_is_refused_but_removing_the_dead_voter_is_not() {
+    let mut c = TestCluster::start("quorum", 3).await;
+    let leader = c.leader().await;
+    let (dead, alive) = ((leader + 1) % 3, (leader + 2) % 3);
+    let (dead_name, alive_name) = (c.voters[dead].0.clone(), c.voters[alive].0.clone());
+    c.stop(dead).await;
+    c.wait_unreachable(leader, &dead_name).await;
+    let before = c.node(leader).membership();
+
+    // Removing a second, running voter would leave {leader, dead}: 1 of 2 reachable.
+    for asked in [leader, alive] {
+        let err = c.node(asked).remove_voter(&alive_name).await.unwrap_err();
+        tracing::info!(error = %err, "refused");
+        let MembershipError::WouldLoseQuorum { reachable, unreachable, needed, .. } = &err else {
+            panic!("expected WouldLoseQuorum, got {err:?}");
+        };
+        assert_eq!((reachable.len(), unreachable.as_slice(), *needed), (1, [dead_name.clone()].as_slice(), 2));
+        assert!(err.to_string().contains(&dead_name), "{err}");
+    }
+    // Nor may the leader remove itself.
+    let err = c.node(alive).remove_voter(&c.voters[leader].0).await.unwrap_err();
+    assert!(matches!(err, MembershipError::WouldLoseQuorum { .. }), "{err:?}");
+    assert_eq!(c.node(leader).membership(), before, "membership unchanged");
+    assert_eq!(c.node(alive).membership(), before, "membership unchanged");
+
+    // Removing the stopped one leaves two voters, both reachable: allowed.
+    c.node(alive).remove_voter(&dead_name).await.unwrap();
+    let mut names = vec![c.voters[leader].0.clone(), alive_name.clone()];
+    names.sort();
+    assert_eq!(c.voter_names(leader), names);
+    assert_eq!(c.voter_names(alive), names);
+    let t = c.node(alive).acquire("lb-leader", TTL).await.unwrap();
+    assert!(c.node(alive).check("lb-leader", t).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_that_never_answers_is_not_promoted_and_is_taken_out_again() {
+    let c = TestCluster::start("unreachable", 3).await;
+    let leader = c.leader().await;
+    let before = c.node(leader).membership();
+    // Nothing listens there.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let err = c.node((leader + 1) % 3).add_voter("ghost", addr).await.unwrap_err();
+    assert!(matches!(&err, MembershipError::NotCaughtUp { name, .. } if name == "ghost"), "{err:?}");
+    wait_for("the learner to be removed again", || (c.node(leader).membership() == before).then_some(())).await;
+    c.node(leader).acquire("lb-leader", TTL).await.unwrap();
 }
