@@ -28,6 +28,9 @@ fn plan_json(p: &Plan) -> Value {
     })
 }
 
+/// What the last reconcile was computed from: front-door IP and (node, IP, keep).
+type Snapshot = (Option<IpAddr>, Vec<(String, Option<IpAddr>, bool)>);
+
 /// Inputs of the controller.
 pub struct Inputs {
     /// Lease node, for the fencing check.
@@ -53,7 +56,7 @@ pub async fn run(reconciler: Reconciler, mut inp: Inputs) {
     let mut settle: Debouncer<Option<IpAddr>> = Debouncer::new(cfg.leader_settle());
     let mut next_run = Instant::now();
     let mut last: Value = json!({"result": "none"});
-    let mut last_inputs: Option<(Option<IpAddr>, Vec<(String, Option<IpAddr>, bool)>)> = None;
+    let mut last_inputs: Option<Snapshot> = None;
     loop {
         let now = Instant::now();
         let (leader_ip, nodes) = {
