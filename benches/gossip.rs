@@ -43,6 +43,11 @@ const PROBE_PERIOD: Duration = Duration::from_secs(1);
 const PROBE_RTT: Duration = Duration::from_millis(500);
 /// foca's LAN default, which `ClusterConfig` keeps.
 const INDIRECT_PROBES: u32 = 3;
+/// When to note what the views that have not converged yet are missing.
+const STRAGGLER_SNAPSHOT: Duration = Duration::from_secs(10);
+/// The window after the first start over which the join storm's CPU use is measured
+/// (convergence plus the settle always last at least this long).
+const JOIN_CPU_WINDOW: Duration = Duration::from_secs(2);
 const START_MARK: &str = "<!-- gossip-bench:start -->";
 const END_MARK: &str = "<!-- gossip-bench:end -->";
 
@@ -201,8 +206,12 @@ struct RunResult {
     membership: Option<Duration>,
     /// All views list N alive members and hold N states with the expected instances.
     converged: Option<Duration>,
+    /// Per member: when its own view first listed N alive members with N states.
+    view_converged: Vec<Option<Duration>>,
     /// How far convergence got when it timed out.
     convergence_note: Option<String>,
+    /// What the views not converged after [`STRAGGLER_SNAPSHOT`] were missing.
+    stragglers: Option<String>,
     victim: Option<String>,
     /// Crash to the first survivor listing the victim suspect or down.
     first_suspect: Option<Duration>,
@@ -210,24 +219,79 @@ struct RunResult {
     first_down: Option<Duration>,
     /// Crash to every survivor listing the victim down.
     all_down: Option<Duration>,
-    /// Survivors that went straight from alive to down (never seen suspect by the poller).
-    skipped_suspect: usize,
+    /// Per survivor: name, first seen listing the victim suspect, first seen listing it down.
+    survivors: Vec<(String, Option<Duration>, Option<Duration>)>,
     detect_note: Option<String>,
-    /// Distinct (observer, member) pairs where a live member was seen suspect / down.
-    spurious_suspect: usize,
-    spurious_down: usize,
+    /// Live members seen suspect / down, from the start to the crash.
+    spurious_join: (usize, usize),
+    /// Live members (not the victim) seen suspect / down after the crash.
+    spurious_detect: (usize, usize),
     /// Time taken by the N `Cluster::start` calls.
     start_calls: Duration,
+    /// CPU cores the process used on average over the first [`JOIN_CPU_WINDOW`]: the join storm.
+    join_cpu: Option<f64>,
 }
 
-/// Records a live member (not the victim) seen suspect or down by `observer`.
+/// The time by which at least half of the entries (rounded up) had happened.
+fn half_reached(times: &[Option<Duration>]) -> Option<Duration> {
+    let mut reached: Vec<Duration> = times.iter().flatten().copied().collect();
+    reached.sort_unstable();
+    let k = times.len().div_ceil(2);
+    if k == 0 {
+        return None;
+    }
+    reached.get(k - 1).copied()
+}
+
+impl RunResult {
+    fn half_views(&self) -> Option<Duration> {
+        half_reached(&self.view_converged)
+    }
+
+    fn half_down(&self) -> Option<Duration> {
+        let downs: Vec<Option<Duration>> = self.survivors.iter().map(|s| s.2).collect();
+        half_reached(&downs)
+    }
+
+    /// Survivors that went from alive to down between two polls (never seen suspect).
+    fn straight_to_down(&self) -> usize {
+        self.survivors.iter().filter(|s| s.1.is_none() && s.2.is_some()).count()
+    }
+
+    /// Per-view convergence times bucketed by whole seconds: `"0 s: 28, 30 s: 2"`.
+    fn view_histogram(&self) -> String {
+        let mut buckets = std::collections::BTreeMap::<u64, usize>::new();
+        let mut never = 0;
+        for t in &self.view_converged {
+            match t {
+                Some(t) => *buckets.entry(t.as_secs()).or_default() += 1,
+                None => never += 1,
+            }
+        }
+        let mut parts: Vec<String> = buckets.iter().map(|(s, c)| format!("{s} s: {c}")).collect();
+        if never > 0 {
+            parts.push(format!("never: {never}"));
+        }
+        parts.join(", ")
+    }
+
+    /// The survivor that marked the victim down last (or never), with its times.
+    fn last_survivor(&self) -> Option<String> {
+        let last = self.survivors.iter().max_by_key(|s| s.2.unwrap_or(Duration::MAX))?;
+        let show = |d: Option<Duration>| d.map_or("never".to_string(), |d| format!("{} ms", d.as_millis()));
+        Some(format!("{} (suspect seen {}, down {})", last.0, show(last.1), show(last.2)))
+    }
+}
+
+/// Records live members (not the victim) seen suspect or down, as (observer, member) pairs.
+#[derive(Default)]
 struct Spurious {
-    suspect: HashSet<(usize, String)>,
-    down: HashSet<(usize, String)>,
+    suspect: HashSet<(String, String)>,
+    down: HashSet<(String, String)>,
 }
 
 impl Spurious {
-    fn observe(&mut self, observer: usize, view: &ClusterView, victim: Option<&str>) {
+    fn observe(&mut self, observer: &str, view: &ClusterView, victim: Option<&str>) {
         for m in &view.members {
             if m.is_self || Some(m.name.as_str()) == victim {
                 continue;
@@ -235,13 +299,17 @@ impl Spurious {
             match m.state {
                 MemberState::Alive => {}
                 MemberState::Suspect => {
-                    self.suspect.insert((observer, m.name.clone()));
+                    self.suspect.insert((observer.to_string(), m.name.clone()));
                 }
                 MemberState::Down => {
-                    self.down.insert((observer, m.name.clone()));
+                    self.down.insert((observer.to_string(), m.name.clone()));
                 }
             }
         }
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        (self.suspect.len(), self.down.len())
     }
 }
 
@@ -295,15 +363,54 @@ fn progress(nodes: &[Node], names: &[String], services: &[String]) -> String {
     )
 }
 
+/// What each view that has not converged lacks: members not listed, listed but not alive,
+/// states missing (or without the expected instance).
+fn stragglers(nodes: &[Node], names: &[String], services: &[String]) -> String {
+    let mut lacking = Vec::new();
+    for node in nodes {
+        let view = node.view.borrow();
+        if converged(&view, names, services).1 {
+            continue;
+        }
+        let unlisted = names.iter().filter(|n| view.member(n).is_none()).count();
+        let not_alive = view.members.iter().filter(|m| m.state != MemberState::Alive).count();
+        let no_state = names
+            .iter()
+            .zip(services)
+            .filter(|(n, svc)| !view.states.get(*n).is_some_and(|s| s.instances.iter().any(|i| &i.service == *svc)))
+            .count();
+        lacking.push(format!(
+            "{} lists {} of {} members ({unlisted} unknown to it, {not_alive} not alive) and lacks {no_state} states",
+            node.name,
+            view.members.len(),
+            names.len()
+        ));
+    }
+    let shown = lacking.len().min(5);
+    let more = if lacking.len() > shown { format!(", and {} more", lacking.len() - shown) } else { String::new() };
+    format!("{} view(s) not converged: {}{more}", lacking.len(), lacking[..shown].join("; "))
+}
+
+/// Over the first [`JOIN_CPU_WINDOW`] after the first start: the process's CPU use.
+fn sample_join_cpu(result: &mut RunResult, cpu0: Option<f64>, elapsed: Duration) {
+    if result.join_cpu.is_none() && elapsed >= JOIN_CPU_WINDOW {
+        if let (Some(a), Some(b)) = (cpu0, cpu_seconds()) {
+            result.join_cpu = Some((b - a) / elapsed.as_secs_f64());
+        }
+    }
+}
+
 async fn run_once(n: usize, opts: &Options) -> Result<RunResult> {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let keyring = Arc::new(Keyring::parse(&generate_key_hex()).context("parsing a generated key")?);
     let names: Vec<String> = (0..n).map(node_name).collect();
     let services: Vec<String> = names.iter().map(|n| service_of(n)).collect();
-    let mut result = RunResult::default();
-    let mut spurious = Spurious { suspect: HashSet::new(), down: HashSet::new() };
+    let mut result = RunResult { view_converged: vec![None; n], ..RunResult::default() };
+    let mut spurious_join = Spurious::default();
+    let mut spurious_detect = Spurious::default();
 
     // 1. Start everyone back to back; node 0 is the seed of all others.
+    let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     let mut nodes: Vec<Node> = Vec::with_capacity(n);
     let mut seed: Option<SocketAddr> = None;
@@ -338,19 +445,26 @@ async fn run_once(n: usize, opts: &Options) -> Result<RunResult> {
             let (members, full) = converged(&view, &names, &services);
             all_members &= members;
             all_full &= full;
-            spurious.observe(i, &view, None);
+            if full && result.view_converged[i].is_none() {
+                result.view_converged[i] = Some(elapsed);
+            }
+            spurious_join.observe(&node.name, &view, None);
         }
         if all_members && result.membership.is_none() {
             result.membership = Some(elapsed);
         }
+        sample_join_cpu(&mut result, cpu0, elapsed);
         if all_full {
             result.converged = Some(elapsed);
             break;
         }
+        if elapsed >= STRAGGLER_SNAPSHOT && result.stragglers.is_none() {
+            result.stragglers = Some(stragglers(&nodes, &names, &services));
+        }
         if elapsed > opts.converge_timeout {
             result.convergence_note = Some(format!(
-                "no convergence within {:?}: {}",
-                opts.converge_timeout,
+                "no convergence within {} s: {}",
+                opts.converge_timeout.as_secs_f64(),
                 progress(&nodes, &names, &services)
             ));
             break;
@@ -360,61 +474,56 @@ async fn run_once(n: usize, opts: &Options) -> Result<RunResult> {
 
     if result.converged.is_some() {
         // 3. Let the join traffic settle, then crash one random non-seed member.
-        let settle_until = Instant::now() + opts.settle;
+        // A random extra fraction of a period puts the crash at a random phase of the probe
+        // cycles (they start when the members join, so a fixed settle would not).
+        let jitter = PROBE_PERIOD.mul_f64(rand::rng().random::<f64>());
+        let settle_until = Instant::now() + opts.settle + jitter;
         while Instant::now() < settle_until {
-            for (i, node) in nodes.iter().enumerate() {
-                spurious.observe(i, &node.view.borrow(), None);
+            for node in &nodes {
+                spurious_join.observe(&node.name, &node.view.borrow(), None);
             }
+            sample_join_cpu(&mut result, cpu0, t0.elapsed());
             tokio::time::sleep(opts.poll).await;
         }
-        let victim_index = rand::rng().random_range(1..n);
-        let victim = nodes.remove(victim_index);
+        let victim = nodes.remove(rand::rng().random_range(1..n));
         let victim_name = victim.name.clone();
         let crash = Instant::now();
         drop(victim.cluster);
         drop(victim.view);
         result.victim = Some(victim_name.clone());
+        result.survivors = nodes.iter().map(|nd| (nd.name.clone(), None, None)).collect();
 
-        let mut seen_suspect = vec![false; nodes.len()];
         loop {
             let elapsed = crash.elapsed();
             let mut all_down = true;
-            for (i, node) in nodes.iter().enumerate() {
+            for (node, times) in nodes.iter().zip(result.survivors.iter_mut()) {
                 let view = node.view.borrow();
-                let state = view.member(&victim_name).map(|m| m.state);
-                match state {
+                match view.member(&victim_name).map(|m| m.state) {
                     Some(MemberState::Suspect) => {
-                        seen_suspect[i] = true;
+                        times.1.get_or_insert(elapsed);
                         result.first_suspect.get_or_insert(elapsed);
                         all_down = false;
                     }
                     Some(MemberState::Down) => {
+                        times.2.get_or_insert(elapsed);
                         result.first_suspect.get_or_insert(elapsed);
                         result.first_down.get_or_insert(elapsed);
                     }
                     Some(MemberState::Alive) | None => all_down = false,
                 }
-                // Observer indices after the removal are shifted; names keep them apart.
-                let observer = if i >= victim_index { i + 1 } else { i };
-                spurious.observe(observer, &view, Some(&victim_name));
+                spurious_detect.observe(&node.name, &view, Some(&victim_name));
             }
             if all_down {
                 result.all_down = Some(elapsed);
-                result.skipped_suspect = seen_suspect.iter().filter(|s| !**s).count();
                 break;
             }
             if elapsed > opts.detect_timeout {
-                let down = nodes
-                    .iter()
-                    .filter(|nd| nd.view.borrow().member(&victim_name).is_some_and(|m| m.state == MemberState::Down))
-                    .count();
-                let suspect = nodes
-                    .iter()
-                    .filter(|nd| nd.view.borrow().member(&victim_name).is_some_and(|m| m.state == MemberState::Suspect))
-                    .count();
+                let down = result.survivors.iter().filter(|s| s.2.is_some()).count();
+                let suspect = result.survivors.iter().filter(|s| s.1.is_some() && s.2.is_none()).count();
                 result.detect_note = Some(format!(
-                    "not down everywhere within {:?}: {down} of {} survivors list it down, {suspect} suspect",
-                    opts.detect_timeout,
+                    "not down everywhere within {} s: {down} of {} survivors listed it down, {suspect} more only \
+                     suspect",
+                    opts.detect_timeout.as_secs_f64(),
                     nodes.len()
                 ));
                 break;
@@ -422,8 +531,8 @@ async fn run_once(n: usize, opts: &Options) -> Result<RunResult> {
             tokio::time::sleep(opts.poll).await;
         }
     }
-    result.spurious_suspect = spurious.suspect.len();
-    result.spurious_down = spurious.down.len();
+    result.spurious_join = spurious_join.counts();
+    result.spurious_detect = spurious_detect.counts();
 
     // 4. Tear down (crash everyone) and let the aborted tasks and sockets go.
     drop(nodes);
@@ -466,11 +575,12 @@ struct Measure {
     get: fn(&RunResult) -> Option<Duration>,
 }
 
-const MEASURES: [Measure; 5] = [
-    Measure { label: "membership only (all alive in every view)", get: |r| r.membership },
-    Measure { label: "**full convergence** (members + states)", get: |r| r.converged },
+const MEASURES: [Measure; 6] = [
+    Measure { label: "half the views converged", get: |r| r.half_views() },
+    Measure { label: "**full convergence** (every view: N alive + N states)", get: |r| r.converged },
     Measure { label: "**first detection: suspect** (or down)", get: |r| r.first_suspect },
     Measure { label: "first detection: down", get: |r| r.first_down },
+    Measure { label: "down at half the survivors", get: |r| r.half_down() },
     Measure { label: "**full detection: down at all survivors**", get: |r| r.all_down },
 ];
 
@@ -513,7 +623,8 @@ fn cpu_seconds() -> Option<f64> {
     // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after ')'.
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    let hz: f64 = command_output("getconf", &["CLK_TCK"]).and_then(|s| s.parse().ok()).unwrap_or(100.0);
+    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let hz = *HZ.get_or_init(|| command_output("getconf", &["CLK_TCK"]).and_then(|s| s.parse().ok()).unwrap_or(100.0));
     Some((utime + stime) / hz)
 }
 
@@ -604,7 +715,8 @@ fn render(opts: &Options, env: &Environment, reports: &[SizeReport]) -> String {
          - every member starts with one instance (`svc-<name>`) in its `NodeState`; **full convergence** = \
          the first poll at which every view lists all N members `alive` and holds all N states, each with \
          its instance;\n\
-         - after convergence the cluster settles for {} ms, then one random non-seed member is dropped \
+         - after convergence the cluster settles for {} ms plus a random 0–1 probe period (so the crash \
+         falls at a random phase of the probe cycles), then one random non-seed member is dropped \
          without `leave()` (its tasks are aborted, its sockets close: a crash); detection times run from \
          the drop. **First detection** = the first survivor listing it `suspect` (or already `down`), and \
          separately the first listing it `down`; **full detection** = every survivor lists it `down`;\n\
@@ -649,32 +761,54 @@ fn render(opts: &Options, env: &Environment, reports: &[SizeReport]) -> String {
          \"worst\" is the maximum; \"–\" means not reached.\n\n",
     );
 
-    // Per-run notes: victims, timeouts, spurious suspicions.
+    // Per-run notes: victims, timeouts, spurious suspicions, stragglers.
     s.push_str(
-        "Per run (victim; spurious = distinct (observer, live member) pairs seen suspect / down; \
-                survivors that went straight from alive to down between two polls):\n\n",
+        "Per run: the crashed member; when each view first converged (number of views per whole second \
+         since the start); the survivor that listed the victim down last; \"spurious\" = distinct \
+         (observer, live member) pairs seen `suspect` / `down` while joining (start to crash) and after the \
+         crash (the victim excluded); \"straight to down\" = survivors never seen listing the victim \
+         `suspect` before `down` (they learned both within one poll, or `down` first).\n\n",
     );
     for r in reports {
-        let mut parts = Vec::new();
+        let _ = writeln!(s, "- N = {}:", r.n);
         for (i, run) in r.runs.iter().enumerate() {
             let mut p = format!(
-                "run {}: victim {}, spurious {}/{}, straight-to-down {}, start calls {} ms",
+                "  - run {}: victim {}; views converged at {}; last to mark it down: {}; spurious while \
+                 joining {}/{}, after the crash {}/{}; straight to down {}; the N start calls took {} ms; \
+                 CPU in the first {} s {} cores",
                 i + 1,
                 run.victim.as_deref().unwrap_or("–"),
-                run.spurious_suspect,
-                run.spurious_down,
-                run.skipped_suspect,
-                run.start_calls.as_millis()
+                run.view_histogram(),
+                run.last_survivor().unwrap_or_else(|| "–".into()),
+                run.spurious_join.0,
+                run.spurious_join.1,
+                run.spurious_detect.0,
+                run.spurious_detect.1,
+                run.straight_to_down(),
+                run.start_calls.as_millis(),
+                JOIN_CPU_WINDOW.as_secs(),
+                run.join_cpu.map_or("?".into(), |c| format!("{c:.2}"))
             );
+            if let (Some(m), Some(c)) = (run.membership, run.converged) {
+                if c > m {
+                    let _ = write!(
+                        p,
+                        "; all members listed alive everywhere {} ms before the states were in",
+                        (c - m).as_millis()
+                    );
+                }
+            }
+            if let Some(note) = &run.stragglers {
+                let _ = write!(p, "; after {} s {note}", STRAGGLER_SNAPSHOT.as_secs());
+            }
             if let Some(note) = &run.convergence_note {
                 let _ = write!(p, "; **{note}**");
             }
             if let Some(note) = &run.detect_note {
                 let _ = write!(p, "; **{note}**");
             }
-            parts.push(p);
+            let _ = writeln!(s, "{p}");
         }
-        let _ = writeln!(s, "- N = {}: {}", r.n, parts.join("; "));
     }
     s.push('\n');
 
@@ -695,19 +829,69 @@ fn render(opts: &Options, env: &Environment, reports: &[SizeReport]) -> String {
          timeout expires without a refutation. foca's timeout grows with log(N) (by default \
          `4 × max(1, log10 N)` periods: 4 s up to 10 nodes, 5.9 s at 30, 8 s at 100), so first-down is \
          expected at about first-suspect + the suspicion timeout, and down-at-all-survivors a little \
-         later again (the `down` verdict is disseminated by piggybacked gossip, and each survivor also \
-         runs its own suspicion timer from when it heard of the suspicion).\n",
+         later again: in foca only the member whose probe failed runs the suspicion timer; the others \
+         learn `down` from its gossip (each update is sent at most `max_transmissions` times per member), \
+         or from a failed probe of their own followed by their own timer.\n",
     );
+    let late_down = reports.iter().flat_map(|r| &r.runs).any(|run| match (run.half_down(), run.all_down) {
+        (Some(half), Some(all)) => all > half + PROBE_PERIOD * 2,
+        _ => false,
+    });
+    if late_down {
+        s.push_str(
+            "- **Detection stragglers.** In some runs one survivor listed the victim `down` well after the \
+             others (per-run notes: \"last to mark it down\"). That survivor missed the first `down` gossip; \
+             it can then learn of it only from a failed probe of its own (its round-robin turn for the \
+             victim, up to N−1 periods away) followed by its own suspicion timeout, or from another survivor \
+             that went the same way. The worst full-detection figures include that, not just dissemination.\n",
+        );
+    }
     s.push_str(
         "- **Machine load.** Every member of a size runs in one process on one runtime sharing the \
-         machine's CPUs with the poller (and with whatever else ran on the machine: other builds and \
-         tests were running while this was measured; see the load average). A 100-node cluster here is \
+         machine's CPUs with the poller, and with whatever else was running on the machine (the load \
+         average above shows how much). A 100-node cluster here is \
          100 foca instances, 100 UDP sockets and 100 TCP pull servers contending for 2 cores, so late \
          timers and delayed packets inflate the figures for large N, and a member starved long enough can \
          be suspected without having failed (the spurious counts). On separate machines each member has \
          its own CPU; treat large-N figures as an upper bound for this implementation, not as a property \
          of the protocol.\n",
     );
+    let spurious: usize = reports
+        .iter()
+        .flat_map(|r| &r.runs)
+        .map(|run| run.spurious_join.0 + run.spurious_join.1 + run.spurious_detect.0 + run.spurious_detect.1)
+        .sum();
+    if spurious > 0 {
+        let _ = writeln!(
+            s,
+            "- **Spurious suspicions.** {spurious} (observer, live member) pairs were seen `suspect` or `down` \
+             in total (per-run notes). No member but the victim failed, so these are probes answered too \
+             late: with every member in one process on {} CPUs, a busy runtime (see the CPU figures and the \
+             load average) delays acks beyond `probe_rtt` and the indirect probes. A suspected member \
+             refutes when it hears of it; one declared `down` rejoins under a renewed identity.",
+            env.cpus
+        );
+    }
+    if reports.iter().flat_map(|r| &r.runs).any(|run| run.stragglers.is_some()) {
+        let _ = writeln!(
+            s,
+            "- **Convergence tail.** Some runs had views still incomplete after {} s (per-run notes). \
+             Those views lacked *members* their SWIM layer had not heard of, not states: a listed member's \
+             state follows within one pull. Joining here works like this: the joiner sends a join request \
+             to the seed, the seed `announce`s to the joiner, and the joiner's reply (a foca `Feed` of what \
+             the joiner knows) introduces it to the seed; the joiner itself gets no member list, and the TCP \
+             anti-entropy (`push_pull_interval`) exchanges node states but does not add SWIM members. So a \
+             joiner learns of the others only from membership updates piggybacked on the messages it gets \
+             (each update sent at most `max_transmissions` times per node, one packet's worth per \
+             message), from the first message each member sends it (a probe, a gossip), or from foca's \
+             periodic announce (every 30 s to one random member, whose `Feed` answer carries one packet's \
+             worth of members). With all N members starting within a fraction of a second, many join \
+             updates compete for the piggyback space and a few (observer, member) pairs miss them; those \
+             are repaired at the next 30 s announce or when the unknown member first contacts the \
+             straggler, so late views tend to complete near 30 s, 60 s, ... after the start.",
+            STRAGGLER_SNAPSHOT.as_secs()
+        );
+    }
     let _ = writeln!(s, "{END_MARK}");
     s
 }
@@ -779,16 +963,22 @@ fn main() -> Result<()> {
             let r = runtime.block_on(run_once(n, &opts))?;
             let show = |d: Option<Duration>| d.map_or("–".to_string(), |d| format!("{} ms", d.as_millis()));
             eprintln!(
-                "N={n:>3} run {run}/{runs}: membership {}, converged {}, victim {}, first suspect {}, \
-                 first down {}, all down {}, spurious {}/{}{}{}",
-                show(r.membership),
+                "N={n:>3} run {run}/{runs}: converged {} (half the views {}), victim {}, first suspect {}, \
+                 first down {}, half down {}, all down {}, last {}; spurious join {:?} detect {:?}; join CPU {:.2}; \
+                 views converged at [{}]{}{}{}",
                 show(r.converged),
+                show(r.half_views()),
                 r.victim.as_deref().unwrap_or("–"),
                 show(r.first_suspect),
                 show(r.first_down),
+                show(r.half_down()),
                 show(r.all_down),
-                r.spurious_suspect,
-                r.spurious_down,
+                r.last_survivor().unwrap_or_default(),
+                r.spurious_join,
+                r.spurious_detect,
+                r.join_cpu.unwrap_or(f64::NAN),
+                r.view_histogram(),
+                r.stragglers.as_ref().map(|n| format!(" [after 10 s: {n}]")).unwrap_or_default(),
                 r.convergence_note.as_ref().map(|n| format!(" [{n}]")).unwrap_or_default(),
                 r.detect_note.as_ref().map(|n| format!(" [{n}]")).unwrap_or_default(),
             );

@@ -37,6 +37,13 @@ pub enum LeaseCommand {
         lease: String,
         /// The token being revoked; any other token makes this a no-op.
         token: u64,
+        /// The lease's `granted_index` when the leader decided it had expired. A renewal
+        /// applied in between moves `granted_index`, and then this revoke is a no-op:
+        /// without it, a renewal already in the log could be acknowledged and then undone
+        /// by a revoke decided before it. `None` revokes whatever the renewals (manual
+        /// revoke by token).
+        #[serde(default)]
+        granted_index: Option<u64>,
     },
 }
 
@@ -144,7 +151,9 @@ impl LeaseTable {
             LeaseCommand::Release { lease, node, token } => {
                 self.vacate(lease, *token, |state| state.holder.as_deref() == Some(node.as_str()))
             }
-            LeaseCommand::Revoke { lease, token } => self.vacate(lease, *token, |_| true),
+            LeaseCommand::Revoke { lease, token, granted_index } => {
+                self.vacate(lease, *token, |state| granted_index.is_none_or(|g| g == state.granted_index))
+            }
         }
     }
 
@@ -207,7 +216,7 @@ impl LeaseClock {
 
     /// Held leases whose deadline passed at `now`, as `(lease, token)`. A held lease the
     /// clock has not seen yet (or saw with another token) gets a fresh deadline instead.
-    pub fn expired(&mut self, table: &LeaseTable, now: Instant, grace: Duration) -> Vec<(String, u64)> {
+    pub fn expired(&mut self, table: &LeaseTable, now: Instant, grace: Duration) -> Vec<(String, u64, u64)> {
         let mut out = Vec::new();
         for (name, state) in &table.leases {
             if state.holder.is_none() {
@@ -216,7 +225,7 @@ impl LeaseClock {
             match self.deadlines.get(name) {
                 Some((token, deadline)) if *token == state.token => {
                     if *deadline <= now {
-                        out.push((name.clone(), state.token));
+                        out.push((name.clone(), state.token, state.granted_index));
                     }
                 }
                 _ => {
@@ -232,6 +241,24 @@ impl LeaseClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiry_revoke_decided_before_a_renewal_is_a_no_op() {
+        let mut t = LeaseTable::default();
+        let acquire = LeaseCommand::Acquire { lease: "lb".into(), node: "n1".into(), ttl_ms: 1000 };
+        let (granted, _) = t.apply(5, &acquire);
+        assert_eq!(granted, LeaseResponse::Granted { token: 5 });
+        // The leader decides expiry while the lease was granted at index 5 ...
+        let revoke = LeaseCommand::Revoke { lease: "lb".into(), token: 5, granted_index: Some(5) };
+        // ... but the holder's renewal was already in the log ahead of the revoke.
+        assert_eq!(t.apply(6, &acquire).0, LeaseResponse::Renewed { token: 5 });
+        let (r, _) = t.apply(7, &revoke);
+        assert!(matches!(r, LeaseResponse::Stale { current: 5, .. }), "{r:?}");
+        assert!(t.holds("lb", "n1", 5), "an acknowledged renewal must not be undone");
+        // With no renewal in between the same revoke vacates.
+        let revoke = LeaseCommand::Revoke { lease: "lb".into(), token: 5, granted_index: Some(6) };
+        assert_eq!(t.apply(8, &revoke).0, LeaseResponse::Vacated { token: 5 });
+    }
 
     fn acquire(lease: &str, node: &str) -> LeaseCommand {
         LeaseCommand::Acquire { lease: lease.into(), node: node.into(), ttl_ms: 1000 }
@@ -261,22 +288,22 @@ mod tests {
         t.apply(3, &acquire("lb", "a"));
         let before = t.clone();
         let stale = LeaseResponse::Stale { current: 3, holder: Some("a".into()) };
-        assert_eq!(t.apply(4, &LeaseCommand::Revoke { lease: "lb".into(), token: 2 }).0, stale);
+        assert_eq!(t.apply(4, &LeaseCommand::Revoke { lease: "lb".into(), token: 2, granted_index: None }).0, stale);
         let wrong_node = LeaseCommand::Release { lease: "lb".into(), node: "b".into(), token: 3 };
         assert_eq!(t.apply(5, &wrong_node).0, stale);
         assert_eq!(t, before);
         assert_eq!(
-            t.apply(6, &LeaseCommand::Revoke { lease: "nope".into(), token: 1 }).0,
+            t.apply(6, &LeaseCommand::Revoke { lease: "nope".into(), token: 1, granted_index: None }).0,
             LeaseResponse::Stale { current: 0, holder: None }
         );
         assert_eq!(
-            t.apply(7, &LeaseCommand::Revoke { lease: "lb".into(), token: 3 }).0,
+            t.apply(7, &LeaseCommand::Revoke { lease: "lb".into(), token: 3, granted_index: None }).0,
             LeaseResponse::Vacated { token: 3 }
         );
         // A revoke for the old token after a new grant does nothing to the new holder.
         t.apply(8, &acquire("lb", "b"));
         assert_eq!(
-            t.apply(9, &LeaseCommand::Revoke { lease: "lb".into(), token: 3 }).0,
+            t.apply(9, &LeaseCommand::Revoke { lease: "lb".into(), token: 3, granted_index: None }).0,
             LeaseResponse::Stale { current: 8, holder: Some("b".into()) }
         );
         assert!(t.holds("lb", "b", 8));
@@ -291,7 +318,7 @@ mod tests {
         clock.touch(&touch.unwrap_or_else(|| panic!("grant touches")), t0);
         let grace = Duration::from_millis(500);
         assert!(clock.expired(&t, t0 + Duration::from_millis(999), grace).is_empty());
-        assert_eq!(clock.expired(&t, t0 + Duration::from_millis(1000), grace), vec![("lb".to_string(), 3)]);
+        assert_eq!(clock.expired(&t, t0 + Duration::from_millis(1000), grace), vec![("lb".to_string(), 3, 3)]);
         clock.extend_all(&t, t0 + Duration::from_millis(1000), grace);
         assert!(clock.expired(&t, t0 + Duration::from_millis(2499), grace).is_empty());
         assert_eq!(clock.expired(&t, t0 + Duration::from_millis(2500), grace).len(), 1);

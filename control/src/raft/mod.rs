@@ -409,7 +409,7 @@ impl LeaseNode {
     /// also an operator's tool). A stale token changes nothing and returns
     /// [`LeaseError::Stale`].
     pub async fn revoke(&self, lease: &str, token: u64) -> Result<(), LeaseError> {
-        vacated(self.write(LeaseCommand::Revoke { lease: lease.to_string(), token }).await?)
+        vacated(self.write(LeaseCommand::Revoke { lease: lease.to_string(), token, granted_index: None }).await?)
     }
 
     /// Linearizable: true iff `token` is the current token of `lease` and this node holds it.
@@ -808,10 +808,15 @@ async fn expire_leases(
             continue;
         }
         let expired = lock(&clock).expired(&table, now, grace);
-        for (lease, token) in expired {
+        for (lease, token, granted_index) in expired {
             // Bounded: a leader that lost its quorum must not wedge this task; a revoke
-            // that commits later anyway is harmless (a stale token is a no-op).
-            let revoke = raft.client_write(LeaseCommand::Revoke { lease: lease.clone(), token });
+            // that commits later anyway is harmless (a stale token, or a renewal applied
+            // since this decision, makes it a no-op).
+            let revoke = raft.client_write(LeaseCommand::Revoke {
+                lease: lease.clone(),
+                token,
+                granted_index: Some(granted_index),
+            });
             match tokio::time::timeout(grace * 4, revoke).await {
                 Ok(Ok(r)) => tracing::info!(lease = %lease, token, result = ?r.data, "expired lease revoked"),
                 Ok(Err(e)) => tracing::debug!(lease = %lease, token, error = %e, "lease revoke not committed"),
