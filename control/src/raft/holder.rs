@@ -145,8 +145,22 @@ async fn run(
     let metrics = Arc::clone(&node.inner.metrics);
     let count = |result: &str| metrics.renewals.with_label_values(&[cfg.lease.as_str(), result]).inc();
     let record = |event: HolderEvent| {
-        tracing::info!(lease = %cfg.lease, event = ?event, "lease holder");
-        lock(&history).push(event);
+        let mut h = lock(&history);
+        if let HolderEvent::Renewed { token, .. } = &event {
+            tracing::debug!(lease = %cfg.lease, event = ?event, "lease holder");
+            // A holder renews every TTL/3 for as long as it runs: keep the first and the
+            // latest renewal of a run, so the history grows with hand-overs, not with time.
+            let tail_renewed =
+                |e: Option<&HolderEvent>| matches!(e, Some(HolderEvent::Renewed { token: t, .. }) if t == token);
+            let n = h.len();
+            if n >= 2 && tail_renewed(h.last()) && tail_renewed(h.get(n - 2)) {
+                h[n - 1] = event;
+                return;
+            }
+        } else {
+            tracing::info!(lease = %cfg.lease, event = ?event, "lease holder");
+        }
+        h.push(event);
     };
     let local_ttl = cfg.ttl.saturating_sub(cfg.margin);
     // (token, local deadline, when the last acknowledged request was sent)
