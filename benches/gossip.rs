@@ -21,6 +21,7 @@
 //!
 //! Options: `--sizes 3,10,30,100`, `--runs N` (all sizes; default 5, and 3 for N >= 100),
 //! `--converge-timeout SECS` (180), `--detect-timeout SECS` (60), `--settle SECS` (2),
+//! `--snapshot SECS` (10: when to note what unconverged views lack),
 //! `--poll-ms MS` (10), `--suspect-ms MS` (override the default suspicion timeout),
 //! `--worker-threads N` (tokio default: one per CPU), `--out PATH`, `--no-write`.
 
@@ -43,8 +44,6 @@ const PROBE_PERIOD: Duration = Duration::from_secs(1);
 const PROBE_RTT: Duration = Duration::from_millis(500);
 /// foca's LAN default, which `ClusterConfig` keeps.
 const INDIRECT_PROBES: u32 = 3;
-/// When to note what the views that have not converged yet are missing.
-const STRAGGLER_SNAPSHOT: Duration = Duration::from_secs(10);
 /// The window after the first start over which the join storm's CPU use is measured
 /// (convergence plus the settle always last at least this long).
 const JOIN_CPU_WINDOW: Duration = Duration::from_secs(2);
@@ -57,6 +56,8 @@ struct Options {
     converge_timeout: Duration,
     detect_timeout: Duration,
     settle: Duration,
+    /// When to note what the views not converged yet are missing.
+    snapshot: Duration,
     poll: Duration,
     suspect: Option<Duration>,
     worker_threads: Option<usize>,
@@ -74,6 +75,7 @@ impl Options {
             converge_timeout: Duration::from_secs(180),
             detect_timeout: Duration::from_secs(60),
             settle: Duration::from_secs(2),
+            snapshot: Duration::from_secs(10),
             poll: Duration::from_millis(10),
             suspect: None,
             worker_threads: None,
@@ -111,6 +113,7 @@ impl Options {
                 "--converge-timeout" => opts.converge_timeout = secs(&value()?)?,
                 "--detect-timeout" => opts.detect_timeout = secs(&value()?)?,
                 "--settle" => opts.settle = secs(&value()?)?,
+                "--snapshot" => opts.snapshot = secs(&value()?)?,
                 "--poll-ms" => opts.poll = Duration::from_millis(value()?.parse().context("--poll-ms")?),
                 "--suspect-ms" => {
                     opts.suspect = Some(Duration::from_millis(value()?.parse().context("--suspect-ms")?));
@@ -121,7 +124,7 @@ impl Options {
                 "-h" | "--help" => {
                     println!(
                         "usage: cargo bench --bench gossip -- [--sizes 3,10,30,100] [--runs N] \
-                         [--converge-timeout SECS] [--detect-timeout SECS] [--settle SECS] [--poll-ms MS] \
+                         [--converge-timeout SECS] [--detect-timeout SECS] [--settle SECS] [--snapshot SECS] [--poll-ms MS] \
                          [--suspect-ms MS] [--worker-threads N] [--out PATH] [--no-write]"
                     );
                     std::process::exit(0);
@@ -188,7 +191,7 @@ struct Node {
     view: watch::Receiver<ClusterView>,
     /// Dropping it crashes the member (its tasks are aborted, no leave).
     cluster: Cluster,
-    _registry: prometheus::Registry,
+    registry: prometheus::Registry,
 }
 
 fn node_name(i: usize) -> String {
@@ -210,7 +213,7 @@ struct RunResult {
     view_converged: Vec<Option<Duration>>,
     /// How far convergence got when it timed out.
     convergence_note: Option<String>,
-    /// What the views not converged after [`STRAGGLER_SNAPSHOT`] were missing.
+    /// What the views not converged after `--snapshot` seconds were missing.
     stragglers: Option<String>,
     victim: Option<String>,
     /// Crash to the first survivor listing the victim suspect or down.
@@ -368,27 +371,62 @@ fn progress(nodes: &[Node], names: &[String], services: &[String]) -> String {
 fn stragglers(nodes: &[Node], names: &[String], services: &[String]) -> String {
     let mut lacking = Vec::new();
     for node in nodes {
-        let view = node.view.borrow();
+        let view = node.view.borrow().clone();
         if converged(&view, names, services).1 {
             continue;
         }
         let unlisted = names.iter().filter(|n| view.member(n).is_none()).count();
         let not_alive = view.members.iter().filter(|m| m.state != MemberState::Alive).count();
-        let no_state = names
-            .iter()
-            .zip(services)
-            .filter(|(n, svc)| !view.states.get(*n).is_some_and(|s| s.instances.iter().any(|i| &i.service == *svc)))
-            .count();
-        lacking.push(format!(
-            "{} lists {} of {} members ({unlisted} unknown to it, {not_alive} not alive) and lacks {no_state} states",
+        let mut absent = 0;
+        let mut stale = Vec::new();
+        for (name, svc) in names.iter().zip(services) {
+            match view.states.get(name) {
+                None => absent += 1,
+                Some(held) if !held.instances.iter().any(|i| &i.service == svc) => {
+                    let owner = nodes.iter().find(|o| &o.name == name).map(|o| o.cluster.local_state().freshness());
+                    stale.push(format!("{name} at {:?} (owner at {owner:?})", held.freshness()));
+                }
+                Some(_) => {}
+            }
+        }
+        let mut line = format!(
+            "{} lists {} of {} members ({unlisted} unknown to it, {not_alive} not alive), holds no state for \
+             {absent} of them",
             node.name,
             view.members.len(),
             names.len()
-        ));
+        );
+        if !stale.is_empty() {
+            let _ = write!(line, " and a state without its instance for {}", stale.join(", "));
+        }
+        let _ = write!(line, " [its metrics: {}]", metric_summary(&node.registry));
+        lacking.push(line);
     }
     let shown = lacking.len().min(5);
     let more = if lacking.len() > shown { format!(", and {} more", lacking.len() - shown) } else { String::new() };
     format!("{} view(s) not converged: {}{more}", lacking.len(), lacking[..shown].join("; "))
+}
+
+/// The member's state-pull and rejection counters, e.g. `pulls ok 12 error 0, rejected 0`.
+fn metric_summary(registry: &prometheus::Registry) -> String {
+    let families = registry.gather();
+    let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
+        families
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| label.is_none_or(|(k, v)| m.get_label().iter().any(|l| l.name() == k && l.value() == v)))
+            .map(|m| m.get_counter().get_value())
+            .sum()
+    };
+    format!(
+        "state pulls ok {} error {}, packets in {} out {}, rejected {}",
+        value("constellation_state_pulls_total", Some(("result", "ok"))),
+        value("constellation_state_pulls_total", Some(("result", "error"))),
+        value("constellation_gossip_packets_total", Some(("direction", "in"))),
+        value("constellation_gossip_packets_total", Some(("direction", "out"))),
+        value("constellation_gossip_packets_rejected_total", None),
+    )
 }
 
 /// Over the first [`JOIN_CPU_WINDOW`] after the first start: the process's CPU use.
@@ -431,7 +469,7 @@ async fn run_once(n: usize, opts: &Options) -> Result<RunResult> {
         if seed.is_none() {
             seed = Some(cluster.gossip_addr());
         }
-        nodes.push(Node { name: name.clone(), view: cluster.view(), cluster, _registry: registry });
+        nodes.push(Node { name: name.clone(), view: cluster.view(), cluster, registry });
     }
     result.start_calls = t0.elapsed();
 
@@ -458,14 +496,15 @@ async fn run_once(n: usize, opts: &Options) -> Result<RunResult> {
             result.converged = Some(elapsed);
             break;
         }
-        if elapsed >= STRAGGLER_SNAPSHOT && result.stragglers.is_none() {
+        if elapsed >= opts.snapshot && result.stragglers.is_none() {
             result.stragglers = Some(stragglers(&nodes, &names, &services));
         }
         if elapsed > opts.converge_timeout {
             result.convergence_note = Some(format!(
-                "no convergence within {} s: {}",
+                "no convergence within {} s: {}; {}",
                 opts.converge_timeout.as_secs_f64(),
-                progress(&nodes, &names, &services)
+                progress(&nodes, &names, &services),
+                stragglers(&nodes, &names, &services)
             ));
             break;
         }
@@ -799,7 +838,7 @@ fn render(opts: &Options, env: &Environment, reports: &[SizeReport]) -> String {
                 }
             }
             if let Some(note) = &run.stragglers {
-                let _ = write!(p, "; after {} s {note}", STRAGGLER_SNAPSHOT.as_secs());
+                let _ = write!(p, "; after {} s {note}", opts.snapshot.as_secs_f64());
             }
             if let Some(note) = &run.convergence_note {
                 let _ = write!(p, "; **{note}**");
@@ -889,7 +928,7 @@ fn render(opts: &Options, env: &Environment, reports: &[SizeReport]) -> String {
              updates compete for the piggyback space and a few (observer, member) pairs miss them; those \
              are repaired at the next 30 s announce or when the unknown member first contacts the \
              straggler, so late views tend to complete near 30 s, 60 s, ... after the start.",
-            STRAGGLER_SNAPSHOT.as_secs()
+            opts.snapshot.as_secs_f64()
         );
     }
     let _ = writeln!(s, "{END_MARK}");
@@ -929,6 +968,13 @@ fn write_block(path: &PathBuf, block: &str) -> Result<()> {
 
 fn main() -> Result<()> {
     let opts = Options::parse()?;
+    // The cluster's own logs, for investigating a run: `RUST_LOG=constellation_control=debug`.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = opts.worker_threads.unwrap_or(cpus).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -978,7 +1024,7 @@ fn main() -> Result<()> {
                 r.spurious_detect,
                 r.join_cpu.unwrap_or(f64::NAN),
                 r.view_histogram(),
-                r.stragglers.as_ref().map(|n| format!(" [after 10 s: {n}]")).unwrap_or_default(),
+                r.stragglers.as_ref().map(|n| format!(" [after the snapshot: {n}]")).unwrap_or_default(),
                 r.convergence_note.as_ref().map(|n| format!(" [{n}]")).unwrap_or_default(),
                 r.detect_note.as_ref().map(|n| format!(" [{n}]")).unwrap_or_default(),
             );

@@ -102,6 +102,30 @@ impl Api {
         E: EndpointSpec,
         E::JsonResponse: ApiResult,
     {
+        self.call_with(name, ep, self.retry.attempts).await
+    }
+
+    /// Sends a write once (rate limited, no retry): a retried write could land after the
+    /// writer lost its lease, so a failed write fails the cycle, and the next cycle lists,
+    /// plans and checks the fence again.
+    pub(crate) async fn call_write<E>(&self, name: &'static str, ep: &E) -> Result<Envelope<E::JsonResponse>, DnsError>
+    where
+        E: EndpointSpec,
+        E::JsonResponse: ApiResult,
+    {
+        self.call_with(name, ep, 1).await
+    }
+
+    async fn call_with<E>(
+        &self,
+        name: &'static str,
+        ep: &E,
+        attempts: u32,
+    ) -> Result<Envelope<E::JsonResponse>, DnsError>
+    where
+        E: EndpointSpec,
+        E::JsonResponse: ApiResult,
+    {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -119,19 +143,16 @@ impl Api {
                 Failure::Fatal(e) => return Err(e),
                 Failure::Retry { result, detail, wait } => {
                     self.metrics.api_requests.with_label_values(&[name, result]).inc();
-                    if attempt >= self.retry.attempts {
+                    if let Some(retry_after) = wait {
+                        // Every caller waits out a 429, not only this one.
+                        self.metrics.rate_limit_waits.inc();
+                        self.bucket.pause_until(Instant::now() + retry_after);
+                    }
+                    if attempt >= attempts {
                         return Err(DnsError::Exhausted { endpoint: name, attempts: attempt, last: detail });
                     }
                     let backoff = self.retry.backoff(attempt);
-                    let wait = match wait {
-                        Some(retry_after) => {
-                            // Every caller waits out a 429, not only this one.
-                            self.metrics.rate_limit_waits.inc();
-                            self.bucket.pause_until(Instant::now() + retry_after);
-                            retry_after.max(backoff)
-                        }
-                        None => backoff,
-                    };
+                    let wait = wait.map(|w| w.max(backoff)).unwrap_or(backoff);
                     warn!(endpoint = name, attempt, wait_ms = wait.as_millis() as u64, error = %detail, "Cloudflare call failed; retrying");
                     tokio::time::sleep(wait).await;
                 }

@@ -159,7 +159,10 @@ impl DnsConfig {
         }
         if let Some(t) = &self.token {
             if t.trim().is_empty() {
-                return bad("dns.token", "is empty; remove it for a dry run or set a Cloudflare API token".into());
+                return bad(
+                    "dns.api_token_file",
+                    "the token is empty; remove the setting for a dry run or put a Cloudflare API token in it".into(),
+                );
             }
         }
         if let Some(tpl) = &self.node_record {

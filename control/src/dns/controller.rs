@@ -87,10 +87,15 @@ pub async fn run(reconciler: Reconciler, mut inp: Inputs) {
                 let want = desired(&cfg, applied_leader, &nodes);
                 let node = inp.lease_node.clone();
                 let lease = inp.dns_lease.clone();
+                let held = inp.dns_held.clone();
                 let fence = move || {
                     let node = node.clone();
                     let lease = lease.clone();
-                    async move { node.check(&lease, token).await.unwrap_or(false) }
+                    // The local holder gives up at its own deadline before the leader
+                    // could re-grant; check that first (no network), then the
+                    // linearizable read through the Raft leader.
+                    let still_held = *held.borrow() == Some(token);
+                    async move { still_held && node.check(&lease, token).await.unwrap_or(false) }
                 };
                 next_run = Instant::now() + cfg.reconcile_interval();
                 last = match reconciler.reconcile(&want, fence).await {

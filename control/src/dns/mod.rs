@@ -46,7 +46,7 @@ pub enum DnsError {
     },
     /// Cloudflare refused the token.
     #[error(
-        "Cloudflare rejected the API token (HTTP {status}{}{}): check dns.token; it must be a valid API token \
+        "Cloudflare rejected the API token (HTTP {status}{}{}): check dns.api_token_file or CONSTELLATION_DNS__API_TOKEN; it must be a valid API token \
          with Zone:DNS:Edit and Zone:Zone:Read on zone {zone:?}",
         code.map(|c| format!(", code {c}")).unwrap_or_default(),
         if message.is_empty() { String::new() } else { format!(": {message}") }
@@ -112,6 +112,6 @@ pub enum DnsError {
         detail: String,
     },
     /// A call that needs the API was made without a token.
-    #[error("no dns.token: running dry, nothing is sent to Cloudflare")]
+    #[error("no DNS API token (dns.api_token_file or CONSTELLATION_DNS__API_TOKEN): running dry, nothing is sent to Cloudflare")]
     DryRun,
 }

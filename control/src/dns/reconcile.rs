@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus::Registry;
 use serde_json::Value;
@@ -25,8 +25,6 @@ use super::DnsError;
 
 /// Pages read at most per list (100 records each).
 const MAX_PAGES: u32 = 100;
-/// A write batch longer than this re-checks the fence before its next write.
-const REFENCE_AFTER: Duration = Duration::from_secs(2);
 
 /// What one reconciliation did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,7 +180,7 @@ impl Reconciler {
         let Some(api) = &self.api else {
             let plan = plan(desired, &[], &self.owner);
             for r in &plan.create {
-                info!(name = %r.name, r#type = %r.kind, content = %r.content, "dry run (no dns.token): would write record");
+                info!(name = %r.name, r#type = %r.kind, content = %r.content, "dry run (no DNS API token): would write record");
             }
             return Ok(Outcome::DryRun(plan));
         };
@@ -198,7 +196,6 @@ impl Reconciler {
             if !fence().await {
                 return Ok(self.deposed(total));
             }
-            let mut fenced_at = Instant::now();
             let mut first_err: Option<DnsError> = None;
             let mut failed = 0;
             let synced = lock(&self.synced).clone();
@@ -212,11 +209,10 @@ impl Reconciler {
                 .chain(plan.create.iter().map(Op::Create))
                 .chain(plan.delete.iter().map(Op::Delete));
             for op in ops {
-                if fenced_at.elapsed() > REFENCE_AFTER {
-                    if !fence().await {
-                        return Ok(self.deposed(total - done));
-                    }
-                    fenced_at = Instant::now();
+                // Every write is fenced: a batch slowed by rate limits must not outlive
+                // the lease that allowed it.
+                if done > 0 && !fence().await {
+                    return Ok(self.deposed(total - done));
                 }
                 done += 1;
                 let result = match op {
@@ -229,7 +225,7 @@ impl Reconciler {
                             id: u.from.id.clone(),
                             body: RecordBody::new(&u.to, &self.owner.marker),
                         };
-                        api.call("update_record", &ep).await.map(|_| {
+                        api.call_write("update_record", &ep).await.map(|_| {
                             info!(name = %u.to.name, r#type = %u.to.kind, from = %u.from.content, to = %u.to.content, "DNS record updated");
                             applied.updated += 1;
                             ("update", is_drift(&u.to))
@@ -238,7 +234,7 @@ impl Reconciler {
                     Op::Create(r) => {
                         let ep =
                             CreateRecord { zone_id: zone_id.clone(), body: RecordBody::new(r, &self.owner.marker) };
-                        api.call("create_record", &ep).await.map(|resp| {
+                        api.call_write("create_record", &ep).await.map(|resp| {
                             let id = resp.result.0.get("id").and_then(Value::as_str).unwrap_or("?").to_string();
                             info!(name = %r.name, r#type = %r.kind, content = %r.content, id = %id, "DNS record created");
                             applied.created += 1;
@@ -247,7 +243,7 @@ impl Reconciler {
                     }
                     Op::Delete(r) => {
                         let ep = DeleteRecord { zone_id: zone_id.clone(), id: r.id.clone() };
-                        api.call("delete_record", &ep).await.map(|_| {
+                        api.call_write("delete_record", &ep).await.map(|_| {
                             info!(name = %r.name, r#type = %r.kind, content = %r.content, "DNS record deleted");
                             applied.deleted += 1;
                             ("delete", false)

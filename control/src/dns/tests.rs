@@ -264,7 +264,7 @@ async fn invalid_token_is_a_clear_auth_error() {
     let err = r.reconcile(&want(&c, "203.0.113.10", &[]), fence_ok).await.unwrap_err();
     assert!(matches!(err, DnsError::Auth { status: 403, code: Some(9109), .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains("Cloudflare rejected the API token") && msg.contains("dns.token"), "{msg}");
+    assert!(msg.contains("Cloudflare rejected the API token") && msg.contains("dns.api_token_file"), "{msg}");
     assert!(msg.contains("Invalid access token") && msg.contains("example.com"), "{msg}");
     assert!(!msg.contains("wrong-token-secret") && !format!("{err:?}").contains("wrong-token-secret"));
     assert!(!format!("{:?}", r.config()).contains("wrong-token-secret"), "Debug redacts the token");
