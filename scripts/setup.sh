@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Constellation needs on a fresh Debian machine:
-# cmake (Pingora's zlib-ng build), a C compiler, and the Rust toolchain if missing.
+# cmake (Pingora's zlib-ng build), a C compiler, iptables (partition tests), and checks
+# for the Rust toolchain.
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
 
@@ -8,6 +9,8 @@ need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+# The partition tests cut loopback traffic with iptables (they need root, as CI has).
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
   SUDO=""
