@@ -2,7 +2,7 @@
 //! the fake Cloudflare API holding the new apex record.
 //!
 //! Run with `cargo bench --bench dns` (optionally `-- --runs 20 --configs default,fast`).
-//! It starts a fake Cloudflare v4 API (`constellation_control::dns::testing::FakeCloudflare`)
+//! It starts a fake Cloudflare v4 API (`constellation_dns::testing::FakeCloudflare`)
 //! in this process and three real `constellation agent` processes (release build; roles
 //! `lb` and `dns`, all Raft voters, public IPs `192.0.2.1`–`.3` through
 //! `CONSTELLATION_PUBLIC_IP`) on loopback. Each run:
@@ -36,7 +36,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use constellation_control::dns::testing::FakeCloudflare;
+use constellation_dns::testing::FakeCloudflare;
 use serde_json::Value;
 
 const START_MARK: &str = "<!-- dns-bench:start -->";

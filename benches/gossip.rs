@@ -1,5 +1,5 @@
 //! Gossip benchmark: full-convergence and failure-detection times of
-//! `constellation_control::cluster` for several cluster sizes.
+//! `constellation_cluster` for several cluster sizes.
 //!
 //! Run with `cargo bench --bench gossip` (optionally `-- --sizes 3,10,30,100 --runs 5`).
 //! For each size N it starts N in-process members on 127.0.0.1 (port 0 binds, one tokio
@@ -23,7 +23,10 @@
 //! `--converge-timeout SECS` (180), `--detect-timeout SECS` (60), `--settle SECS` (2),
 //! `--snapshot SECS` (10: when to note what unconverged views lack),
 //! `--poll-ms MS` (10), `--suspect-ms MS` (override the default suspicion timeout),
-//! `--worker-threads N` (tokio default: one per CPU), `--out PATH`, `--no-write`.
+//! `--worker-threads N` (tokio default: one per CPU), `--out PATH`, `--no-write`,
+//! `--diagnose` (at the snapshot, make each unconverged member republish its view, to tell
+//! a view that fell behind its store from missing data; this perturbs the run). Set
+//! `RUST_LOG` (e.g. `constellation_cluster=debug`) to see the cluster's logs.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -33,11 +36,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use constellation_control::cluster::{
+use constellation_cluster::{
     generate_key_hex, Cluster, ClusterConfig, ClusterView, Instance, Keyring, MemberState, NodeState,
     DEFAULT_PUSH_PULL_INTERVAL,
 };
-use rand::Rng;
+use rand::RngExt;
 use tokio::sync::watch;
 
 const PROBE_PERIOD: Duration = Duration::from_secs(1);
@@ -63,6 +66,8 @@ struct Options {
     worker_threads: Option<usize>,
     out: PathBuf,
     write: bool,
+    /// At the snapshot, make unconverged members republish their views (perturbs the run).
+    diagnose: bool,
     /// The arguments as given after `--` (cargo's own `--bench` removed).
     args: Vec<String>,
 }
@@ -81,6 +86,7 @@ impl Options {
             worker_threads: None,
             out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md"),
             write: true,
+            diagnose: false,
             args: Vec::new(),
         };
         // `cargo bench` passes `--bench` to harness-less benchmarks; it is not ours.
@@ -121,11 +127,12 @@ impl Options {
                 "--worker-threads" => opts.worker_threads = Some(value()?.parse().context("--worker-threads")?),
                 "--out" => opts.out = PathBuf::from(value()?),
                 "--no-write" => opts.write = false,
+                "--diagnose" => opts.diagnose = true,
                 "-h" | "--help" => {
                     println!(
                         "usage: cargo bench --bench gossip -- [--sizes 3,10,30,100] [--runs N] \
                          [--converge-timeout SECS] [--detect-timeout SECS] [--settle SECS] [--snapshot SECS] [--poll-ms MS] \
-                         [--suspect-ms MS] [--worker-threads N] [--out PATH] [--no-write]"
+                         [--suspect-ms MS] [--worker-threads N] [--out PATH] [--no-write] [--diagnose]"
                     );
                     std::process::exit(0);
                 }
@@ -215,6 +222,8 @@ struct RunResult {
     convergence_note: Option<String>,
     /// What the views not converged after `--snapshot` seconds were missing.
     stragglers: Option<String>,
+    /// Some of those views lacked members (not just states).
+    unknown_members: bool,
     victim: Option<String>,
     /// Crash to the first survivor listing the victim suspect or down.
     first_suspect: Option<Duration>,
@@ -368,20 +377,31 @@ fn progress(nodes: &[Node], names: &[String], services: &[String]) -> String {
 
 /// What each view that has not converged lacks: members not listed, listed but not alive,
 /// states missing (or without the expected instance).
-fn stragglers(nodes: &[Node], names: &[String], services: &[String]) -> String {
+fn stragglers(nodes: &[Node], names: &[String], services: &[String]) -> (String, bool) {
     let mut lacking = Vec::new();
+    let mut any_unknown = false;
     for node in nodes {
         let view = node.view.borrow().clone();
         if converged(&view, names, services).1 {
             continue;
         }
-        let unlisted = names.iter().filter(|n| view.member(n).is_none()).count();
+        let unknown: Vec<&str> = names.iter().filter(|n| view.member(n).is_none()).map(String::as_str).collect();
+        any_unknown |= !unknown.is_empty();
+        let unlisted = match unknown.len() {
+            0 => "0 unknown to it".to_string(),
+            1..=3 => format!("{} unknown to it: {}", unknown.len(), unknown.join(", ")),
+            k => format!("{k} unknown to it"),
+        };
         let not_alive = view.members.iter().filter(|m| m.state != MemberState::Alive).count();
-        let mut absent = 0;
+        let mut absent = Vec::new();
         let mut stale = Vec::new();
         for (name, svc) in names.iter().zip(services) {
             match view.states.get(name) {
-                None => absent += 1,
+                None => {
+                    if view.member(name).is_some() {
+                        absent.push(name.as_str());
+                    }
+                }
                 Some(held) if !held.instances.iter().any(|i| &i.service == svc) => {
                     let owner = nodes.iter().find(|o| &o.name == name).map(|o| o.cluster.local_state().freshness());
                     stale.push(format!("{name} at {:?} (owner at {owner:?})", held.freshness()));
@@ -390,21 +410,76 @@ fn stragglers(nodes: &[Node], names: &[String], services: &[String]) -> String {
             }
         }
         let mut line = format!(
-            "{} lists {} of {} members ({unlisted} unknown to it, {not_alive} not alive), holds no state for \
-             {absent} of them",
+            "{} lists {} of {} members ({unlisted}, {not_alive} not alive)",
             node.name,
             view.members.len(),
             names.len()
         );
+        if !absent.is_empty() {
+            let _ = write!(line, ", holds no state for {} listed member(s)", absent.len());
+            if absent.len() <= 3 {
+                let _ = write!(line, " ({})", absent.join(", "));
+            }
+        }
         if !stale.is_empty() {
             let _ = write!(line, " and a state without its instance for {}", stale.join(", "));
         }
-        let _ = write!(line, " [its metrics: {}]", metric_summary(&node.registry));
+        // How the others see it: a renewed identity (declared down, rejoined) shows here.
+        let own = node.cluster.id().incarnation;
+        let mut seen: Vec<String> = nodes
+            .iter()
+            .filter(|o| o.name != node.name)
+            .filter_map(|o| {
+                o.view.borrow().member(&node.name).map(|m| {
+                    let delta = i128::from(m.incarnation) - i128::from(own);
+                    format!("{}{delta:+}", m.state.as_str())
+                })
+            })
+            .collect();
+        seen.sort();
+        seen.dedup();
+        let _ = write!(
+            line,
+            " [its metrics: {}; the others list it as (state, incarnation relative to its own): {}]",
+            metric_summary(&node.registry),
+            seen.join(" ")
+        );
         lacking.push(line);
     }
     let shown = lacking.len().min(5);
     let more = if lacking.len() > shown { format!(", and {} more", lacking.len() - shown) } else { String::new() };
-    format!("{} view(s) not converged: {}{more}", lacking.len(), lacking[..shown].join("; "))
+    (format!("{} view(s) not converged: {}{more}", lacking.len(), lacking[..shown].join("; ")), any_unknown)
+}
+
+/// Diagnosis for views that never converged: makes each such member republish its view
+/// (an `update_local` that adds a role rebuilds the view from the member's store) and
+/// reports whether that alone completed the view, i.e. whether the store held everything
+/// and only the published view was behind.
+async fn republish_test(nodes: &[Node], names: &[String], services: &[String]) -> String {
+    let stuck: Vec<&Node> = nodes.iter().filter(|n| !converged(&n.view.borrow(), names, services).1).collect();
+    if stuck.is_empty() {
+        return String::new();
+    }
+    for node in &stuck {
+        node.cluster.update_local(|s| s.roles.push("bench-republish".into()));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let fixed: Vec<&str> =
+        stuck.iter().filter(|n| converged(&n.view.borrow(), names, services).1).map(|n| n.name.as_str()).collect();
+    format!(
+        ". Diagnosis: after each of these {} member(s) republished its view (an `update_local`, which rebuilds \
+         the view from its store), {} view(s) were complete at once{}",
+        stuck.len(),
+        fixed.len(),
+        if fixed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({}): the store held every member and state; the published view had fallen behind it",
+                fixed.join(", ")
+            )
+        }
+    )
 }
 
 /// The member's state-pull and rejection counters, e.g. `pulls ok 12 error 0, rejected 0`.
@@ -497,15 +572,22 @@ async fn run_once(n: usize, opts: &Options) -> Result<RunResult> {
             break;
         }
         if elapsed >= opts.snapshot && result.stragglers.is_none() {
-            result.stragglers = Some(stragglers(&nodes, &names, &services));
+            let (mut note, unknown) = stragglers(&nodes, &names, &services);
+            result.unknown_members = unknown;
+            if opts.diagnose {
+                note.push_str(&republish_test(&nodes, &names, &services).await);
+            }
+            result.stragglers = Some(note);
         }
         if elapsed > opts.converge_timeout {
-            result.convergence_note = Some(format!(
+            let mut note = format!(
                 "no convergence within {} s: {}; {}",
                 opts.converge_timeout.as_secs_f64(),
                 progress(&nodes, &names, &services),
-                stragglers(&nodes, &names, &services)
-            ));
+                stragglers(&nodes, &names, &services).0
+            );
+            note.push_str(&republish_test(&nodes, &names, &services).await);
+            result.convergence_note = Some(note);
             break;
         }
         tokio::time::sleep(opts.poll).await;
@@ -771,6 +853,12 @@ fn render(opts: &Options, env: &Environment, reports: &[SizeReport]) -> String {
         PROBE_PERIOD.as_millis(),
         PROBE_PERIOD.as_millis(),
     );
+    if opts.diagnose {
+        s.push_str(
+            "**`--diagnose` was on**: at the snapshot, unconverged members were made to republish their views \
+             (an `update_local`), which perturbs the convergence figures.\n\n",
+        );
+    }
     s.push_str(
         "| nodes | runs | suspicion timeout | foca max transmissions | SWIM expected first detection \
          (periods, random probe targets) | benchmark CPU use (cores, avg) | wall time |\n",
@@ -860,8 +948,21 @@ fn render(opts: &Options, env: &Environment, reports: &[SizeReport]) -> String {
          period; the table above gives the finite-N value). foca probes members in a shuffled round-robin \
          instead, which bounds the worst case, and it declares a member `suspect` only at the end of a \
          probe period in which neither the direct probe (`probe_rtt`) nor the indirect probes were \
-         answered. The first-suspect column is the one to compare with 1.58 periods.\n",
+         answered. The first-suspect column is the one to compare with 1.58 periods.",
     );
+    let compare: Vec<String> = reports
+        .iter()
+        .filter_map(|r| {
+            let values: Vec<Duration> = r.runs.iter().filter_map(|run| run.first_suspect).collect();
+            median_worst(&values).map(|(median, _)| {
+                format!("N = {}: {:.2} (expected {:.2})", r.n, periods(median), swim_expected_periods(r.n))
+            })
+        })
+        .collect();
+    if !compare.is_empty() {
+        let _ = write!(s, " Measured median first-suspect, in periods: {}.", compare.join("; "));
+    }
+    s.push('\n');
     s.push_str(
         "- **Down includes the suspicion timeout.** SWIM with suspicion (and foca) does not declare a \
          member down when a probe fails: it is first `suspect`, and becomes `down` only when the suspicion \
@@ -911,24 +1012,46 @@ fn render(opts: &Options, env: &Environment, reports: &[SizeReport]) -> String {
             env.cpus
         );
     }
-    if reports.iter().flat_map(|r| &r.runs).any(|run| run.stragglers.is_some()) {
+    if reports.iter().flat_map(|r| &r.runs).any(|run| run.unknown_members) {
         let _ = writeln!(
             s,
-            "- **Convergence tail.** Some runs had views still incomplete after {} s (per-run notes). \
-             Those views lacked *members* their SWIM layer had not heard of, not states: a listed member's \
-             state follows within one pull. Joining here works like this: the joiner sends a join request \
+            "- **Convergence tail.** Some runs had views still incomplete after {} s that lacked *members* \
+             their SWIM layer had not heard of (per-run notes; a listed member's state normally follows within \
+             one pull). Joining here works like this: the joiner sends a join request \
              to the seed, the seed `announce`s to the joiner, and the joiner's reply (a foca `Feed` of what \
              the joiner knows) introduces it to the seed; the joiner itself gets no member list, and the TCP \
              anti-entropy (`push_pull_interval`) exchanges node states but does not add SWIM members. So a \
              joiner learns of the others only from membership updates piggybacked on the messages it gets \
              (each update sent at most `max_transmissions` times per node, one packet's worth per \
-             message), from the first message each member sends it (a probe, a gossip), or from foca's \
+             message), from the first message each member sends it (a probe, a gossip: each member probes \
+             every other once per round-robin cycle of N−1 periods), or from foca's \
              periodic announce (every 30 s to one random member, whose `Feed` answer carries one packet's \
              worth of members). With all N members starting within a fraction of a second, many join \
              updates compete for the piggyback space and a few (observer, member) pairs miss them; those \
              are repaired at the next 30 s announce or when the unknown member first contacts the \
              straggler, so late views tend to complete near 30 s, 60 s, ... after the start.",
             opts.snapshot.as_secs_f64()
+        );
+    }
+    let behind = reports
+        .iter()
+        .flat_map(|r| &r.runs)
+        .filter(|run| {
+            [&run.convergence_note, &run.stragglers]
+                .iter()
+                .any(|n| n.as_ref().is_some_and(|n| n.contains("fallen behind")))
+        })
+        .count();
+    if behind > 0 {
+        let _ = writeln!(
+            s,
+            "- **A published view that fell behind its store** ({behind} run(s)). There, the member's own \
+             store held every member and state, yet the view it published did not, and nothing changed it: \
+             making the member republish (an `update_local`) completed the view at once. The likely cause, \
+             from reading `Shared::publish_view`: the view is built under the store lock but sent after the \
+             lock is released, so two tasks publishing at nearly the same moment (the gossip task after a \
+             membership change, the puller after merging states) can send out of order, and the older view \
+             then stays published until the next change (the per-run notes name the member)."
         );
     }
     let _ = writeln!(s, "{END_MARK}");
@@ -968,7 +1091,7 @@ fn write_block(path: &PathBuf, block: &str) -> Result<()> {
 
 fn main() -> Result<()> {
     let opts = Options::parse()?;
-    // The cluster's own logs, for investigating a run: `RUST_LOG=constellation_control=debug`.
+    // The cluster's own logs, for investigating a run: `RUST_LOG=constellation_cluster=debug`.
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

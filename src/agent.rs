@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use constellation_control::config::{LoadedConfig, EMBEDDED_ROUTES};
-use constellation_control::{AdminApp, AdminState, Reloader, RouteSource};
+use constellation_plane::config::{LoadedConfig, EMBEDDED_ROUTES};
+use constellation_plane::{AdminApp, AdminState, Reloader, RouteSource};
 use constellation_proxy::{HealthSupervisor, ProxyMetrics, RouteTable, SmartFailoverProxy};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Server, ShutdownWatch};
@@ -60,7 +60,7 @@ impl BackgroundService for ControlLoop {
         };
         let events = self.events.lock().ok().and_then(|mut e| e.take());
         let plane = events.map(|events| {
-            tokio::spawn(constellation_control::plane::run(
+            tokio::spawn(constellation_plane::plane::run(
                 self.cfg.clone(),
                 self.reloader.clone(),
                 self.admin.clone(),

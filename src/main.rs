@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use constellation_control::config;
+use constellation_plane::config;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -204,7 +204,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let sources = constellation::agent::route_sources(&cfg);
-            match constellation_control::load_sources(&sources) {
+            match constellation_plane::load_sources(&sources) {
                 Ok(dynamic) => {
                     let registry = constellation_proxy::UpstreamRegistry::default();
                     match constellation_proxy::compile(&dynamic, &cfg.config.proxy, &cfg.entrypoints, &registry, 1) {
@@ -242,7 +242,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match constellation_control::load_sources(&constellation::agent::route_sources(&cfg)) {
+            match constellation_plane::load_sources(&constellation::agent::route_sources(&cfg)) {
                 Ok(d) => match serde_json::to_string_pretty(&d) {
                     Ok(s) => {
                         println!("{s}");
@@ -262,7 +262,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Keygen { out, force } => {
-            let key = constellation_control::cluster::generate_key_hex();
+            let key = constellation_wire::generate_key_hex();
             match out {
                 None => {
                     println!("{key}");

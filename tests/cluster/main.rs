@@ -32,7 +32,7 @@ use serde_json::Value;
 use crate::support::*;
 
 /// Log filter of the agents: gossip at debug, so a failing test's log shows why.
-const LOG_FILTER: &str = "info,constellation_control=debug,pingora_core=warn,pingora_proxy=warn";
+const LOG_FILTER: &str = "info,constellation_cluster=debug,pingora_core=warn,pingora_proxy=warn";
 
 /// A free loopback UDP port (bound and released).
 pub fn free_udp_port() -> u16 {

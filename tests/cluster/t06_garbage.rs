@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use constellation_control::cluster::{Keyring, SEAL_OVERHEAD};
-use rand::Rng;
+use constellation_wire::{Keyring, SEAL_OVERHEAD};
+use rand::RngExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -73,7 +73,7 @@ fn garbage_on_gossip_and_cluster_ports_is_counted_and_harmless() {
         let mut cluster = Cluster::start(vec![NodeSpec::default(); 3]).await;
         let target = cluster.node(1);
         let key = Keyring::parse(&std::fs::read_to_string(cluster.dir.path("cluster.key")).unwrap()).unwrap();
-        let other_key = Keyring::parse(&constellation_control::cluster::generate_key_hex()).unwrap();
+        let other_key = Keyring::parse(&constellation_wire::generate_key_hex()).unwrap();
         let our_id = key.seal(b"")[1..5].to_vec();
         // Let public-IP updates settle so state versions do not move while we compare.
         eventually("public IPs known", Duration::from_secs(10), || async {

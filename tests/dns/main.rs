@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use constellation_control::dns::testing::FakeCloudflare;
+use constellation_dns::testing::FakeCloudflare;
 use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -53,7 +53,7 @@ use crate::support::*;
 
 /// Log filter of the agents: the DNS controller at debug (every API call is logged).
 const LOG_FILTER: &str =
-    "info,constellation_control::dns=debug,constellation_control::raft=info,openraft=warn,pingora_core=warn,pingora_proxy=warn";
+    "info,constellation_dns=debug,constellation_lease=info,openraft=warn,pingora_core=warn,pingora_proxy=warn";
 /// The managed zone.
 pub const ZONE: &str = "example.test";
 /// The wildcard name.

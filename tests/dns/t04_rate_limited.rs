@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use constellation_control::dns::testing::Fault;
+use constellation_dns::testing::Fault;
 
 use crate::support::*;
 use crate::*;

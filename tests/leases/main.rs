@@ -45,7 +45,7 @@ use crate::support::*;
 
 /// Log filter of the agents: lease holders and Raft at debug, so a failing test's log
 /// shows why.
-const LOG_FILTER: &str = "info,constellation_control::raft=debug,openraft=warn,pingora_core=warn,pingora_proxy=warn";
+const LOG_FILTER: &str = "info,constellation_lease=debug,openraft=warn,pingora_core=warn,pingora_proxy=warn";
 /// The two leases every node contends for (roles `lb` and `dns`).
 pub const LEASES: [&str; 2] = ["lb-leader", "dns-writer"];
 /// The lease the fail-over tests follow.

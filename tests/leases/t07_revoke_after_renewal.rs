@@ -21,9 +21,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use constellation_control::cluster::{generate_key_hex, Keyring};
-use constellation_control::raft::{LeaseNode, RaftConfig};
-use rand::Rng;
+use constellation_lease::{LeaseNode, RaftConfig};
+use constellation_wire::{generate_key_hex, Keyring};
+use rand::RngExt;
 
 use crate::support::*;
 

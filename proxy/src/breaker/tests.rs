@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicUsize;
 use std::thread;
 
 use proptest::prelude::*;
-use rand::Rng;
+use rand::RngExt;
 
 use super::*;
 

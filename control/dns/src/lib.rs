@@ -5,6 +5,11 @@
 //! Ownership: a record is ours iff its comment is exactly
 //! `managed-by=constellation cluster=<cluster_id>`; anything else is never changed or
 //! deleted unless `adopt` is set.
+//!
+//! This crate knows nothing of gossip or Raft: the control plane feeds it a
+//! [`controller::Topology`] and a [`controller::Fence`].
+
+#![forbid(unsafe_code)]
 
 mod api;
 mod bucket;

@@ -19,9 +19,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::keyring::{OpenError, SEAL_OVERHEAD};
 use super::state::NodeState;
 use super::{unix_ms, Shared, DOWN_GRACE};
+use constellation_wire::{OpenError, SEAL_OVERHEAD};
 
 /// Largest frame accepted (length prefix excluded).
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;

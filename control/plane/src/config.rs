@@ -44,7 +44,7 @@ pub struct AgentConfig {
     /// Raft lease group (who is the front door, who writes DNS). Off unless voters are set.
     pub raft: RaftSection,
     /// Cloudflare DNS following the front door (see docs/dns.md). Off unless present.
-    pub dns: Option<crate::dns::DnsConfig>,
+    pub dns: Option<constellation_dns::DnsConfig>,
 }
 
 /// `[raft]`.
@@ -153,7 +153,10 @@ impl Default for GossipConfig {
             push_pull_interval_ms: DEFAULT_PUSH_PULL_INTERVAL_MS,
             tailscale: false,
             tailscale_tag: None,
-            public_ip_services: crate::public_ip::DEFAULT_SERVICES.iter().map(|s| s.to_string()).collect(),
+            public_ip_services: constellation_cluster::public_ip::DEFAULT_SERVICES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::holder::LostReason;
 use super::*;
-use crate::cluster::generate_key_hex;
+use constellation_wire::generate_key_hex;
 
 const HEARTBEAT: Duration = Duration::from_millis(50);
 const ELECTION: (Duration, Duration) = (Duration::from_millis(300), Duration::from_millis(600));

@@ -15,6 +15,11 @@
 //!   (apply time + TTL), extends every lease by TTL + maximum election timeout when it
 //!   becomes leader, and revokes expired leases through the log with their token.
 //! - **Tokens**: the log index of the granting entry; renewals keep it.
+//!
+//! This crate knows nothing of gossip, DNS, routes or the proxy; other subsystems see it
+//! through [`LeaseNode::check`] (a fencing read) and the published [`LeaseView`].
+
+#![forbid(unsafe_code)]
 
 mod holder;
 pub mod lease;
@@ -47,7 +52,7 @@ pub use metrics::RaftMetrics;
 pub use network::ForwardError;
 pub use store::{StoreError, STORE_FILE};
 
-use crate::cluster::Keyring;
+use constellation_wire::Keyring;
 use lease::LeaseClock;
 use membership::{members_of, MembershipCtl, Outcome};
 use network::{PeerClient, RaftHandler, Request, Response};

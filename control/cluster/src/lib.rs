@@ -5,11 +5,17 @@
 //! [`Cluster::start`] runs it; [`Cluster::view`] publishes alive/suspect/down members
 //! with their latest [`NodeState`]s. Only a node changes its own state
 //! ([`Cluster::update_local`]); everything else is relayed.
+//!
+//! Also here: peer discovery from Tailscale ([`discovery`]) and public IP detection
+//! ([`public_ip`]). This crate knows nothing of Raft, DNS, routes or the proxy.
+
+#![forbid(unsafe_code)]
 
 mod broadcast;
-mod keyring;
+pub mod discovery;
 mod membership;
 mod metrics;
+pub mod public_ip;
 mod pull;
 mod state;
 #[cfg(test)]
@@ -28,7 +34,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
 pub use broadcast::{Digest, Hint};
-pub use keyring::{
+pub use constellation_wire::{
     generate_key_hex, KeyProblem, Keyring, KeyringError, OpenError, KEY_LEN, SEAL_OVERHEAD, SEAL_VERSION,
 };
 pub use pull::{PullError, IO_TIMEOUT, MAX_FRAME};

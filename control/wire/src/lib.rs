@@ -1,5 +1,10 @@
-//! The cluster keyring: shared ChaCha20-Poly1305 keys that seal every gossip datagram and
-//! every state-pull frame, with rolling rotation (seal with the first key, open with any).
+//! The cluster's wire format, shared by gossip, state pulls and Raft: the keyring
+//! (ChaCha20-Poly1305 keys with rolling rotation: seal with the first, open with any) and
+//! the sealed messages every cluster byte travels in.
+//!
+//! This crate knows nothing of gossip, Raft or what the messages mean.
+
+#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::path::Path;

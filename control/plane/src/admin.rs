@@ -13,7 +13,7 @@ use pingora_core::protocols::http::ServerSession;
 use prometheus::{Encoder, Registry, TextEncoder};
 use serde_json::{json, Value};
 
-use crate::raft::{LeaseNode, MembershipError};
+use constellation_lease::{LeaseNode, MembershipError};
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;

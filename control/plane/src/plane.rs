@@ -11,12 +11,16 @@ use constellation_proxy::BreakerEvent;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use constellation_cluster::discovery::{run_discovery_loop, TailscaleDiscovery};
+use constellation_cluster::public_ip::{detect, PublicIpConfig};
+use constellation_cluster::{Cluster, ClusterConfig, ClusterView, Instance, Keyring, NodeState};
+use constellation_dns::controller::{Fence, Topology};
+use constellation_dns::NodeStatus;
+use constellation_lease::{LeaseNode, LeaseView};
+
 use crate::admin::AdminState;
 use crate::builder::ClusterInstance;
-use crate::cluster::{Cluster, ClusterConfig, ClusterView, Instance, Keyring, NodeState};
 use crate::config::LoadedConfig;
-use crate::discovery::{run_discovery_loop, TailscaleDiscovery};
-use crate::public_ip::{detect, PublicIpConfig};
 use crate::routes::Reloader;
 
 /// How long a breaker opening here deprioritises that upstream on other nodes.
@@ -133,7 +137,7 @@ pub async fn run(
         }
     };
     let cluster_keyring = ccfg.keyring.clone();
-    let mut lease_node: Option<crate::raft::LeaseNode> = None;
+    let mut lease_node: Option<constellation_lease::LeaseNode> = None;
     let cluster = match Cluster::start(ccfg, initial, &registry, cluster_stop).await {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -164,7 +168,7 @@ pub async fn run(
         let mut disc = TailscaleDiscovery::new(g.advertise.port());
         disc.tag = cfg.config.gossip.tailscale_tag.clone();
         tasks.spawn(async move {
-            run_discovery_loop(disc, crate::discovery::DEFAULT_INTERVAL, move |peers| {
+            run_discovery_loop(disc, constellation_cluster::discovery::DEFAULT_INTERVAL, move |peers| {
                 cluster.add_peer_addresses(peers)
             })
             .await;
@@ -209,7 +213,7 @@ pub async fn run(
 
     // Leases, on voters.
     if let Some((_, raft_addr)) = cfg.raft_voters.iter().find(|(n, _)| *n == cfg.config.node.name) {
-        let rcfg = crate::raft::RaftConfig {
+        let rcfg = constellation_lease::RaftConfig {
             node: cfg.config.node.name.clone(),
             voters: cfg.raft_voters.clone(),
             bind: *raft_addr,
@@ -228,7 +232,7 @@ pub async fn run(
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
-        match crate::raft::LeaseNode::start(rcfg, &registry, raft_stop).await {
+        match constellation_lease::LeaseNode::start(rcfg, &registry, raft_stop).await {
             Ok(node) => {
                 tracing::info!(raft = %raft_addr, voters = cfg.raft_voters.len(), "lease group started");
                 let roles = &cfg.config.node.roles;
@@ -240,9 +244,14 @@ pub async fn run(
                     wanted.push(cfg.config.raft.dns_lease.clone());
                 }
                 let ttl = Duration::from_millis(cfg.config.raft.lease_ttl_ms);
-                let holders: Vec<crate::raft::LeaseHolder> = wanted
+                let holders: Vec<constellation_lease::LeaseHolder> = wanted
                     .iter()
-                    .map(|l| crate::raft::LeaseHolder::spawn(node.clone(), crate::raft::HolderConfig::new(l, ttl)))
+                    .map(|l| {
+                        constellation_lease::LeaseHolder::spawn(
+                            node.clone(),
+                            constellation_lease::HolderConfig::new(l, ttl),
+                        )
+                    })
                     .collect();
                 // DNS follows the front door while this node holds the dns-writer lease.
                 if let Some(dns_cfg) = cfg.config.dns.clone() {
@@ -251,18 +260,24 @@ pub async fn run(
                         .zip(&holders)
                         .find(|(l, _)| **l == cfg.config.raft.dns_lease)
                         .map(|(_, h)| h.held());
-                    match (dns_held, crate::dns::Reconciler::new(dns_cfg, &registry)) {
+                    match (dns_held, constellation_dns::Reconciler::new(dns_cfg, &registry)) {
                         (Some(dns_held), Ok(reconciler)) => {
-                            let inputs = crate::dns::controller::Inputs {
-                                lease_node: node.clone(),
+                            let (topo_tx, topology) = tokio::sync::watch::channel(Topology::default());
+                            tasks.spawn(topology_loop(
+                                node.view(),
+                                cluster.view(),
+                                cfg.config.raft.lb_lease.clone(),
+                                topo_tx,
+                            ));
+                            let fence =
+                                Arc::new(LeaseFence { node: node.clone(), lease: cfg.config.raft.dns_lease.clone() });
+                            let inputs = constellation_dns::controller::Inputs {
+                                fence,
                                 dns_held,
-                                leases: node.view(),
-                                cluster: cluster.view(),
-                                lb_lease: cfg.config.raft.lb_lease.clone(),
-                                dns_lease: cfg.config.raft.dns_lease.clone(),
+                                topology,
                                 status: admin.dns.clone(),
                             };
-                            tasks.spawn(crate::dns::controller::run(reconciler, inputs));
+                            tasks.spawn(constellation_dns::controller::run(reconciler, inputs));
                         }
                         (None, _) => {
                             tracing::info!(
@@ -308,17 +323,67 @@ pub async fn run(
     let _ = stop_tx.send(true);
 }
 
+/// The DNS controller's fence: a linearizable check of the DNS-writer lease.
+struct LeaseFence {
+    node: LeaseNode,
+    lease: String,
+}
+
+impl Fence for LeaseFence {
+    fn check(&self, token: u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(async move { self.node.check(&self.lease, token).await.unwrap_or(false) })
+    }
+}
+
+/// What DNS needs from the lease view and the cluster view: the front door's public IP
+/// and every member with its public IP and liveness. Runs until either view closes.
+async fn topology_loop(
+    mut leases: tokio::sync::watch::Receiver<LeaseView>,
+    mut cluster: tokio::sync::watch::Receiver<ClusterView>,
+    lb_lease: String,
+    out: tokio::sync::watch::Sender<Topology>,
+) {
+    loop {
+        let topo = {
+            let lv = leases.borrow_and_update();
+            let cv = cluster.borrow_and_update();
+            let holder = lv.leases.get(&lb_lease).and_then(|l| l.holder.clone());
+            Topology {
+                front_door: holder.as_ref().and_then(|h| cv.states.get(h)).and_then(|s| s.public_ip),
+                nodes: cv
+                    .members
+                    .iter()
+                    .map(|m| NodeStatus {
+                        name: m.name.clone(),
+                        ip: cv.states.get(&m.name).and_then(|s| s.public_ip),
+                        alive: m.state.is_up(),
+                    })
+                    .collect(),
+            }
+        };
+        out.send_if_modified(|cur| {
+            let changed = *cur != topo;
+            *cur = topo;
+            changed
+        });
+        tokio::select! {
+            r = leases.changed() => if r.is_err() { return },
+            r = cluster.changed() => if r.is_err() { return },
+        }
+    }
+}
+
 /// Keep the admin lease view current, and append every holder event of this node to
 /// `history` (JSON lines: unix nanoseconds, lease, token, event) for audits and tests.
 async fn lease_loop(
-    node: crate::raft::LeaseNode,
-    holders: Vec<crate::raft::LeaseHolder>,
+    node: constellation_lease::LeaseNode,
+    holders: Vec<constellation_lease::LeaseHolder>,
     names: Vec<String>,
     leases: [String; 2],
     history: std::path::PathBuf,
     admin: Arc<AdminState>,
 ) {
-    use crate::raft::HolderEvent;
+    use constellation_lease::HolderEvent;
     use std::io::Write;
     // Instants are converted to wall-clock nanoseconds once, from one reference pair, so
     // the events of one process keep their monotonic order.

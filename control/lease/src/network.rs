@@ -28,7 +28,7 @@ use super::membership::{Acks, MembershipCtl, Outcome};
 use super::metrics::RaftMetrics;
 use super::store::{lock, SmData};
 use super::{NodeId, PeerNode, TypeConfig};
-use crate::cluster::Keyring;
+use constellation_wire::Keyring;
 
 /// Largest frame accepted (a snapshot chunk or a batch of entries is far smaller).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;

@@ -2,18 +2,21 @@
 //! holds the `dns-writer` lease it keeps Cloudflare pointed at the `lb-leader` holder
 //! (apex and wildcard) and at every node (per-node records), checking its fencing token
 //! right before each write batch. Otherwise it stands by.
+//!
+//! The controller knows neither gossip nor Raft: it sees the cluster as a [`Topology`]
+//! (who is the front door, which nodes exist) and the lease as a [`Fence`].
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::{desired, Debouncer, GraceTracker, NodeStatus, Outcome, Plan, Reconciler};
-use crate::cluster::ClusterView;
-use crate::raft::{LeaseNode, LeaseView};
 
 /// Pause after a failed reconcile before the next attempt (the desired state is kept
 /// and retried until it holds).
@@ -28,23 +31,38 @@ fn plan_json(p: &Plan) -> Value {
     })
 }
 
+/// The fencing check the controller asks right before writing: does this node still hold
+/// the DNS-writer lease with `token`? Implemented over the lease group's linearizable read.
+pub trait Fence: Send + Sync + 'static {
+    /// `true` only if the lease is still held with exactly this token.
+    fn check(&self, token: u64) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+}
+
+/// What the DNS records are computed from: the front door's public IP (the holder of the
+/// front-door lease) and every known node with its public IP and liveness.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Topology {
+    /// Public IP of the front door, `None` while the lease is vacant or its IP unknown.
+    pub front_door: Option<IpAddr>,
+    /// Every member the cluster knows of.
+    pub nodes: Vec<NodeStatus>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 /// What the last reconcile was computed from: front-door IP and (node, IP, keep).
 type Snapshot = (Option<IpAddr>, Vec<(String, Option<IpAddr>, bool)>);
 
 /// Inputs of the controller.
 pub struct Inputs {
-    /// Lease node, for the fencing check.
-    pub lease_node: LeaseNode,
+    /// The fencing check for the DNS-writer lease.
+    pub fence: Arc<dyn Fence>,
     /// `Some(token)` while this node holds the dns-writer lease.
     pub dns_held: watch::Receiver<Option<u64>>,
-    /// Lease view (who holds lb-leader).
-    pub leases: watch::Receiver<LeaseView>,
-    /// Cluster view (members, public IPs).
-    pub cluster: watch::Receiver<ClusterView>,
-    /// Name of the front-door lease.
-    pub lb_lease: String,
-    /// Name of the DNS-writer lease.
-    pub dns_lease: String,
+    /// The front door and the nodes.
+    pub topology: watch::Receiver<Topology>,
     /// Where the status JSON goes (`dns` in `/api/v1/status`).
     pub status: Arc<ArcSwap<Value>>,
 }
@@ -60,20 +78,8 @@ pub async fn run(reconciler: Reconciler, mut inp: Inputs) {
     loop {
         let now = Instant::now();
         let (leader_ip, nodes) = {
-            let lv = inp.leases.borrow_and_update();
-            let cv = inp.cluster.borrow_and_update();
-            let holder = lv.leases.get(&inp.lb_lease).and_then(|l| l.holder.clone());
-            let leader_ip = holder.as_ref().and_then(|h| cv.states.get(h)).and_then(|s| s.public_ip);
-            let statuses: Vec<NodeStatus> = cv
-                .members
-                .iter()
-                .map(|m| NodeStatus {
-                    name: m.name.clone(),
-                    ip: cv.states.get(&m.name).and_then(|s| s.public_ip),
-                    alive: m.state.is_up(),
-                })
-                .collect();
-            (leader_ip, grace.observe(now, &statuses))
+            let topo = inp.topology.borrow_and_update();
+            (topo.front_door, grace.observe(now, &topo.nodes))
         };
         let changed_leader = settle.observe(leader_ip, now).is_some();
         let applied_leader = settle.applied().cloned().flatten();
@@ -85,37 +91,35 @@ pub async fn run(reconciler: Reconciler, mut inp: Inputs) {
             if changed_leader || inputs_changed || now >= next_run {
                 last_inputs = Some(inputs);
                 let want = desired(&cfg, applied_leader, &nodes);
-                let node = inp.lease_node.clone();
-                let lease = inp.dns_lease.clone();
                 let held = inp.dns_held.clone();
+                let remote = inp.fence.clone();
                 let fence = move || {
-                    let node = node.clone();
-                    let lease = lease.clone();
+                    let remote = remote.clone();
                     // The local holder gives up at its own deadline before the leader
                     // could re-grant; check that first (no network), then the
                     // linearizable read through the Raft leader.
                     let still_held = *held.borrow() == Some(token);
-                    async move { still_held && node.check(&lease, token).await.unwrap_or(false) }
+                    async move { still_held && remote.check(token).await }
                 };
                 next_run = Instant::now() + cfg.reconcile_interval();
                 last = match reconciler.reconcile(&want, fence).await {
                     Ok(Outcome::Applied(a)) => json!({
                         "result": "applied", "created": a.created, "updated": a.updated, "deleted": a.deleted,
                         "drift_corrections": a.drift_corrections, "skipped_unowned": a.skipped_unowned,
-                        "at_unix": crate::admin::unix_now(), "token": token,
+                        "at_unix": unix_now(), "token": token,
                     }),
                     Ok(Outcome::Deposed { dropped }) => {
-                        json!({"result": "deposed", "dropped_writes": dropped, "at_unix": crate::admin::unix_now()})
+                        json!({"result": "deposed", "dropped_writes": dropped, "at_unix": unix_now()})
                     }
                     Ok(Outcome::DryRun(plan)) => {
                         tracing::info!(writes = plan.writes(), plan = ?plan, "DNS dry run (no API token): nothing written");
-                        json!({"result": "dry_run", "plan": plan_json(&plan), "at_unix": crate::admin::unix_now()})
+                        json!({"result": "dry_run", "plan": plan_json(&plan), "at_unix": unix_now()})
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "DNS reconcile failed; retrying");
                         next_run = Instant::now() + RETRY_AFTER_ERROR.min(cfg.reconcile_interval());
                         last_inputs = None;
-                        json!({"result": "error", "error": e.to_string(), "at_unix": crate::admin::unix_now()})
+                        json!({"result": "error", "error": e.to_string(), "at_unix": unix_now()})
                     }
                 };
             }
@@ -130,8 +134,7 @@ pub async fn run(reconciler: Reconciler, mut inp: Inputs) {
         let wake = settle.deadline().map(|d| d.min(next_run)).unwrap_or(next_run);
         tokio::select! {
             r = inp.dns_held.changed() => if r.is_err() { return },
-            r = inp.leases.changed() => if r.is_err() { return },
-            r = inp.cluster.changed() => if r.is_err() { return },
+            r = inp.topology.changed() => if r.is_err() { return },
             _ = tokio::time::sleep_until(wake.max(Instant::now() + Duration::from_millis(20)).into()) => {}
         }
     }

@@ -1,0 +1,19 @@
+//! The control plane's hub: the agent configuration (TOML, env overrides, validation, the
+//! embedded default), route sources and reloads, the pure route builder, the event loop
+//! that wires the cluster, the lease group and the DNS controller together, and the admin
+//! HTTP API with its typed status.
+//!
+//! This is the only control crate that knows every subsystem; the subsystems know
+//! nothing of each other (DNS sees leases through a fence, not through Raft).
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod builder;
+pub mod config;
+pub mod plane;
+pub mod routes;
+
+pub use admin::{AdminApp, AdminState, ReloadReport};
+pub use config::{AgentConfig, ConfigError, LoadedConfig};
+pub use routes::{load_sources, Reloader, RouteSource};
