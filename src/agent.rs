@@ -1,9 +1,8 @@
 //! Wiring the agent: route reloader, proxy, admin API, health checks and the
 //! welcome backend into one Pingora server.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -95,23 +94,7 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
     let metrics = ProxyMetrics::register(&registry).map_err(|e| StartError::Runtime(e.to_string()))?;
     let settings = cfg.config.proxy.clone();
     let table: constellation_proxy::TableHandle = Arc::new(ArcSwap::from_pointee(RouteTable::empty(settings.clone())));
-    let admin = Arc::new(AdminState {
-        node: cfg.config.node.name.clone(),
-        table: table.clone(),
-        registry,
-        traefik: ArcSwap::from_pointee(serde_json::json!({})),
-        reload: ArcSwap::from_pointee(Default::default()),
-        ready: AtomicBool::new(false),
-        token: cfg.admin_token.clone(),
-        started: Instant::now(),
-        members: ArcSwap::from_pointee(serde_json::json!([])),
-        hints: ArcSwap::from_pointee(serde_json::json!([])),
-        cluster_joined: AtomicBool::new(false),
-        leases: ArcSwap::from_pointee(serde_json::json!({})),
-        raft: ArcSwap::from_pointee(serde_json::Value::Null),
-        lease_node: Default::default(),
-        dns: Arc::new(ArcSwap::from_pointee(serde_json::Value::Null)),
-    });
+    let admin = Arc::new(AdminState::new(&cfg.config.node.name, table.clone(), registry, cfg.admin_token.clone()));
     let reloader = Arc::new(
         Reloader::new(
             route_sources(&cfg),

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use constellation_plane::config;
 
+mod cli;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -43,6 +45,9 @@ enum Command {
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+        /// Admin bearer token (default: $CONSTELLATION_ADMIN__TOKEN).
+        #[arg(long)]
+        token: Option<String>,
     },
     /// Configuration tools.
     Config {
@@ -82,6 +87,9 @@ enum DnsCommand {
         /// Admin API base URL.
         #[arg(long, default_value = "http://127.0.0.1:9180")]
         admin: String,
+        /// Admin bearer token (default: $CONSTELLATION_ADMIN__TOKEN).
+        #[arg(long)]
+        token: Option<String>,
     },
 }
 
@@ -289,23 +297,18 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status { admin, json } => run_async(constellation::demo::status(&admin, json)),
-        Command::Dns { command: DnsCommand::Plan { admin } } => run_async(async move {
-            let v = constellation::demo::admin_json(&admin, "/api/v1/status").await?;
-            if v["dns"].is_null() {
-                anyhow::bail!("DNS is not configured on this node (no [dns] section)");
-            }
-            println!("{}", serde_json::to_string_pretty(&v["dns"])?);
-            Ok(())
-        }),
+        Command::Status { admin, json, token } => run_async(cli::status(&admin, json, token.as_deref())),
+        Command::Dns { command: DnsCommand::Plan { admin, token } } => {
+            run_async(cli::dns_plan(&admin, token.as_deref()))
+        }
         Command::Raft { command: RaftCommand::Status { admin, json, token } } => {
-            run_async(constellation::demo::raft_status(&admin, json, token.as_deref()))
+            run_async(cli::raft_status(&admin, json, token.as_deref()))
         }
         Command::Raft { command: RaftCommand::AddVoter { name, address, admin, token } } => {
-            run_async(constellation::demo::raft_add_voter(&admin, &name, &address, token.as_deref()))
+            run_async(cli::raft_add_voter(&admin, &name, &address, token.as_deref()))
         }
         Command::Raft { command: RaftCommand::RemoveVoter { name, admin, token } } => {
-            run_async(constellation::demo::raft_remove_voter(&admin, &name, token.as_deref()))
+            run_async(cli::raft_remove_voter(&admin, &name, token.as_deref()))
         }
         Command::Demo { seconds } => run_async(constellation::demo::run(seconds)),
     }

@@ -12,8 +12,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
-use serde_json::{json, Value};
+use arc_swap::ArcSwapOption;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{desired, Debouncer, GraceTracker, NodeStatus, Outcome, Plan, Reconciler};
@@ -22,13 +22,94 @@ use super::{desired, Debouncer, GraceTracker, NodeStatus, Outcome, Plan, Reconci
 /// and retried until it holds).
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
 
-fn plan_json(p: &Plan) -> Value {
-    json!({
-        "create": p.create.iter().map(|r| format!("{} {} {}", r.name, r.kind, r.content)).collect::<Vec<_>>(),
-        "update": p.update.iter().map(|u| format!("{} {} {} -> {}", u.to.name, u.to.kind, u.from.content, u.to.content)).collect::<Vec<_>>(),
-        "delete": p.delete.iter().map(|r| format!("{} {} {}", r.name, r.kind, r.content)).collect::<Vec<_>>(),
-        "skipped_unowned": p.skipped_unowned.iter().map(|r| format!("{} {} {}", r.name, r.kind, r.content)).collect::<Vec<_>>(),
-    })
+/// What the controller is doing, for `/api/v1/status` and `constellation dns plan`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DnsStatus {
+    /// `writer` while this node holds the DNS-writer lease, else `standby`.
+    pub role: String,
+    /// The zone.
+    pub zone: String,
+    /// No API token: plans are computed and shown, nothing is written.
+    pub dry_run: bool,
+    /// The front door's public IP the records follow, once settled.
+    pub front_door_ip: Option<String>,
+    /// The most recent reconcile.
+    pub last: DnsLast,
+}
+
+/// The outcome of the most recent reconcile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum DnsLast {
+    /// Nothing was attempted yet (or this node never held the lease).
+    None,
+    /// The records were reconciled.
+    Applied {
+        /// Records created.
+        created: usize,
+        /// Records updated in place.
+        updated: usize,
+        /// Records deleted.
+        deleted: usize,
+        /// Writes that put back a record changed outside Constellation.
+        drift_corrections: usize,
+        /// Records left alone because another owner's marker is on them.
+        skipped_unowned: usize,
+        /// Unix time, seconds.
+        at_unix: u64,
+        /// The DNS-writer token the writes were fenced with.
+        token: u64,
+    },
+    /// The fence said the lease was lost: the rest of the batch was dropped.
+    Deposed {
+        /// Writes not made.
+        dropped_writes: usize,
+        /// Unix time, seconds.
+        at_unix: u64,
+    },
+    /// Dry run: the plan that would have been applied.
+    DryRun {
+        /// The plan.
+        plan: PlanSummary,
+        /// Unix time, seconds.
+        at_unix: u64,
+    },
+    /// The reconcile failed; it is retried.
+    Error {
+        /// What went wrong (never the token).
+        error: String,
+        /// Unix time, seconds.
+        at_unix: u64,
+    },
+}
+
+/// A plan as one line per record (`name type content`, updates `... old -> new`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct PlanSummary {
+    /// Records to create.
+    pub create: Vec<String>,
+    /// Records to update.
+    pub update: Vec<String>,
+    /// Records to delete.
+    pub delete: Vec<String>,
+    /// Records another owner holds.
+    pub skipped_unowned: Vec<String>,
+}
+
+impl PlanSummary {
+    fn of(p: &Plan) -> PlanSummary {
+        let line = |r: &super::Record| format!("{} {} {}", r.name, r.kind, r.content);
+        PlanSummary {
+            create: p.create.iter().map(line).collect(),
+            update: p
+                .update
+                .iter()
+                .map(|u| format!("{} {} {} -> {}", u.to.name, u.to.kind, u.from.content, u.to.content))
+                .collect(),
+            delete: p.delete.iter().map(|r| format!("{} {} {}", r.name, r.kind, r.content)).collect(),
+            skipped_unowned: p.skipped_unowned.iter().map(|r| format!("{} {} {}", r.name, r.kind, r.content)).collect(),
+        }
+    }
 }
 
 /// The fencing check the controller asks right before writing: does this node still hold
@@ -63,8 +144,8 @@ pub struct Inputs {
     pub dns_held: watch::Receiver<Option<u64>>,
     /// The front door and the nodes.
     pub topology: watch::Receiver<Topology>,
-    /// Where the status JSON goes (`dns` in `/api/v1/status`).
-    pub status: Arc<ArcSwap<Value>>,
+    /// Where the status goes (`dns` in `/api/v1/status`).
+    pub status: Arc<ArcSwapOption<DnsStatus>>,
 }
 
 /// Run until the task is aborted.
@@ -73,7 +154,7 @@ pub async fn run(reconciler: Reconciler, mut inp: Inputs) {
     let mut grace = GraceTracker::new(cfg.node_grace());
     let mut settle: Debouncer<Option<IpAddr>> = Debouncer::new(cfg.leader_settle());
     let mut next_run = Instant::now();
-    let mut last: Value = json!({"result": "none"});
+    let mut last = DnsLast::None;
     let mut last_inputs: Option<Snapshot> = None;
     loop {
         let now = Instant::now();
@@ -103,33 +184,37 @@ pub async fn run(reconciler: Reconciler, mut inp: Inputs) {
                 };
                 next_run = Instant::now() + cfg.reconcile_interval();
                 last = match reconciler.reconcile(&want, fence).await {
-                    Ok(Outcome::Applied(a)) => json!({
-                        "result": "applied", "created": a.created, "updated": a.updated, "deleted": a.deleted,
-                        "drift_corrections": a.drift_corrections, "skipped_unowned": a.skipped_unowned,
-                        "at_unix": unix_now(), "token": token,
-                    }),
+                    Ok(Outcome::Applied(a)) => DnsLast::Applied {
+                        created: a.created,
+                        updated: a.updated,
+                        deleted: a.deleted,
+                        drift_corrections: a.drift_corrections,
+                        skipped_unowned: a.skipped_unowned,
+                        at_unix: unix_now(),
+                        token,
+                    },
                     Ok(Outcome::Deposed { dropped }) => {
-                        json!({"result": "deposed", "dropped_writes": dropped, "at_unix": unix_now()})
+                        DnsLast::Deposed { dropped_writes: dropped, at_unix: unix_now() }
                     }
                     Ok(Outcome::DryRun(plan)) => {
                         tracing::info!(writes = plan.writes(), plan = ?plan, "DNS dry run (no API token): nothing written");
-                        json!({"result": "dry_run", "plan": plan_json(&plan), "at_unix": unix_now()})
+                        DnsLast::DryRun { plan: PlanSummary::of(&plan), at_unix: unix_now() }
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "DNS reconcile failed; retrying");
                         next_run = Instant::now() + RETRY_AFTER_ERROR.min(cfg.reconcile_interval());
                         last_inputs = None;
-                        json!({"result": "error", "error": e.to_string(), "at_unix": unix_now()})
+                        DnsLast::Error { error: e.to_string(), at_unix: unix_now() }
                     }
                 };
             }
         }
-        inp.status.store(Arc::new(json!({
-            "role": role,
-            "zone": cfg.zone,
-            "dry_run": reconciler.is_dry_run(),
-            "front_door_ip": applied_leader.map(|ip| ip.to_string()),
-            "last": last,
+        inp.status.store(Some(Arc::new(DnsStatus {
+            role: role.to_string(),
+            zone: cfg.zone.clone(),
+            dry_run: reconciler.is_dry_run(),
+            front_door_ip: applied_leader.map(|ip| ip.to_string()),
+            last: last.clone(),
         })));
         let wake = settle.deadline().map(|d| d.min(next_run)).unwrap_or(next_run);
         tokio::select! {

@@ -30,6 +30,7 @@ mod tests;
 pub use bucket::TokenBucket;
 pub use client::RetryPolicy;
 pub use config::{DnsConfig, DEFAULT_API_URL};
+pub use controller::{DnsLast, DnsStatus, PlanSummary};
 pub use debounce::Debouncer;
 pub use desired::{desired, Desired, NodeAddr};
 pub use grace::{GraceTracker, NodeStatus};

@@ -183,7 +183,7 @@ pub struct LeaseView {
 }
 
 /// The group as one node sees it ([`LeaseNode::status`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupStatus {
     /// This node.
     pub node: String,
@@ -206,7 +206,7 @@ pub struct GroupStatus {
 }
 
 /// One member in a [`GroupStatus`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatus {
     /// Node name.
     pub name: String,

@@ -1,12 +1,13 @@
 //! Admin HTTP API: metrics, health, status and the Traefik provider endpoint.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use async_trait::async_trait;
-use constellation_proxy::{RouteTable, TableHandle, Target};
+use constellation_proxy::TableHandle;
 use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
@@ -15,24 +16,18 @@ use serde_json::{json, Value};
 
 use constellation_lease::{LeaseNode, MembershipError};
 
+pub use crate::status::ReloadReport;
+use crate::status::{
+    routes_of, services_of, ConfigStatus, DnsStatus, HintStatus, LeaseStatus, MemberStatus, NodeInfo, RaftStatus,
+    Status,
+};
+
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
 
-/// The outcome of the most recent route reload, for status.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ReloadReport {
-    /// `ok` or `invalid`.
-    pub result: String,
-    /// Errors of a rejected reload (the previous table stays in force).
-    pub errors: Vec<String>,
-    /// Features parsed but not applied.
-    pub unsupported: Vec<String>,
-    /// Unix time of the reload, seconds.
-    pub at_unix: u64,
-}
-
 /// State the admin API reads. Everything is a snapshot or an atomic: handlers never
-/// block the control plane.
+/// block the control plane. Built by [`AdminState::new`]; the subsystems keep their
+/// parts current.
 pub struct AdminState {
     /// Node name.
     pub node: String,
@@ -50,132 +45,70 @@ pub struct AdminState {
     pub token: Option<String>,
     /// Process start.
     pub started: Instant,
-    /// Cluster members as JSON (kept current by the control plane).
-    pub members: ArcSwap<Value>,
-    /// Outlier hints known cluster-wide, as JSON.
-    pub hints: ArcSwap<Value>,
+    /// Cluster members (kept current by the control plane).
+    pub members: ArcSwap<Vec<MemberStatus>>,
+    /// Outlier hints known cluster-wide.
+    pub hints: ArcSwap<Vec<HintStatus>>,
     /// Set once the node has joined its cluster (or runs alone).
     pub cluster_joined: AtomicBool,
-    /// Leases as JSON: name → holder, token.
-    pub leases: ArcSwap<Value>,
-    /// Raft group as JSON: leader, term (null when this node is not a voter).
-    pub raft: ArcSwap<Value>,
+    /// Leases by name.
+    pub leases: ArcSwap<BTreeMap<String, LeaseStatus>>,
+    /// The Raft group (none when this node is not a voter).
+    pub raft: ArcSwapOption<RaftStatus>,
     /// This node's lease-group member, once started (none on non-voters): serves
     /// `/api/v1/raft` and its membership changes.
     pub lease_node: ArcSwapOption<LeaseNode>,
-    /// DNS controller status as JSON (null when DNS is not configured).
-    pub dns: Arc<ArcSwap<Value>>,
+    /// DNS controller status (none when DNS is not configured).
+    pub dns: Arc<ArcSwapOption<DnsStatus>>,
 }
 
 impl AdminState {
+    /// Empty state for node `node`: no routes applied yet, not ready, not joined.
+    pub fn new(node: &str, table: TableHandle, registry: Registry, token: Option<String>) -> AdminState {
+        AdminState {
+            node: node.to_string(),
+            table,
+            registry,
+            traefik: ArcSwap::from_pointee(Value::Object(Default::default())),
+            reload: ArcSwap::from_pointee(ReloadReport::default()),
+            ready: AtomicBool::new(false),
+            token,
+            started: Instant::now(),
+            members: ArcSwap::from_pointee(Vec::new()),
+            hints: ArcSwap::from_pointee(Vec::new()),
+            cluster_joined: AtomicBool::new(false),
+            leases: ArcSwap::from_pointee(BTreeMap::new()),
+            raft: ArcSwapOption::empty(),
+            lease_node: ArcSwapOption::empty(),
+            dns: Arc::new(ArcSwapOption::empty()),
+        }
+    }
+
     /// Route table published and cluster joined.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed) && self.cluster_joined.load(Ordering::Relaxed)
     }
 
     /// The `/api/v1/status` document.
-    pub fn status(&self) -> Value {
+    pub fn status(&self) -> Status {
         let table = self.table.load_full();
-        json!({
-            "node": {
-                "name": self.node,
-                "version": env!("CARGO_PKG_VERSION"),
-                "uptime_seconds": self.started.elapsed().as_secs(),
+        Status {
+            node: NodeInfo {
+                name: self.node.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                uptime_seconds: self.started.elapsed().as_secs(),
             },
-            "ready": self.is_ready(),
-            "config": {
-                "generation": table.generation,
-                "last_reload": &**self.reload.load(),
-            },
-            "members": &**self.members.load(),
-            "hints": &**self.hints.load(),
-            "leases": &**self.leases.load(),
-            "raft": &**self.raft.load(),
-            "dns": &**self.dns.load(),
-            "routes": routes_json(&table),
-            "services": services_json(&table),
-        })
+            ready: self.is_ready(),
+            config: ConfigStatus { generation: table.generation, last_reload: (**self.reload.load()).clone() },
+            members: (**self.members.load()).clone(),
+            hints: (**self.hints.load()).clone(),
+            leases: (**self.leases.load()).clone(),
+            raft: self.raft.load_full().map(|r| (*r).clone()),
+            dns: self.dns.load_full().map(|d| (*d).clone()),
+            routes: routes_of(&table),
+            services: services_of(&table),
+        }
     }
-}
-
-fn target_json(t: &Target) -> Value {
-    match t {
-        Target::Pool(p) => json!({"name": p.name, "kind": "loadBalancer"}),
-        Target::Weighted { name, children, .. } => json!({
-            "name": name, "kind": "weighted",
-            "children": children.iter().map(|(c, w)| json!({"service": c.name(), "weight": w})).collect::<Vec<_>>(),
-        }),
-        Target::Failover { name, primary, fallback } => json!({
-            "name": name, "kind": "failover", "service": primary.name(), "fallback": fallback.name(),
-        }),
-    }
-}
-
-/// Routes of a table as JSON.
-pub fn routes_json(table: &RouteTable) -> Value {
-    Value::Array(
-        table
-            .routes
-            .iter()
-            .map(|r| {
-                json!({
-                    "name": r.name,
-                    "rule": r.rule.source(),
-                    "priority": r.priority,
-                    "entry_points": r.entry_points,
-                    "service": target_json(&r.target),
-                    "max_attempts": r.max_attempts,
-                })
-            })
-            .collect(),
-    )
-}
-
-/// Services with upstream health and breaker state, as JSON.
-pub fn services_json(table: &RouteTable) -> Value {
-    let now = Instant::now();
-    Value::Array(
-        table
-            .pools
-            .iter()
-            .map(|p| {
-                let ups: Vec<Value> = p
-                    .upstreams
-                    .iter()
-                    .map(|u| {
-                        let open_for_ms = u
-                            .breaker
-                            .open_until()
-                            .map(|t| t.saturating_duration_since(now).as_millis() as u64)
-                            .unwrap_or(0);
-                        json!({
-                            "url": u.key.url,
-                            "address": u.addr.map(|a| a.to_string()),
-                            "healthy": u.healthy.load(Ordering::Relaxed),
-                            "available": u.is_available(now),
-                            "deprioritised": u.is_hinted(now),
-                            "breaker": {
-                                "state": u.breaker.state(now),
-                                "ejections": u.breaker.ejections(),
-                                "open_for_ms": open_for_ms,
-                            },
-                            "in_flight": u.in_flight.load(Ordering::Relaxed),
-                            "requests": u.requests.load(Ordering::Relaxed),
-                            "failures": u.failures.load(Ordering::Relaxed),
-                        })
-                    })
-                    .collect();
-                json!({
-                    "name": p.name,
-                    "panic": p.in_panic(now),
-                    "available": p.available(now),
-                    "total": p.upstreams.len(),
-                    "health_check": p.health.as_ref().map(|h| json!({"path": h.path, "interval_ms": h.interval.as_millis() as u64})),
-                    "upstreams": ups,
-                })
-            })
-            .collect(),
-    )
 }
 
 /// The admin HTTP application.
@@ -201,7 +134,7 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
     r
 }
 
-fn json_reply(status: StatusCode, v: &Value) -> Response<Vec<u8>> {
+fn json_reply(status: StatusCode, v: &impl serde::Serialize) -> Response<Vec<u8>> {
     let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
     body.push(b'\n');
     reply(status, "application/json", body)
@@ -261,9 +194,9 @@ impl ServeHttp for AdminApp {
                 reply(StatusCode::OK, enc.format_type(), buf)
             }
             "/api/v1/status" => json_reply(StatusCode::OK, &self.state.status()),
-            "/api/v1/traefik" => json_reply(StatusCode::OK, &self.state.traefik.load()),
+            "/api/v1/traefik" => json_reply(StatusCode::OK, &**self.state.traefik.load()),
             "/api/v1/raft" => match self.state.lease_node.load_full() {
-                Some(node) => json_reply(StatusCode::OK, &json!(node.status())),
+                Some(node) => json_reply(StatusCode::OK, &node.status()),
                 None => not_a_voter(),
             },
             _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),

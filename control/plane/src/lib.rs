@@ -13,7 +13,9 @@ pub mod builder;
 pub mod config;
 pub mod plane;
 pub mod routes;
+pub mod status;
 
-pub use admin::{AdminApp, AdminState, ReloadReport};
+pub use admin::{AdminApp, AdminState};
 pub use config::{AgentConfig, ConfigError, LoadedConfig};
 pub use routes::{load_sources, Reloader, RouteSource};
+pub use status::{ReloadReport, Status};

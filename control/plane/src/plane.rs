@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use constellation_proxy::BreakerEvent;
-use serde_json::{json, Value};
+
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use constellation_cluster::discovery::{run_discovery_loop, TailscaleDiscovery};
@@ -22,34 +22,12 @@ use crate::admin::AdminState;
 use crate::builder::ClusterInstance;
 use crate::config::LoadedConfig;
 use crate::routes::Reloader;
+use crate::status::{HintStatus, LeaseStatus, MemberStatus, RaftStatus};
 
 /// How long a breaker opening here deprioritises that upstream on other nodes.
 pub const HINT_TTL: Duration = Duration::from_secs(30);
 /// How often local instances with a health path are checked.
 pub const INSTANCE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Members as served in `/api/v1/status`.
-pub fn members_json(view: &ClusterView) -> Value {
-    Value::Array(
-        view.members
-            .iter()
-            .map(|m| {
-                json!({
-                    "name": m.name,
-                    "state": m.state,
-                    "address": m.gossip_addr.to_string(),
-                    "cluster_address": m.cluster_addr.to_string(),
-                    "incarnation": m.incarnation,
-                    "roles": m.roles,
-                    "state_version": m.state_version,
-                    "is_self": m.is_self,
-                    "public_ip": view.states.get(&m.name).and_then(|s| s.public_ip).map(|ip| ip.to_string()),
-                    "instances": view.states.get(&m.name).map(|s| s.instances.len()).unwrap_or(0),
-                })
-            })
-            .collect(),
-    )
-}
 
 /// Healthy instances of every live node, for the route builder.
 pub fn cluster_instances(view: &ClusterView) -> Vec<ClusterInstance> {
@@ -97,10 +75,18 @@ pub async fn run(
         .collect();
     let Some(g) = cfg.gossip.clone() else {
         // Single node: our own instances are the cluster.
-        admin.members.store(Arc::new(json!([{
-            "name": cfg.config.node.name, "state": "alive", "address": null, "incarnation": 0,
-            "roles": cfg.config.node.roles, "state_version": null, "is_self": true,
-        }])));
+        admin.members.store(Arc::new(vec![MemberStatus {
+            name: cfg.config.node.name.clone(),
+            state: constellation_cluster::MemberState::Alive,
+            address: None,
+            cluster_address: None,
+            incarnation: 0,
+            roles: cfg.config.node.roles.clone(),
+            state_version: None,
+            is_self: true,
+            public_ip: None,
+            instances: local.len(),
+        }]));
         admin.cluster_joined.store(true, std::sync::atomic::Ordering::Relaxed);
         let node = cfg.config.node.name.clone();
         reloader.set_instances(
@@ -303,7 +289,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     loop {
         let view = view_rx.borrow_and_update().clone();
-        admin.members.store(Arc::new(members_json(&view)));
+        admin.members.store(Arc::new(MemberStatus::from_view(&view)));
         let alive = view.members.iter().filter(|m| m.state.is_up()).count();
         if !seeds_configured || alive > 1 {
             admin.cluster_joined.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -400,21 +386,27 @@ async fn lease_loop(
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         let view = view_rx.borrow_and_update().clone();
-        let mut map = serde_json::Map::new();
+        let mut map = BTreeMap::new();
         for lease in &leases {
             let st = view.leases.get(lease);
             map.insert(
                 lease.clone(),
-                json!({
-                    "holder": st.and_then(|s| s.holder.clone()),
-                    "token": st.map(|s| s.token),
-                    "ttl_ms": st.map(|s| s.ttl_ms),
-                    "held_here": holders.iter().zip(&names).any(|(h, n)| n == lease && h.held().borrow().is_some()),
-                }),
+                LeaseStatus {
+                    holder: st.and_then(|s| s.holder.clone()),
+                    token: st.map(|s| s.token).unwrap_or(0),
+                    ttl_ms: st.map(|s| s.ttl_ms),
+                    held_here: holders.iter().zip(&names).any(|(h, n)| n == lease && h.held().borrow().is_some()),
+                },
             );
         }
-        admin.leases.store(Arc::new(Value::Object(map)));
-        admin.raft.store(Arc::new(json!({"leader": view.leader, "term": view.term, "node": node.name()})));
+        admin.leases.store(Arc::new(map));
+        let voters = node.membership().into_iter().filter(|(_, _, v)| *v).map(|(n, a, _)| format!("{n}={a}")).collect();
+        admin.raft.store(Some(Arc::new(RaftStatus {
+            node: node.name().to_string(),
+            leader: view.leader.clone(),
+            term: view.term,
+            voters,
+        })));
         for (i, h) in holders.iter().enumerate() {
             let events = h.history();
             if events.len() > written[i] {
@@ -473,13 +465,15 @@ fn apply_hints(cluster: &Cluster, reloader: &Reloader, admin: &AdminState, me: &
             }
         }
     }
-    admin.hints.store(Arc::new(json!(hints
-        .iter()
-        .map(|h| json!({
-            "from": h.from_node,
-            "service": h.service,
-            "upstream": h.upstream_url,
-            "expires_in_ms": h.expires_unix_ms.saturating_sub(now_unix),
-        }))
-        .collect::<Vec<_>>())));
+    admin.hints.store(Arc::new(
+        hints
+            .iter()
+            .map(|h| HintStatus {
+                from: h.from_node.clone(),
+                service: h.service.clone(),
+                upstream: h.upstream_url.clone(),
+                expires_in_ms: h.expires_unix_ms.saturating_sub(now_unix),
+            })
+            .collect(),
+    ));
 }

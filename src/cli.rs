@@ -1,0 +1,268 @@
+//! The commands that read or change a running agent through its admin API:
+//! `status`, `dns plan`, `raft status|add-voter|remove-voter`. They read the same typed
+//! documents the admin server writes (`constellation_plane::status`).
+
+use anyhow::{bail, Context};
+use constellation_lease::GroupStatus;
+use constellation_plane::status::{DnsLast, Status};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// How long one admin call may take.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The admin bearer token: `--token`, else `CONSTELLATION_ADMIN__TOKEN` (as the agent reads it).
+fn admin_token(token: Option<&str>) -> Option<String> {
+    token.map(str::to_string).or_else(|| std::env::var("CONSTELLATION_ADMIN__TOKEN").ok()).filter(|t| !t.is_empty())
+}
+
+/// One request to the admin API at `base` (`http://host:port`) with the bearer token if
+/// any. A 200 is decoded as `T`; anything else is an error carrying the server's
+/// `error` field (or its text).
+async fn call<T: DeserializeOwned>(
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+    token: Option<&str>,
+) -> anyhow::Result<T> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let client = reqwest::Client::builder().timeout(CALL_TIMEOUT).build()?;
+    let mut req = client.request(method.clone(), &url);
+    if let Some(t) = admin_token(token) {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let resp = req.send().await.with_context(|| format!("cannot reach the admin API at {base}"))?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.with_context(|| format!("{method} {url}: the answer was cut short"))?;
+    if status != reqwest::StatusCode::OK {
+        let message = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string());
+        bail!("{method} {url} answered {}: {message}", status.as_u16());
+    }
+    serde_json::from_slice(&bytes).with_context(|| format!("{url} did not return the expected JSON"))
+}
+
+fn or_dash(v: Option<impl ToString>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_string())
+}
+
+/// `constellation status`: members, hints, leases, routes, upstreams and breakers.
+pub async fn status(admin: &str, json: bool, token: Option<&str>) -> anyhow::Result<()> {
+    if json {
+        let v: Value = call(admin, reqwest::Method::GET, "/api/v1/status", None, token).await?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let s: Status = call(admin, reqwest::Method::GET, "/api/v1/status", None, token).await?;
+    println!(
+        "node {}  ready {}  config generation {}  last reload {}",
+        s.node.name,
+        s.ready,
+        s.config.generation,
+        if s.config.last_reload.result.is_empty() { "-" } else { &s.config.last_reload.result }
+    );
+    if !s.members.is_empty() {
+        println!("\nMEMBERS");
+        println!(
+            "  {:<16} {:<22} {:<8} {:>14} {:<10} {:>7} {:<16}",
+            "NAME", "ADDRESS", "STATE", "INCARNATION", "ROLES", "VERSION", "PUBLIC IP"
+        );
+        for m in &s.members {
+            let state = serde_json::to_value(m.state).ok().and_then(|v| v.as_str().map(str::to_string));
+            println!(
+                "  {:<16} {:<22} {:<8} {:>14} {:<10} {:>7} {:<16}",
+                format!("{}{}", m.name, if m.is_self { "*" } else { "" }),
+                or_dash(m.address.as_ref()),
+                or_dash(state),
+                m.incarnation,
+                if m.roles.is_empty() { "-".to_string() } else { m.roles.join(",") },
+                or_dash(m.state_version),
+                or_dash(m.public_ip.as_ref()),
+            );
+        }
+    }
+    if !s.hints.is_empty() {
+        println!("\nOUTLIER HINTS");
+        for h in &s.hints {
+            println!("  {} reports {} {} (expires in {} ms)", h.from, h.service, h.upstream, h.expires_in_ms);
+        }
+    }
+    if !s.leases.is_empty() {
+        println!("\nLEASES");
+        println!("  {:<16} {:<16} {:>8} HELD HERE", "LEASE", "HOLDER", "TOKEN");
+        for (name, l) in &s.leases {
+            println!(
+                "  {:<16} {:<16} {:>8} {}",
+                name,
+                or_dash(l.holder.as_ref()),
+                l.token,
+                if l.held_here { "yes" } else { "" }
+            );
+        }
+    }
+    println!("\nROUTES");
+    println!("  {:<20} {:>8}  {:<20} RULE", "NAME", "PRIORITY", "SERVICE");
+    for r in &s.routes {
+        println!("  {:<20} {:>8}  {:<20} {}", r.name, r.priority, r.service.name, r.rule);
+    }
+    println!("\nUPSTREAMS");
+    println!(
+        "  {:<20} {:<28} {:<8} {:<10} {:>9} {:>9} {:<6}",
+        "SERVICE", "URL", "HEALTHY", "BREAKER", "REQUESTS", "FAILURES", "HINTED"
+    );
+    for svc in &s.services {
+        for u in &svc.upstreams {
+            let breaker = serde_json::to_value(u.breaker.state).ok().and_then(|v| v.as_str().map(str::to_string));
+            println!(
+                "  {:<20} {:<28} {:<8} {:<10} {:>9} {:>9} {:<6}",
+                svc.name,
+                u.url,
+                u.healthy,
+                or_dash(breaker),
+                u.requests,
+                u.failures,
+                if u.deprioritised { "yes" } else { "" }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `constellation dns plan`: the DNS controller's role, last outcome and dry-run plan.
+pub async fn dns_plan(admin: &str, token: Option<&str>) -> anyhow::Result<()> {
+    let s: Status = call(admin, reqwest::Method::GET, "/api/v1/status", None, token).await?;
+    let Some(dns) = s.dns else {
+        bail!("DNS is not configured on this node (no [dns] section)");
+    };
+    println!(
+        "zone {}  role {}  front door {}{}",
+        dns.zone,
+        dns.role,
+        or_dash(dns.front_door_ip.as_ref()),
+        if dns.dry_run { "  (dry run: no API token)" } else { "" }
+    );
+    match &dns.last {
+        DnsLast::None => println!("no reconcile yet"),
+        DnsLast::Applied { created, updated, deleted, drift_corrections, skipped_unowned, token, .. } => println!(
+            "applied with token {token}: {created} created, {updated} updated, {deleted} deleted, \
+             {drift_corrections} drift corrections, {skipped_unowned} records of other owners left alone"
+        ),
+        DnsLast::Deposed { dropped_writes, .. } => {
+            println!("deposed: the lease was lost mid-batch; {dropped_writes} writes were not made")
+        }
+        DnsLast::Error { error, .. } => println!("last reconcile failed (retried): {error}"),
+        DnsLast::DryRun { plan, .. } => {
+            println!("plan (not written):");
+            for (verb, lines) in [
+                ("create", &plan.create),
+                ("update", &plan.update),
+                ("delete", &plan.delete),
+                ("skip", &plan.skipped_unowned),
+            ] {
+                for l in lines {
+                    println!("  {verb:<7} {l}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `constellation raft status`: the group as the node behind `admin` sees it, and the leases.
+pub async fn raft_status(admin: &str, json: bool, token: Option<&str>) -> anyhow::Result<()> {
+    let group: GroupStatus = call(admin, reqwest::Method::GET, "/api/v1/raft", None, token).await?;
+    let status: Status = call(admin, reqwest::Method::GET, "/api/v1/status", None, token).await?;
+    if json {
+        let all = serde_json::json!({"group": group, "leases": status.leases, "raft": status.raft});
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    println!(
+        "node {}  leader {}  term {}  last log index {}  applied {}{}",
+        group.node,
+        or_dash(group.leader.as_ref()),
+        group.term,
+        or_dash(group.last_log_index),
+        or_dash(group.last_applied),
+        if group.joint { "  (membership change under way)" } else { "" }
+    );
+    for (title, list) in [("VOTERS", &group.voters), ("LEARNERS", &group.learners)] {
+        if list.is_empty() {
+            continue;
+        }
+        println!("\n{title}");
+        println!("  {:<16} {:<22} {:<10} {:>8}", "NAME", "RAFT ADDRESS", "REACHABLE", "MATCHED");
+        for m in list {
+            let reachable = match m.reachable {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "-",
+            };
+            let leader = if group.leader.as_deref() == Some(m.name.as_str()) { "*" } else { "" };
+            println!(
+                "  {:<16} {:<22} {:<10} {:>8}",
+                format!("{}{leader}", m.name),
+                m.raft_address,
+                reachable,
+                or_dash(m.matched_index)
+            );
+        }
+    }
+    if !status.leases.is_empty() {
+        println!("\nLEASES");
+        println!("  {:<16} {:<16} {:>8} {:>8} HELD HERE", "LEASE", "HOLDER", "TOKEN", "TTL MS");
+        for (name, l) in &status.leases {
+            println!(
+                "  {:<16} {:<16} {:>8} {:>8} {}",
+                name,
+                or_dash(l.holder.as_ref()),
+                l.token,
+                or_dash(l.ttl_ms),
+                if l.held_here { "yes" } else { "" }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `constellation raft add-voter NAME ADDRESS` (the cluster address; Raft is its port + 1).
+pub async fn raft_add_voter(admin: &str, name: &str, address: &str, token: Option<&str>) -> anyhow::Result<()> {
+    let body = serde_json::json!({"name": name, "address": address});
+    let v: Value = call(admin, reqwest::Method::POST, "/api/v1/raft/voters", Some(&body), token).await?;
+    print_voters(&format!("added {name} as a voter"), &v);
+    Ok(())
+}
+
+/// `constellation raft remove-voter NAME`.
+pub async fn raft_remove_voter(admin: &str, name: &str, token: Option<&str>) -> anyhow::Result<()> {
+    if name.is_empty() || name.contains(['/', '?', '#', '%', ' ']) {
+        bail!("{name:?} is not a node name");
+    }
+    let path = format!("/api/v1/raft/voters/{name}");
+    let v: Value = call(admin, reqwest::Method::DELETE, &path, None, token).await?;
+    print_voters(&format!("removed {name}"), &v);
+    Ok(())
+}
+
+fn print_voters(what: &str, v: &Value) {
+    let names = |key: &str| -> String {
+        let list: Vec<String> = v[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| format!("{} ({})", m["name"].as_str().unwrap_or("?"), m["raft_address"].as_str().unwrap_or("?")))
+            .collect();
+        if list.is_empty() {
+            "-".to_string()
+        } else {
+            list.join(", ")
+        }
+    };
+    println!("{what}\nvoters: {}\nlearners: {}", names("voters"), names("learners"));
+}
