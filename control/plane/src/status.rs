@@ -367,6 +367,8 @@ pub fn services_of(table: &RouteTable) -> Vec<ServiceStatus> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use std::sync::Arc;
 
     use arc_swap::ArcSwap;
