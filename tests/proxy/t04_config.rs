@@ -119,7 +119,7 @@ fn check_rejects_a_bad_listen_address_with_its_location() {
     assert_eq!(code, EX_CONFIG);
     assert!(err.contains("entrypoints.web.address") && err.contains("127.0.0.1:99999"), "{err}");
 
-    // DESIGN §4: errors name the file, line, column and key. The value is on line 4.
+    // Configuration errors name the file, line, column and key. The value is on line 4.
     let want = format!("{}:4:", dir.path("addr.toml").display());
     assert!(addr_err.contains(&want), "want {want:?} (file:line:col) in:\n{addr_err}");
     let want = format!("{}:2:", dir.path("ep.toml").display());
