@@ -151,6 +151,7 @@ pub fn services_json(table: &RouteTable) -> Value {
                         json!({
                             "url": u.key.url,
                             "address": u.addr.map(|a| a.to_string()),
+                            "address_error": u.address_error,
                             "healthy": u.healthy.load(Ordering::Relaxed),
                             "available": u.is_available(now),
                             "deprioritised": u.is_hinted(now),

@@ -13,8 +13,10 @@ pub mod dns;
 pub mod plane;
 pub mod public_ip;
 pub mod raft;
+pub mod resolver;
 pub mod routes;
 
 pub use admin::{AdminApp, AdminState, ReloadReport};
 pub use config::{AgentConfig, ConfigError, LoadedConfig};
+pub use resolver::{Resolver, ResolverConfig};
 pub use routes::{load_sources, Reloader, RouteSource};

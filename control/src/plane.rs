@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use constellation_proxy::BreakerEvent;
+use constellation_proxy::{BreakerEvent, CertPolicy, ProbeRequest, Prober};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -60,20 +60,20 @@ pub fn cluster_instances(view: &ClusterView) -> Vec<ClusterInstance> {
         .collect()
 }
 
-/// One plain-HTTP GET, true on a 2xx/3xx status within `timeout`.
-async fn check_instance(url: &str, path: &str, timeout: Duration) -> bool {
+/// One GET of `path` on the instance at `url`, true on a 2xx/3xx status within
+/// `timeout`. Certificates are not verified, as for upstream health checks.
+async fn check_instance(prober: &Prober, url: &str, path: &str, timeout: Duration) -> bool {
     let Ok(parsed) = constellation_proxy::upstream::parse_server_url(url) else { return false };
-    let attempt = async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect((parsed.host.as_str(), parsed.port)).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", parsed.authority);
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = [0u8; 32];
-        let n = s.read(&mut buf).await.ok()?;
-        let line = String::from_utf8_lossy(&buf[..n]).to_string();
-        line.get(9..12)?.parse::<u16>().ok()
-    };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(200..=399)))
+    let scheme = if parsed.tls { "https" } else { "http" };
+    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+    let target = format!("{scheme}://{}{path}", parsed.authority);
+    match prober.send(&ProbeRequest::get(&target, timeout)).await {
+        Ok(r) => (200..400).contains(&r.status),
+        Err(e) => {
+            tracing::debug!(instance = %url, error = %e, "instance health check failed");
+            false
+        }
+    }
 }
 
 /// Run the control plane until `shutdown` resolves.
@@ -181,10 +181,17 @@ pub async fn run(
     if !checked.is_empty() {
         let cluster = cluster.clone();
         tasks.spawn(async move {
+            let prober = match Prober::new(CertPolicy::Unverified) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "instance health checks cannot run; instances stay unhealthy");
+                    return;
+                }
+            };
             loop {
                 let mut verdicts = Vec::new();
                 for (i, url, path) in &checked {
-                    verdicts.push((*i, check_instance(url, path, Duration::from_secs(1)).await));
+                    verdicts.push((*i, check_instance(&prober, url, path, Duration::from_secs(1)).await));
                 }
                 cluster.update_local(|s| {
                     for (i, ok) in &verdicts {
