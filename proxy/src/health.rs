@@ -13,6 +13,9 @@ use crate::probe::{ProbeRequest, Prober};
 use crate::table::{HealthSpec, TableHandle};
 use crate::upstream::{Upstream, UpstreamKey};
 
+/// `User-Agent` of health checks, unless the check sets its own.
+pub const HEALTH_USER_AGENT: &str = "constellation-health";
+
 /// Result of one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeResult {
@@ -47,12 +50,17 @@ pub async fn probe(prober: &Prober, up: &Upstream, spec: &HealthSpec) -> ProbeRe
     }
     let url = check_url(up, spec, addr.port());
     let host = spec.hostname.clone().unwrap_or_else(|| up.authority.clone());
+    let mut headers = spec.headers.clone();
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("user-agent")) {
+        // Lets upstream logs tell checks from traffic.
+        headers.push(("user-agent".into(), HEALTH_USER_AGENT.into()));
+    }
     let req = ProbeRequest {
         method: &spec.method,
         url: &url,
         connect_to: Some(addr),
         host_header: Some(&host),
-        headers: &spec.headers,
+        headers: &headers,
         timeout: spec.timeout,
         max_body: 0,
     };
