@@ -425,3 +425,37 @@ fn apply_hints(cluster: &Cluster, reloader: &Reloader, admin: &AdminState, me: &
         }))
         .collect::<Vec<_>>())));
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A fixture answering every request with `status`.
+    async fn instance(status: u16) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf).await;
+                let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = conn.write_all(reply.as_bytes()).await;
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn instance_checks_pass_on_2xx_3xx_only() {
+        let prober = Prober::new(CertPolicy::Unverified).unwrap();
+        let t = Duration::from_secs(2);
+        assert!(check_instance(&prober, &instance(204).await, "/healthz", t).await);
+        assert!(check_instance(&prober, &instance(302).await, "healthz", t).await);
+        assert!(!check_instance(&prober, &instance(503).await, "/healthz", t).await);
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        assert!(!check_instance(&prober, &format!("http://{dead}"), "/", t).await);
+        assert!(!check_instance(&prober, "not a url", "/", t).await);
+    }
+}
