@@ -1,5 +1,5 @@
 //! The SmartFailoverProxy: Pingora `ProxyHttp` hooks applying the failover rules of
-//! DESIGN.md §5 to one route-table snapshot per request.
+//! docs/failover.md to one route-table snapshot per request.
 //!
 //! Retry decisions are made where the facts are known and recorded in the request
 //! context, so Pingora's later hooks never second-guess them:
