@@ -7,8 +7,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use constellation_plane::config::{LoadedConfig, EMBEDDED_ROUTES};
-use constellation_plane::{AdminApp, AdminState, Reloader, RouteSource};
-use constellation_proxy::{HealthSupervisor, ProxyMetrics, RouteTable, SmartFailoverProxy};
+use constellation_plane::{AdminApp, AdminState, Reloader, Resolver, RouteSource};
+use constellation_proxy::{
+    CertPolicy, ConnectFailures, HealthSupervisor, Prober, ProxyMetrics, RouteTable, SmartFailoverProxy,
+};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
@@ -42,13 +44,18 @@ struct ControlLoop {
     events: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<constellation_proxy::BreakerEvent>>>,
     table: constellation_proxy::TableHandle,
     metrics: ProxyMetrics,
+    prober: Arc<Prober>,
     interval: Duration,
 }
 
 #[async_trait]
 impl BackgroundService for ControlLoop {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let health = Arc::new(std::sync::Mutex::new(HealthSupervisor::new(self.table.clone(), self.metrics.clone())));
+        let health = Arc::new(std::sync::Mutex::new(HealthSupervisor::new(
+            self.table.clone(),
+            self.metrics.clone(),
+            self.prober.clone(),
+        )));
         if let Ok(mut h) = health.lock() {
             h.sync();
         }
@@ -95,6 +102,10 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
     let settings = cfg.config.proxy.clone();
     let table: constellation_proxy::TableHandle = Arc::new(ArcSwap::from_pointee(RouteTable::empty(settings.clone())));
     let admin = Arc::new(AdminState::new(&cfg.config.node.name, table.clone(), registry, cfg.admin_token.clone()));
+    // Failed upstream connects make the resolver look host names up again early.
+    let connect_failures = Arc::new(ConnectFailures::default());
+    let resolver =
+        Arc::new(Resolver::new(cfg.config.resolver.settings(&cfg.base_dir)).watching(connect_failures.clone()));
     let reloader = Arc::new(
         Reloader::new(
             route_sources(&cfg),
@@ -104,11 +115,19 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
             metrics.clone(),
             admin.clone(),
         )
-        .with_domain(&cfg.config.cluster.domain),
+        .with_domain(&cfg.config.cluster.domain)
+        .with_resolver(resolver),
     );
     // The first table must be valid: an agent that starts with no routes would look
-    // healthy while serving nothing.
-    reloader.reload().map_err(StartError::Routes)?;
+    // healthy while serving nothing. Its host names are looked up first, on a runtime of
+    // its own (Pingora starts its runtimes later).
+    let startup = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::Runtime(format!("cannot start a runtime for the first reload: {e}")))?;
+    startup.block_on(reloader.reload_resolved()).map_err(StartError::Routes)?;
+    drop(startup);
+    let prober = Arc::new(Prober::new(CertPolicy::Unverified).map_err(|e| StartError::Runtime(e.to_string()))?);
     // Pingora retries a busy listen address for a long time; fail now with a clear
     // error instead of running without a listener.
     let mut listen: Vec<(String, std::net::SocketAddr)> =
@@ -147,7 +166,9 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        SmartFailoverProxy::new(table.clone(), metrics.clone()).with_events(events_tx),
+        SmartFailoverProxy::new(table.clone(), metrics.clone())
+            .with_events(events_tx)
+            .with_connect_failures(connect_failures),
         "SmartFailoverProxy",
     );
     for (name, addr) in &cfg.entrypoints {
@@ -179,6 +200,7 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
             events: std::sync::Mutex::new(Some(events_rx)),
             table,
             metrics,
+            prober,
             interval: Duration::from_millis(cfg.config.routes.watch_interval_ms),
         },
     ));

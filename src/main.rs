@@ -215,7 +215,14 @@ fn main() -> ExitCode {
             match constellation_plane::load_sources(&sources) {
                 Ok(dynamic) => {
                     let registry = constellation_proxy::UpstreamRegistry::default();
-                    match constellation_proxy::compile(&dynamic, &cfg.config.proxy, &cfg.entrypoints, &registry, 1) {
+                    match constellation_proxy::compile(
+                        &dynamic,
+                        &cfg.config.proxy,
+                        &cfg.entrypoints,
+                        &registry,
+                        &constellation_proxy::AddressMap::new(),
+                        1,
+                    ) {
                         Ok((table, warnings)) => {
                             for w in dynamic.unsupported().iter().chain(&warnings) {
                                 println!("warning: {w}");

@@ -1,16 +1,18 @@
 //! Compile a validated Traefik dynamic configuration into a [`RouteTable`].
 //!
-//! Runs in the control plane (it resolves host names, which may block); the result is
-//! an immutable snapshot the proxy swaps in whole.
+//! Pure and non-blocking: host names in server URLs are looked up in an [`AddressMap`]
+//! the caller resolved beforehand. The result is an immutable snapshot the proxy swaps
+//! in whole.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 
+use crate::address::AddressMap;
 use crate::breaker::BreakerConfig;
 use crate::dynamic::{self, DynamicConfig, HttpService, TraefikDuration};
 use crate::rule::Rule;
@@ -51,6 +53,7 @@ struct Compiler<'a> {
     cfg: &'a DynamicConfig,
     settings: &'a ProxySettings,
     registry: &'a UpstreamRegistry,
+    addresses: &'a AddressMap,
     pools: HashMap<String, Arc<Pool>>,
     breaker_overrides: HashMap<String, Arc<BreakerConfig>>,
     default_breaker: Arc<BreakerConfig>,
@@ -163,19 +166,9 @@ impl Compiler<'_> {
                     server.url
                 ));
             }
-            let addr = match url.host.parse::<std::net::IpAddr>() {
-                Ok(ip) => Some(SocketAddr::new(ip, url.port)),
-                Err(_) => match (url.host.as_str(), url.port).to_socket_addrs() {
-                    Ok(mut it) => it.next(),
-                    Err(e) => {
-                        self.warnings.push(format!(
-                            "{object}: server {}: cannot resolve {}: {e}; it is skipped until it resolves",
-                            server.url, url.host
-                        ));
-                        None
-                    }
-                },
-            };
+            // A name without an address stays in the pool, unavailable, so the pool's
+            // size, budget and status tell the truth; the resolver logs why.
+            let addr = self.addresses.address_of(&url.host, url.port);
             let mut url = url;
             if server.preserve_path == Some(false) {
                 url.path.clear();
@@ -321,19 +314,22 @@ fn header_list(
         .collect()
 }
 
-/// Compile `cfg` (already validated) into a route table numbered `generation`.
+/// Compile `cfg` (already validated) into a route table numbered `generation`, taking
+/// the addresses of host names from `addresses` (see [`crate::address::host_names`]).
 /// Returns the table and warnings about parts that are not applied.
 pub fn compile(
     cfg: &DynamicConfig,
     settings: &ProxySettings,
     entrypoints: &[(String, SocketAddr)],
     registry: &UpstreamRegistry,
+    addresses: &AddressMap,
     generation: u64,
 ) -> Result<(RouteTable, Vec<String>), Vec<CompileError>> {
     let mut c = Compiler {
         cfg,
         settings,
         registry,
+        addresses,
         pools: HashMap::new(),
         breaker_overrides: HashMap::new(),
         default_breaker: Arc::new(settings.breaker.clone()),
@@ -510,7 +506,7 @@ mod tests {
     #[test]
     fn routes_sorted_by_priority_and_middlewares_mapped() {
         let reg = UpstreamRegistry::default();
-        let (t, warnings) = compile(&cfg(TWO), &ProxySettings::default(), &[], &reg, 7).unwrap();
+        let (t, warnings) = compile(&cfg(TWO), &ProxySettings::default(), &[], &reg, &AddressMap::new(), 7).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(t.generation, 7);
         assert_eq!(t.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["long", "short"]);
@@ -530,7 +526,7 @@ mod tests {
         let mut settings = ProxySettings::default();
         settings.breaker.consecutive_failures = 2;
         let yaml = "http:\n  routers:\n    r:\n      rule: \"Host(`a`)\"\n      service: s\n  services:\n    s:\n      loadBalancer:\n        servers:\n          - url: \"http://127.0.0.1:9001\"\n          - url: \"http://127.0.0.1:9002\"\n          - url: \"http://127.0.0.1:9003\"\n          - url: \"http://127.0.0.1:9004\"\n";
-        let (t1, _) = compile(&cfg(yaml), &settings, &[], &reg, 1).unwrap();
+        let (t1, _) = compile(&cfg(yaml), &settings, &[], &reg, &AddressMap::new(), 1).unwrap();
         let now = Instant::now();
         let up = &t1.pools[0].upstreams[0];
         for _ in 0..2 {
@@ -544,14 +540,14 @@ mod tests {
         );
         let yaml2 =
             yaml2.replace("  services:", "    o:\n      rule: \"Host(`o`)\"\n      service: other\n  services:");
-        let (t2, _) = compile(&cfg(&yaml2), &settings, &[], &reg, 2).unwrap();
+        let (t2, _) = compile(&cfg(&yaml2), &settings, &[], &reg, &AddressMap::new(), 2).unwrap();
         let s = t2.pools.iter().find(|p| p.name == "s").unwrap();
         assert!(Arc::ptr_eq(&s.upstreams[0], up));
         assert_eq!(s.upstreams[0].breaker.state(now), crate::BreakerState::Open);
         assert!(matches!(s.upstreams[0].breaker.admit(now), Admission::Rejected));
         // A changed breaker setting gives fresh state.
         settings.breaker.consecutive_failures = 9;
-        let (t3, _) = compile(&cfg(yaml), &settings, &[], &reg, 3).unwrap();
+        let (t3, _) = compile(&cfg(yaml), &settings, &[], &reg, &AddressMap::new(), 3).unwrap();
         assert!(!Arc::ptr_eq(&t3.pools[0].upstreams[0], up));
         assert_eq!(t3.pools[0].upstreams[0].breaker.state(now), crate::BreakerState::Closed);
     }
@@ -560,12 +556,12 @@ mod tests {
     fn bad_rule_and_bad_circuit_breaker_are_errors_naming_the_object() {
         let reg = UpstreamRegistry::default();
         let bad = TWO.replace("PathPrefix(`/api`) && Method(`GET`)", "PathPrefix(`/api`) && Methd(`GET`)");
-        let errs = compile(&cfg(&bad), &ProxySettings::default(), &[], &reg, 1).unwrap_err();
+        let errs = compile(&cfg(&bad), &ProxySettings::default(), &[], &reg, &AddressMap::new(), 1).unwrap_err();
         assert_eq!(errs[0].object, "http.routers.long");
         assert_eq!(errs[0].field, "rule");
         assert!(errs[0].message.starts_with("column 23: "), "{}", errs[0].message);
         let bad = TWO.replace("NetworkErrorRatio() > 0.25", "Bogus() > 1");
-        let errs = compile(&cfg(&bad), &ProxySettings::default(), &[], &reg, 1).unwrap_err();
+        let errs = compile(&cfg(&bad), &ProxySettings::default(), &[], &reg, &AddressMap::new(), 1).unwrap_err();
         assert_eq!(
             (errs[0].object.as_str(), errs[0].field.as_str()),
             ("http.middlewares.cb", "circuitBreaker.expression")
@@ -577,9 +573,37 @@ mod tests {
         let reg = UpstreamRegistry::default();
         let yaml = "http:\n  routers:\n    r:\n      rule: \"Host(`a`)\"\n      entryPoints: [websecure]\n      service: s\n      tls: {}\n  services:\n    s:\n      loadBalancer:\n        servers:\n          - url: \"https://127.0.0.1:9001\"\n";
         let eps = vec![("web".to_string(), "127.0.0.1:80".parse().unwrap())];
-        let (_, w) = compile(&cfg(yaml), &ProxySettings::default(), &eps, &reg, 1).unwrap();
+        let (_, w) = compile(&cfg(yaml), &ProxySettings::default(), &eps, &reg, &AddressMap::new(), 1).unwrap();
         assert!(w.iter().any(|w| w.contains("entryPoints [\"websecure\"] are not configured")), "{w:?}");
         assert!(w.iter().any(|w| w.contains("tls is not supported")), "{w:?}");
         assert!(w.iter().any(|w| w.contains("https upstreams need TLS")), "{w:?}");
+    }
+
+    #[test]
+    fn host_names_take_the_given_address_and_fail_closed_without_one() {
+        use crate::address::HostPort;
+        let reg = UpstreamRegistry::default();
+        let yaml = "http:\n  routers:\n    r:\n      rule: \"Host(`a`)\"\n      service: s\n  services:\n    s:\n      loadBalancer:\n        servers:\n          - url: \"http://app.test:8080\"\n          - url: \"http://gone.test\"\n";
+        let mut addrs = AddressMap::new();
+        addrs.insert(HostPort::new("app.test", 8080), Ok("127.0.0.2:8080".parse().unwrap()));
+        let (t1, _) = compile(&cfg(yaml), &ProxySettings::default(), &[], &reg, &addrs, 1).unwrap();
+        let now = Instant::now();
+        let [app, gone] = &t1.pools[0].upstreams[..] else { panic!("two upstreams expected") };
+        assert_eq!(app.addr, Some("127.0.0.2:8080".parse().unwrap()));
+        assert!(app.is_available(now));
+        // Never resolved: kept, unavailable, with the reason.
+        assert_eq!((gone.addr, gone.address_error.as_deref()), (None, Some("gone.test:80: not resolved yet")));
+        assert!(!gone.is_available(now));
+        assert_eq!(t1.pools[0].available(now), 1);
+
+        // Same address: the same upstream object (state kept); a new one: fresh state.
+        let (t2, _) = compile(&cfg(yaml), &ProxySettings::default(), &[], &reg, &addrs, 2).unwrap();
+        assert!(Arc::ptr_eq(&t2.pools[0].upstreams[0], app));
+        addrs.insert(HostPort::new("app.test", 8080), Ok("127.0.0.3:8080".parse().unwrap()));
+        addrs.insert(HostPort::new("gone.test", 80), Err("gone.test:80: no such host".into()));
+        let (t3, _) = compile(&cfg(yaml), &ProxySettings::default(), &[], &reg, &addrs, 3).unwrap();
+        assert!(!Arc::ptr_eq(&t3.pools[0].upstreams[0], app));
+        assert_eq!(t3.pools[0].upstreams[0].addr, Some("127.0.0.3:8080".parse().unwrap()));
+        assert_eq!(t3.pools[0].upstreams[1].address_error.as_deref(), Some("gone.test:80: no such host"));
     }
 }

@@ -1080,7 +1080,7 @@ pub enum Format {
     Json,
 }
 
-/// The file extensions [`load_file`] understands.
+/// The file extensions [`parse_named`] understands.
 pub const SUPPORTED_EXTENSIONS: &str = ".yaml, .yml, .toml, .json";
 
 impl Format {
@@ -1129,18 +1129,9 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
-/// Errors from loading or merging dynamic configuration.
+/// Errors from parsing or merging dynamic configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum DynamicError {
-    /// The file could not be read.
-    #[error("{origin}: cannot read: {source}")]
-    Io {
-        /// The file.
-        origin: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
     /// The file extension names no supported format.
     #[error("{origin}: unsupported file extension {extension:?} (supported: {SUPPORTED_EXTENSIONS})")]
     UnsupportedFormat {
@@ -1157,19 +1148,19 @@ pub enum DynamicError {
     Merge(MergeError),
 }
 
-/// Load a dynamic configuration file, choosing the format from the extension
-/// (`.yaml`/`.yml`, `.toml`, `.json`). The path as displayed is the origin named in
-/// errors. An empty file is an empty configuration.
-pub fn load_file(path: &Path) -> Result<DynamicConfig, DynamicError> {
-    let origin = path.display().to_string();
+/// Parse the text of a dynamic configuration file named `name`, choosing the format
+/// from the name's extension (`.yaml`/`.yml`, `.toml`, `.json`). `name` is only a label:
+/// nothing is read from disk (the caller read `text`); it is the origin named in errors
+/// (`name:line:column: key: message`). An empty text is an empty configuration.
+pub fn parse_named(name: &str, text: &str) -> Result<DynamicConfig, DynamicError> {
+    let path = Path::new(name);
     let Some(format) = Format::from_path(path) else {
         return Err(DynamicError::UnsupportedFormat {
             extension: path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default(),
-            origin,
+            origin: name.to_string(),
         });
     };
-    let text = std::fs::read_to_string(path).map_err(|source| DynamicError::Io { origin: origin.clone(), source })?;
-    parse_str(&text, format, &origin)
+    parse_str(text, format, name)
 }
 
 /// Parse a dynamic configuration from text. `origin` (usually the file name) is named in
@@ -1350,7 +1341,7 @@ impl DynamicConfig {
     }
 
     /// The origin (file) that defined `object` (`http.routers.api`), if recorded by
-    /// [`parse_str`]/[`load_file`] or [`DynamicConfig::merge`].
+    /// [`parse_str`]/[`parse_named`] or [`DynamicConfig::merge`].
     pub fn origin_of(&self, object: &str) -> Option<&str> {
         self.provenance.get(object).map(String::as_str)
     }

@@ -6,13 +6,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::metrics::ProxyMetrics;
+use crate::probe::{ProbeRequest, Prober};
 use crate::table::{HealthSpec, TableHandle};
 use crate::upstream::{Upstream, UpstreamKey};
+
+/// `User-Agent` of health checks, unless the check sets its own.
+pub const HEALTH_USER_AGENT: &str = "constellation-health";
 
 /// Result of one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,53 +25,49 @@ pub enum ProbeResult {
     Fail(String),
 }
 
-/// Send one health check request and judge the answer.
-pub async fn probe(up: &Upstream, spec: &HealthSpec) -> ProbeResult {
-    let Some(mut addr) = up.addr else { return ProbeResult::Fail("address unresolved".into()) };
+/// The URL a health check of `up` requests: the upstream's scheme (or the check's),
+/// its host, the check's port when set, and the check's path.
+fn check_url(up: &Upstream, spec: &HealthSpec, port: u16) -> String {
+    let scheme = match spec.scheme.as_deref() {
+        Some(s) => s,
+        None if up.tls => "https",
+        None => "http",
+    };
+    let host = if up.sni.contains(':') { format!("[{}]", up.sni) } else { up.sni.clone() };
+    let path = if spec.path.starts_with('/') { spec.path.clone() } else { format!("/{}", spec.path) };
+    format!("{scheme}://{host}:{port}{path}")
+}
+
+/// Send one health check request to the upstream's resolved address and judge the
+/// answer. The request carries the URL's host (or the check's `hostname`) as `Host`.
+pub async fn probe(prober: &Prober, up: &Upstream, spec: &HealthSpec) -> ProbeResult {
+    let Some(mut addr) = up.addr else {
+        let why = up.address_error.as_deref().unwrap_or("address unresolved");
+        return ProbeResult::Fail(why.to_string());
+    };
     if let Some(port) = spec.port {
         addr.set_port(port);
     }
-    if up.tls || spec.scheme.as_deref() == Some("https") {
-        return ProbeResult::Fail("https health checks are not supported in this build".into());
-    }
+    let url = check_url(up, spec, addr.port());
     let host = spec.hostname.clone().unwrap_or_else(|| up.authority.clone());
-    let path = if spec.path.is_empty() { "/" } else { spec.path.as_str() };
-    let mut req = format!(
-        "{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: constellation-health\r\nConnection: close\r\n",
-        spec.method, path, host
-    );
-    for (k, v) in &spec.headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+    let mut headers = spec.headers.clone();
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("user-agent")) {
+        // Lets upstream logs tell checks from traffic.
+        headers.push(("user-agent".into(), HEALTH_USER_AGENT.into()));
     }
-    req.push_str("\r\n");
-    let attempt = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-        s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
-        let mut buf = [0u8; 64];
-        let mut got = 0;
-        // Only the status line matters; read until we have it.
-        while got < buf.len() {
-            let n = s.read(&mut buf[got..]).await.map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            got += n;
-            if buf[..got].contains(&b'\n') {
-                break;
-            }
-        }
-        let line = String::from_utf8_lossy(&buf[..got]).to_string();
-        let code = line
-            .strip_prefix("HTTP/1.")
-            .and_then(|r| r.get(2..5))
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or_else(|| format!("not an HTTP response: {:?}", line.lines().next().unwrap_or("")))?;
-        Ok::<u16, String>(code)
+    let req = ProbeRequest {
+        method: &spec.method,
+        url: &url,
+        connect_to: Some(addr),
+        host_header: Some(&host),
+        headers: &headers,
+        timeout: spec.timeout,
+        max_body: 0,
     };
-    match tokio::time::timeout(spec.timeout, attempt).await {
-        Err(_) => ProbeResult::Fail(format!("timed out after {:?}", spec.timeout)),
-        Ok(Err(e)) => ProbeResult::Fail(e),
-        Ok(Ok(code)) => {
+    match prober.send(&req).await {
+        Err(e) => ProbeResult::Fail(e.to_string()),
+        Ok(resp) => {
+            let code = resp.status;
             let ok = match spec.status {
                 Some(s) => code == s,
                 None => (200..400).contains(&code),
@@ -100,11 +98,11 @@ pub fn apply(up: &Upstream, spec: &HealthSpec, passed: bool) -> Option<bool> {
     None
 }
 
-async fn check_loop(up: Arc<Upstream>, spec: HealthSpec, metrics: ProxyMetrics) {
+async fn check_loop(prober: Arc<Prober>, up: Arc<Upstream>, spec: HealthSpec, metrics: ProxyMetrics) {
     let gauge = metrics.upstream_healthy.with_label_values(&[&up.key.service, up.label()]);
     gauge.set(i64::from(up.healthy.load(Ordering::Relaxed)));
     loop {
-        let result = probe(&up, &spec).await;
+        let result = probe(&prober, &up, &spec).await;
         let passed = matches!(result, ProbeResult::Pass(_));
         if let Some(now_healthy) = apply(&up, &spec, passed) {
             gauge.set(i64::from(now_healthy));
@@ -124,13 +122,15 @@ async fn check_loop(up: Arc<Upstream>, spec: HealthSpec, metrics: ProxyMetrics) 
 pub struct HealthSupervisor {
     table: TableHandle,
     metrics: ProxyMetrics,
+    prober: Arc<Prober>,
     tasks: HashMap<UpstreamKey, (Arc<Upstream>, HealthSpec, JoinHandle<()>)>,
 }
 
 impl HealthSupervisor {
-    /// A supervisor for `table`.
-    pub fn new(table: TableHandle, metrics: ProxyMetrics) -> Self {
-        Self { table, metrics, tasks: HashMap::new() }
+    /// A supervisor for `table`, probing through `prober` (which should use
+    /// [`CertPolicy::Unverified`](crate::probe::CertPolicy::Unverified); see docs/failover.md).
+    pub fn new(table: TableHandle, metrics: ProxyMetrics, prober: Arc<Prober>) -> Self {
+        Self { table, metrics, prober, tasks: HashMap::new() }
     }
 
     /// Start checks for new upstreams and stop those for removed or replaced ones.
@@ -167,7 +167,8 @@ impl HealthSupervisor {
         });
         for (k, (up, spec)) in wanted {
             if !self.tasks.contains_key(&k) {
-                let task = tokio::spawn(check_loop(up.clone(), spec.clone(), self.metrics.clone()));
+                let task =
+                    tokio::spawn(check_loop(self.prober.clone(), up.clone(), spec.clone(), self.metrics.clone()));
                 self.tasks.insert(k, (up, spec, task));
             }
         }
@@ -197,16 +198,20 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::breaker::{Breaker, BreakerConfig};
+    use crate::probe::CertPolicy;
     use crate::upstream::UpstreamKey;
     use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    fn upstream(addr: std::net::SocketAddr) -> Upstream {
+    fn upstream(url: &str, addr: Option<std::net::SocketAddr>) -> Upstream {
+        let parsed = crate::upstream::parse_server_url(url).unwrap();
         Upstream {
-            key: UpstreamKey { service: "s".into(), url: format!("http://{addr}") },
-            addr: Some(addr),
-            authority: addr.to_string(),
-            tls: false,
-            sni: String::new(),
+            key: UpstreamKey { service: "s".into(), url: url.into() },
+            addr,
+            address_error: addr.is_none().then(|| "app.test:80: no such host".to_string()),
+            authority: parsed.authority,
+            tls: parsed.tls,
+            sni: parsed.host,
             path_prefix: String::new(),
             breaker: Breaker::standalone(Arc::new(BreakerConfig::default())),
             healthy: AtomicBool::new(true),
@@ -228,16 +233,20 @@ mod tests {
             status: None,
             interval: Duration::from_millis(100),
             unhealthy_interval: Duration::from_millis(100),
-            timeout: Duration::from_millis(300),
+            timeout: Duration::from_millis(500),
             headers: vec![("x-probe".into(), "1".into())],
             rise,
             fall,
         }
     }
 
+    fn prober() -> Prober {
+        Prober::new(CertPolicy::Unverified).unwrap()
+    }
+
     #[test]
     fn rise_and_fall_need_consecutive_results() {
-        let up = upstream("127.0.0.1:1".parse().unwrap());
+        let up = upstream("http://127.0.0.1:1", Some("127.0.0.1:1".parse().unwrap()));
         let s = spec(2, 3);
         assert_eq!(apply(&up, &s, false), None);
         assert_eq!(apply(&up, &s, false), None);
@@ -250,34 +259,52 @@ mod tests {
         assert_eq!(apply(&up, &s, true), Some(true));
     }
 
+    /// A test fixture answering one connection with `reply`, returning what it read.
     async fn one_shot_server(reply: &'static str) -> (std::net::SocketAddr, tokio::task::JoinHandle<String>) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
+            let mut req = Vec::new();
             let mut buf = vec![0u8; 1024];
-            let n = s.read(&mut buf).await.unwrap();
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+            }
             s.write_all(reply.as_bytes()).await.unwrap();
-            String::from_utf8_lossy(&buf[..n]).to_string()
+            String::from_utf8_lossy(&req).to_string()
         });
         (addr, task)
     }
 
     #[tokio::test]
-    async fn probe_sends_path_host_and_headers_and_judges_status() {
+    async fn probe_sends_path_host_and_headers_to_the_resolved_address() {
+        let p = prober();
         let (addr, seen) = one_shot_server("HTTP/1.1 204 No Content\r\n\r\n").await;
-        assert_eq!(probe(&upstream(addr), &spec(1, 1)).await, ProbeResult::Pass(204));
-        let req = seen.await.unwrap();
-        assert!(req.starts_with("GET /healthz HTTP/1.1\r\n"), "{req}");
-        assert!(req.contains("Host: check.local\r\n") && req.contains("x-probe: 1\r\n"), "{req}");
+        // A host name that resolves nowhere: the probe must use the address it is given.
+        let up = upstream(&format!("http://app.invalid:{}", addr.port()), Some(addr));
+        assert_eq!(probe(&p, &up, &spec(1, 1)).await, ProbeResult::Pass(204));
+        let req = seen.await.unwrap().to_ascii_lowercase();
+        assert!(req.starts_with("get /healthz http/1.1\r\n"), "{req}");
+        assert!(req.contains("host: check.local\r\n") && req.contains("x-probe: 1\r\n"), "{req}");
 
-        let (addr, _) = one_shot_server("HTTP/1.1 503 Unavailable\r\n\r\n").await;
-        assert_eq!(probe(&upstream(addr), &spec(1, 1)).await, ProbeResult::Fail("status 503".into()));
-        let (addr, _) = one_shot_server("garbage\r\n").await;
-        assert!(
-            matches!(probe(&upstream(addr), &spec(1, 1)).await, ProbeResult::Fail(m) if m.contains("not an HTTP response"))
-        );
+        let (addr, _) = one_shot_server("HTTP/1.1 503 Unavailable\r\ncontent-length: 0\r\n\r\n").await;
+        let up = upstream(&format!("http://{addr}"), Some(addr));
+        assert_eq!(probe(&p, &up, &spec(1, 1)).await, ProbeResult::Fail("status 503".into()));
+        let (addr, _) = one_shot_server("garbage\r\n\r\n").await;
+        let up = upstream(&format!("http://{addr}"), Some(addr));
+        assert!(matches!(probe(&p, &up, &spec(1, 1)).await, ProbeResult::Fail(m) if m.starts_with("request")));
         let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        assert!(matches!(probe(&upstream(dead), &spec(1, 1)).await, ProbeResult::Fail(m) if m.starts_with("connect")));
+        let up = upstream(&format!("http://{dead}"), Some(dead));
+        assert!(matches!(probe(&p, &up, &spec(1, 1)).await, ProbeResult::Fail(m) if m.starts_with("connect")));
+    }
+
+    #[tokio::test]
+    async fn an_unresolved_upstream_fails_with_the_reason() {
+        let up = upstream("http://app.test", None);
+        assert_eq!(probe(&prober(), &up, &spec(1, 1)).await, ProbeResult::Fail("app.test:80: no such host".into()));
     }
 }

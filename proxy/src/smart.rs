@@ -10,7 +10,7 @@
 //!   byte reached the client and under the same idempotency rule.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,34 @@ pub struct SmartFailoverProxy {
     table: Arc<ArcSwap<RouteTable>>,
     metrics: ProxyMetrics,
     events: Option<tokio::sync::mpsc::UnboundedSender<BreakerEvent>>,
+    connect_failures: Option<Arc<ConnectFailures>>,
+}
+
+/// Failed upstream connects, counted and signalled without blocking, so whoever
+/// resolves host names (the control plane) can look again early. The proxy does not
+/// know who listens.
+#[derive(Debug, Default)]
+pub struct ConnectFailures {
+    count: AtomicU64,
+    notify: tokio::sync::Notify,
+}
+
+impl ConnectFailures {
+    /// Record one failed connect and wake the waiter (at most one wake-up is stored).
+    pub fn record(&self) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// Failed connects recorded so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Wait until a connect fails (returns at once if one failed since the last wait).
+    pub async fn wait(&self) {
+        self.notify.notified().await;
+    }
 }
 
 /// A breaker opened for an upstream (the control plane gossips it as an outlier hint).
@@ -91,7 +119,13 @@ pub struct RequestCtx {
 impl SmartFailoverProxy {
     /// A proxy reading snapshots from `table` and reporting into `metrics`.
     pub fn new(table: Arc<ArcSwap<RouteTable>>, metrics: ProxyMetrics) -> Self {
-        Self { table, metrics, events: None }
+        Self { table, metrics, events: None, connect_failures: None }
+    }
+
+    /// Also record every failed upstream connect on `failures`.
+    pub fn with_connect_failures(mut self, failures: Arc<ConnectFailures>) -> Self {
+        self.connect_failures = Some(failures);
+        self
     }
 
     /// Also report every breaker opening on `events` (never blocks the request path).
@@ -526,6 +560,9 @@ impl ProxyHttp for SmartFailoverProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         self.finish_attempt(ctx, Some(FailureKind::Connect));
+        if let Some(f) = &self.connect_failures {
+            f.record();
+        }
         // Nothing reached the upstream, so any method may go elsewhere.
         let retry = self.may_retry(session, ctx, true);
         e.set_retry(retry);

@@ -384,7 +384,7 @@ mod tests {
                 reg.upstream(
                     key,
                     &parsed,
-                    Some(format!("127.0.0.1:{}", 9000 + i).parse().unwrap()),
+                    Ok(format!("127.0.0.1:{}", 9000 + i).parse().unwrap()),
                     &cfg,
                     &budget,
                     &mut live,

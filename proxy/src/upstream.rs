@@ -24,8 +24,11 @@ pub struct UpstreamKey {
 pub struct Upstream {
     /// Identity.
     pub key: UpstreamKey,
-    /// Resolved socket address; `None` when the host could not be resolved.
+    /// Resolved socket address; `None` when the host name has no address (the
+    /// upstream is then unavailable, never silently dropped).
     pub addr: Option<SocketAddr>,
+    /// Why `addr` is `None` (e.g. `app.test:80: no such host`), for status and logs.
+    pub address_error: Option<String>,
     /// `host[:port]` of the URL, sent as `Host` when the service does not pass the
     /// client's host through.
     pub authority: String,
@@ -148,27 +151,36 @@ struct RegistryInner {
 }
 
 impl UpstreamRegistry {
-    /// Get or create the upstream for `key`. `resolve` is called only for a new one.
-    /// State is reused when the identity, resolved address and breaker settings match.
+    /// Get or create the upstream for `key` at `addr` (or without an address, for the
+    /// reason given). State is reused when the identity, the address (or the reason it
+    /// has none) and the breaker settings match; a changed address starts fresh.
     pub fn upstream(
         &self,
         key: UpstreamKey,
         url: &ServerUrl,
-        addr: Option<SocketAddr>,
+        addr: Result<SocketAddr, String>,
         breaker: &Arc<BreakerConfig>,
         budget: &Arc<EjectionBudget>,
         live: &mut Vec<UpstreamKey>,
     ) -> Arc<Upstream> {
         live.push(key.clone());
+        let (addr, address_error) = match addr {
+            Ok(a) => (Some(a), None),
+            Err(e) => (None, Some(e)),
+        };
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = inner.upstreams.get(&key) {
-            if existing.addr == addr && existing.breaker.config() == &**breaker {
+            if existing.addr == addr
+                && existing.address_error == address_error
+                && existing.breaker.config() == &**breaker
+            {
                 return existing.clone();
             }
         }
         let up = Arc::new(Upstream {
             key: key.clone(),
             addr,
+            address_error,
             authority: url.authority.clone(),
             tls: url.tls,
             sni: url.host.clone(),

@@ -11,3 +11,5 @@ mod t02_breaker;
 mod t03_reload;
 mod t04_config;
 mod t05_admin;
+mod t06_resolver;
+mod t07_https_health;

@@ -6,8 +6,8 @@
 //! with their latest [`NodeState`]s. Only a node changes its own state
 //! ([`Cluster::update_local`]); everything else is relayed.
 //!
-//! Also here: peer discovery from Tailscale ([`discovery`]) and public IP detection
-//! ([`public_ip`]). This crate knows nothing of Raft, DNS, routes or the proxy.
+//! Also here: peer discovery from Tailscale ([`discovery`]). This crate knows nothing of
+//! Raft, DNS, routes or the proxy.
 
 #![forbid(unsafe_code)]
 
@@ -15,7 +15,6 @@ mod broadcast;
 pub mod discovery;
 mod membership;
 mod metrics;
-pub mod public_ip;
 mod pull;
 mod state;
 #[cfg(test)]

@@ -33,6 +33,8 @@ pub struct AgentConfig {
     pub routes: RoutesConfig,
     /// SmartFailoverProxy settings.
     pub proxy: ProxySettings,
+    /// How host names in server URLs are resolved (see docs/configuration.md).
+    pub resolver: crate::resolver::ResolverConfig,
     /// Built-in welcome page backend (used by the embedded default route); off unless set.
     pub welcome: Option<WelcomeConfig>,
     /// Gossip membership (SWIM over UDP). Off unless `address` is set.
@@ -106,8 +108,9 @@ pub struct GossipConfig {
     pub tailscale: bool,
     /// Only Tailscale peers carrying this tag (e.g. `tag:constellation`). Default: any.
     pub tailscale_tag: Option<String>,
-    /// Plain-HTTP "what is my IP" services asked for this node's public IP (two must
-    /// agree). `CONSTELLATION_PUBLIC_IP` overrides. Empty = interface address only.
+    /// "What is my IP" services (http or https URLs) asked for this node's public IP
+    /// (two must agree). `CONSTELLATION_PUBLIC_IP` overrides. Empty = interface
+    /// address only. Default: five public services.
     pub public_ip_services: Vec<String>,
 }
 
@@ -153,10 +156,7 @@ impl Default for GossipConfig {
             push_pull_interval_ms: DEFAULT_PUSH_PULL_INTERVAL_MS,
             tailscale: false,
             tailscale_tag: None,
-            public_ip_services: constellation_cluster::public_ip::DEFAULT_SERVICES
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            public_ip_services: crate::public_ip::DEFAULT_SERVICES.iter().map(|s| s.to_string()).collect(),
         }
     }
 }
@@ -247,6 +247,7 @@ impl Default for AgentConfig {
             admin: AdminConfig::default(),
             routes: RoutesConfig::default(),
             proxy: ProxySettings::default(),
+            resolver: crate::resolver::ResolverConfig::default(),
             welcome: None,
             gossip: GossipConfig::default(),
             cluster: ClusterSection::default(),
@@ -514,6 +515,9 @@ pub fn validate(
     if let Err((key, message)) = config.proxy.validate() {
         return Err(bad(&format!("proxy.{key}"), message));
     }
+    if let Err((key, message)) = config.resolver.validate() {
+        return Err(bad(&format!("resolver.{key}"), message));
+    }
     if config.routes.watch_interval_ms == 0 {
         return Err(bad("routes.watch_interval_ms", "must be greater than 0".into()));
     }
@@ -699,7 +703,7 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("gossip.tailscale_tag", "Only Tailscale peers with this tag."),
     (
         "gossip.public_ip_services",
-        "Plain-HTTP what-is-my-IP services (two must agree); CONSTELLATION_PUBLIC_IP overrides.",
+        "What-is-my-IP services, http or https (two must agree); CONSTELLATION_PUBLIC_IP overrides.",
     ),
     ("cluster.address", "TCP address for cluster RPC (state pulls). Default: gossip IP, port 7947."),
     ("cluster.domain", "Default router of an announced service: Host(<service>.<domain>)."),
@@ -714,6 +718,13 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("admin.token_file", "File with a bearer token required on all admin endpoints but /healthz."),
     ("routes.files", "Traefik dynamic-configuration files (YAML, TOML, JSON), relative to this file."),
     ("routes.watch_interval_ms", "How often route files are checked for changes."),
+    ("resolver.interval_ms", "Host names in server URLs are looked up again this often."),
+    ("resolver.timeout_ms", "Time allowed for one lookup; a timeout keeps the last address."),
+    ("resolver.min_refresh_ms", "After failed upstream connects, look names up early, at most once per this."),
+    (
+        "resolver.hosts_file",
+        "Hosts-format file read before the system resolver at every lookup, relative to this file.",
+    ),
     ("proxy.connect_timeout_ms", "TCP connect timeout per attempt."),
     ("proxy.read_timeout_ms", "Wait for response headers, and between body reads; exceeded = 504."),
     ("proxy.write_timeout_ms", "Timeout of each write to an upstream."),
@@ -758,6 +769,7 @@ pub fn default_toml() -> String {
     cfg.gossip.key_file = Some(PathBuf::from("cluster.key"));
     cfg.gossip.tailscale_tag = Some("tag:constellation".into());
     cfg.cluster.address = Some("127.0.0.1:7947".into());
+    cfg.resolver.hosts_file = Some(PathBuf::from("hosts"));
     let rendered = match toml::to_string_pretty(&cfg) {
         Ok(s) => s,
         Err(e) => return format!("{out}# could not render defaults: {e}\n"),
@@ -780,6 +792,7 @@ pub fn default_toml() -> String {
                     | "gossip.key_file"
                     | "gossip.tailscale_tag"
                     | "cluster.address"
+                    | "resolver.hosts_file"
             ) {
                 out.push_str(&format!("# {line}\n"));
                 continue;

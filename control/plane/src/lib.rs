@@ -12,10 +12,13 @@ pub mod admin;
 pub mod builder;
 pub mod config;
 pub mod plane;
+pub mod public_ip;
+pub mod resolver;
 pub mod routes;
 pub mod status;
 
 pub use admin::{AdminApp, AdminState};
 pub use config::{AgentConfig, ConfigError, LoadedConfig};
+pub use resolver::{Resolver, ResolverConfig};
 pub use routes::{load_sources, Reloader, RouteSource};
 pub use status::{ReloadReport, Status};

@@ -7,12 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use constellation_proxy::BreakerEvent;
+use constellation_proxy::{BreakerEvent, CertPolicy, ProbeRequest, Prober};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use constellation_cluster::discovery::{run_discovery_loop, TailscaleDiscovery};
-use constellation_cluster::public_ip::{detect, PublicIpConfig};
 use constellation_cluster::{Cluster, ClusterConfig, ClusterView, Instance, Keyring, NodeState};
 use constellation_dns::controller::{Fence, Topology};
 use constellation_dns::NodeStatus;
@@ -21,6 +20,7 @@ use constellation_lease::{LeaseNode, LeaseView};
 use crate::admin::AdminState;
 use crate::builder::ClusterInstance;
 use crate::config::LoadedConfig;
+use crate::public_ip::{detect, PublicIpConfig};
 use crate::routes::Reloader;
 use crate::status::{HintStatus, LeaseStatus, MemberStatus, RaftStatus};
 
@@ -42,20 +42,20 @@ pub fn cluster_instances(view: &ClusterView) -> Vec<ClusterInstance> {
         .collect()
 }
 
-/// One plain-HTTP GET, true on a 2xx/3xx status within `timeout`.
-async fn check_instance(url: &str, path: &str, timeout: Duration) -> bool {
+/// One GET of `path` on the instance at `url`, true on a 2xx/3xx status within
+/// `timeout`. Certificates are not verified, as for upstream health checks.
+async fn check_instance(prober: &Prober, url: &str, path: &str, timeout: Duration) -> bool {
     let Ok(parsed) = constellation_proxy::upstream::parse_server_url(url) else { return false };
-    let attempt = async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect((parsed.host.as_str(), parsed.port)).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", parsed.authority);
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = [0u8; 32];
-        let n = s.read(&mut buf).await.ok()?;
-        let line = String::from_utf8_lossy(&buf[..n]).to_string();
-        line.get(9..12)?.parse::<u16>().ok()
-    };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(200..=399)))
+    let scheme = if parsed.tls { "https" } else { "http" };
+    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+    let target = format!("{scheme}://{}{path}", parsed.authority);
+    match prober.send(&ProbeRequest::get(&target, timeout)).await {
+        Ok(r) => (200..400).contains(&r.status),
+        Err(e) => {
+            tracing::debug!(instance = %url, error = %e, "instance health check failed");
+            false
+        }
+    }
 }
 
 /// Run the control plane until `shutdown` resolves.
@@ -171,10 +171,17 @@ pub async fn run(
     if !checked.is_empty() {
         let cluster = cluster.clone();
         tasks.spawn(async move {
+            let prober = match Prober::new(CertPolicy::Unverified) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "instance health checks cannot run; instances stay unhealthy");
+                    return;
+                }
+            };
             loop {
                 let mut verdicts = Vec::new();
                 for (i, url, path) in &checked {
-                    verdicts.push((*i, check_instance(url, path, Duration::from_secs(1)).await));
+                    verdicts.push((*i, check_instance(&prober, url, path, Duration::from_secs(1)).await));
                 }
                 cluster.update_local(|s| {
                     for (i, ok) in &verdicts {
@@ -476,4 +483,38 @@ fn apply_hints(cluster: &Cluster, reloader: &Reloader, admin: &AdminState, me: &
             })
             .collect(),
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A fixture answering every request with `status`.
+    async fn instance(status: u16) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf).await;
+                let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = conn.write_all(reply.as_bytes()).await;
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn instance_checks_pass_on_2xx_3xx_only() {
+        let prober = Prober::new(CertPolicy::Unverified).unwrap();
+        let t = Duration::from_secs(2);
+        assert!(check_instance(&prober, &instance(204).await, "/healthz", t).await);
+        assert!(check_instance(&prober, &instance(302).await, "healthz", t).await);
+        assert!(!check_instance(&prober, &instance(503).await, "/healthz", t).await);
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        assert!(!check_instance(&prober, &format!("http://{dead}"), "/", t).await);
+        assert!(!check_instance(&prober, "not a url", "/", t).await);
+    }
 }

@@ -1,5 +1,9 @@
-//! Route sources (Traefik dynamic-configuration files), the reloader that validates,
-//! compiles and swaps route tables, and the change watcher.
+//! Route sources (Traefik dynamic-configuration files), the reloader that reads,
+//! validates, resolves, compiles and swaps route tables, and the change watcher.
+//!
+//! Files are read here, never in the proxy crate, which parses text only. Host names in
+//! server URLs are answered by the [`Resolver`] before compiling; a changed answer
+//! recompiles the table.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -10,11 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use constellation_proxy::{
-    compile, dynamic, DynamicConfig, ProxyMetrics, ProxySettings, TableHandle, UpstreamRegistry,
+    compile, dynamic, host_names, DynamicConfig, ProxyMetrics, ProxySettings, TableHandle, UpstreamRegistry,
 };
 
 use crate::admin::{unix_now, AdminState, ReloadReport};
 use crate::builder::{build, ClusterInstance};
+use crate::resolver::{Resolver, ResolverSettings};
 use tokio::sync::Notify;
 
 /// Where routes come from.
@@ -41,7 +46,11 @@ impl RouteSource {
 
     fn load(&self) -> Result<DynamicConfig, String> {
         match self {
-            RouteSource::File(p) => dynamic::load_file(p).map_err(|e| e.to_string()),
+            RouteSource::File(p) => {
+                let name = p.display().to_string();
+                let text = std::fs::read_to_string(p).map_err(|e| format!("{name}: cannot read: {e}"))?;
+                dynamic::parse_named(&name, &text).map_err(|e| e.to_string())
+            }
             RouteSource::Embedded { name, text } => {
                 dynamic::parse_str(text, dynamic::Format::Yaml, name).map_err(|e| e.to_string())
             }
@@ -88,6 +97,7 @@ pub struct Reloader {
     entrypoints: Vec<(String, SocketAddr)>,
     table: TableHandle,
     registry: UpstreamRegistry,
+    resolver: Arc<Resolver>,
     metrics: ProxyMetrics,
     admin: Arc<AdminState>,
     generation: AtomicU64,
@@ -113,6 +123,7 @@ impl Reloader {
             entrypoints,
             table,
             registry: UpstreamRegistry::default(),
+            resolver: Arc::new(Resolver::new(ResolverSettings::default())),
             metrics,
             admin,
             generation: AtomicU64::new(0),
@@ -127,6 +138,17 @@ impl Reloader {
     pub fn with_domain(mut self, domain: &str) -> Self {
         self.domain = domain.to_string();
         self
+    }
+
+    /// Resolve host names with `resolver` (default: the system resolver, default settings).
+    pub fn with_resolver(mut self, resolver: Arc<Resolver>) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// The resolver answering host names for this reloader's tables.
+    pub fn resolver(&self) -> &Arc<Resolver> {
+        &self.resolver
     }
 
     /// Replace the cluster's healthy instances; a change wakes the watcher to rebuild.
@@ -160,20 +182,53 @@ impl Reloader {
         *self.fingerprint.lock().unwrap_or_else(|p| p.into_inner()) != fp
     }
 
-    /// Load, validate, compile and swap in a new table. On error the table in force
-    /// stays and the errors are returned (and logged, counted, shown in status).
-    pub fn reload(&self) -> Result<u64, Vec<String>> {
+    /// Read, merge, build and validate the configuration (blocking file reads).
+    fn prepare(&self) -> Prepared {
         let started = Instant::now();
         *self.fingerprint.lock().unwrap_or_else(|p| p.into_inner()) = self.current_fingerprint();
-        let generation = self.generation.load(Ordering::Relaxed) + 1;
         let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut build_warnings = Vec::new();
-        let result = load_sources(&self.sources).and_then(|cfg| {
+        let config = load_sources(&self.sources).and_then(|cfg| {
             let (cfg, w) = build(&cfg, &instances, &self.domain);
             build_warnings = w;
             cfg.validate("cluster instances")
                 .map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
-            compile(&cfg, &self.settings, &self.entrypoints, &self.registry, generation)
+            Ok(cfg)
+        });
+        if let Ok(cfg) = &config {
+            self.resolver.want(&host_names(cfg));
+        }
+        Prepared { started, config, build_warnings }
+    }
+
+    /// Load, validate, compile with the addresses known now, and swap in a new table.
+    /// Host names not answered yet are unavailable in this table; the resolver looks
+    /// them up and its answer recompiles. On error the table in force stays and the
+    /// errors are returned (and logged, counted, shown in status).
+    pub fn reload(&self) -> Result<u64, Vec<String>> {
+        self.publish(self.prepare())
+    }
+
+    /// Like [`Reloader::reload`], but first looks up the host names that have no answer
+    /// yet, so a new upstream is usable in the first table that names it.
+    pub async fn reload_resolved(self: &Arc<Self>) -> Result<u64, Vec<String>> {
+        let me = self.clone();
+        let prepared = match tokio::task::spawn_blocking(move || me.prepare()).await {
+            Ok(p) => p,
+            Err(e) => return Err(vec![format!("reload task failed: {e}")]),
+        };
+        if prepared.config.is_ok() {
+            self.resolver.resolve_missing().await;
+        }
+        self.publish(prepared)
+    }
+
+    fn publish(&self, prepared: Prepared) -> Result<u64, Vec<String>> {
+        let Prepared { started, config, build_warnings } = prepared;
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        let addresses = self.resolver.addresses();
+        let result = config.and_then(|cfg| {
+            compile(&cfg, &self.settings, &self.entrypoints, &self.registry, &addresses, generation)
                 .map(|(table, warnings)| (cfg, table, warnings))
                 .map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect())
         });
@@ -190,6 +245,12 @@ impl Reloader {
                 // table newer than the document describing it.
                 let doc = serde_json::to_value(&cfg).unwrap_or_default();
                 self.admin.traefik.store(Arc::new(doc));
+                for p in &table.pools {
+                    for u in p.upstreams.iter().filter(|u| u.addr.is_none()) {
+                        let reason = u.address_error.as_deref().unwrap_or("no address");
+                        tracing::warn!(service = %p.name, upstream = u.label(), reason, "upstream unavailable: no address");
+                    }
+                }
                 let routes = table.routes.len();
                 let live: Vec<_> = table.pools.iter().flat_map(|p| p.upstreams.iter().map(|u| u.key.clone())).collect();
                 let now = Instant::now();
@@ -238,7 +299,8 @@ impl Reloader {
         }
     }
 
-    /// Poll the sources every `interval` and reload on change, until `stop` resolves.
+    /// Poll the sources every `interval` and reload on change, until `stop` resolves;
+    /// also runs the resolver, whose changed answers recompile the table.
     /// `after_swap` runs after each successful reload (e.g. to resync health checks).
     pub async fn watch<F, S>(self: Arc<Self>, interval: Duration, mut after_swap: F, stop: S)
     where
@@ -246,6 +308,10 @@ impl Reloader {
         S: std::future::Future<Output = ()> + Send,
     {
         tokio::pin!(stop);
+        // The resolver runs as long as the watcher: aborted when this future ends.
+        let me = self.clone();
+        let _resolver =
+            AbortOnDrop(tokio::spawn(self.resolver.clone().run(move || me.kick.notify_one(), std::future::pending())));
         loop {
             let kicked = tokio::select! {
                 _ = &mut stop => return,
@@ -263,13 +329,25 @@ impl Reloader {
                     continue;
                 }
             }
-            let me = self.clone();
-            // Compiling resolves host names, which may block.
-            match tokio::task::spawn_blocking(move || me.reload()).await {
-                Ok(Ok(_)) => after_swap(),
-                Ok(Err(_)) => {}
-                Err(e) => tracing::error!(error = %e, "reload task failed"),
+            if self.reload_resolved().await.is_ok() {
+                after_swap();
             }
         }
+    }
+}
+
+/// What [`Reloader::prepare`] hands to [`Reloader::publish`].
+struct Prepared {
+    started: Instant,
+    config: Result<DynamicConfig, Vec<String>>,
+    build_warnings: Vec<String>,
+}
+
+/// Stops the resolver task when the watcher ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

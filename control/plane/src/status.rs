@@ -253,6 +253,9 @@ pub struct UpstreamStatus {
     pub url: String,
     /// Address it connects to (`null` if not resolved).
     pub address: Option<String>,
+    /// Why it has no address (its host name did not resolve); it takes no requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_error: Option<String>,
     /// Health-check verdict (true without a health check).
     pub healthy: bool,
     /// Takes requests now.
@@ -344,6 +347,7 @@ pub fn services_of(table: &RouteTable) -> Vec<ServiceStatus> {
                 .map(|u| UpstreamStatus {
                     url: u.key.url.clone(),
                     address: u.addr.map(|a| a.to_string()),
+                    address_error: u.address_error.clone(),
                     healthy: u.healthy.load(Ordering::Relaxed),
                     available: u.is_available(now),
                     deprioritised: u.is_hinted(now),

@@ -2,7 +2,7 @@
 //! the output, parse and validation messages, merging.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -11,6 +11,12 @@ use super::*;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dynamic").join(name)
+}
+
+/// Read a fixture (tests may touch the disk; the crate itself never does).
+fn load_file(path: &Path) -> Result<DynamicConfig, DynamicError> {
+    let text = std::fs::read_to_string(path).unwrap();
+    parse_named(&path.display().to_string(), &text)
 }
 
 fn read_json(name: &str) -> Value {
@@ -485,21 +491,25 @@ fn parse_error_fields_are_structured() {
 }
 
 #[test]
-fn load_file_errors() {
-    let e = load_file(Path::new("conf/routes.ini")).unwrap_err();
+fn parse_named_picks_the_format_from_the_name_and_reports_it() {
+    let e = parse_named("conf/routes.ini", "").unwrap_err();
     assert_eq!(
         e.to_string(),
         "conf/routes.ini: unsupported file extension \"ini\" (supported: .yaml, .yml, .toml, .json)"
     );
-    let e = load_file(Path::new("conf/routes")).unwrap_err();
+    let e = parse_named("conf/routes", "").unwrap_err();
     assert_eq!(e.to_string(), "conf/routes: unsupported file extension \"\" (supported: .yaml, .yml, .toml, .json)");
-    let missing = fixture("does-not-exist.yml");
-    let e = load_file(&missing).unwrap_err();
-    assert!(matches!(e, DynamicError::Io { .. }));
-    assert!(e.to_string().starts_with(&format!("{}: cannot read: ", missing.display())), "{e}");
     assert_eq!(Format::from_path(Path::new("a.YML")), Some(Format::Yaml));
     assert_eq!(Format::from_path(Path::new("a.Json")), Some(Format::Json));
     assert_eq!(Format::from_path(Path::new("a.toml")), Some(Format::Toml));
+    // The name is the origin of errors (file:line:column: key) and of every object.
+    let e = parse_named("conf/r.toml", "[http.routers.api]\nservce = \"x\"\n").unwrap_err().to_string();
+    assert!(e.starts_with("conf/r.toml:2:1: http.routers.api.servce: unknown field `servce`"), "{e}");
+    let e = parse_named("r.json", "{\"http\": {\"routers\": {\"api\": {\"rule\": 5}}}}").unwrap_err().to_string();
+    assert!(e.starts_with("r.json:1:"), "{e}");
+    assert!(e.contains("http.routers.api.rule"), "{e}");
+    let c = parse_named("a/b.yml", "http:\n  routers:\n    api:\n      service: s\n").unwrap();
+    assert_eq!(c.origin_of("http.routers.api"), Some("a/b.yml"));
 }
 
 // ----- Validation ----------------------------------------------------------------------

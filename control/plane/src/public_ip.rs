@@ -1,8 +1,8 @@
 //! Public IP detection for this node's state: an operator override, else two "what is
 //! my IP" services that agree, else the first global unicast interface address.
 //!
-//! This build has no TLS client: services are asked with a minimal HTTP/1.1 GET over a
-//! plain TCP connection, and `https://` service URLs are skipped with a warning.
+//! Services are asked through the shared [`Prober`] (reqwest with rustls), verifying
+//! certificates on https like any public client.
 
 use std::fmt;
 use std::future::Future;
@@ -10,21 +10,21 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Stdio;
 use std::time::Duration;
 
+use constellation_proxy::{CertPolicy, ProbeError, ProbeRequest, Prober};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Environment variable the caller reads and passes as [`PublicIpConfig::env_override`].
 pub const ENV_VAR: &str = "CONSTELLATION_PUBLIC_IP";
 
-/// Default services, all answering a plain-text IP over plain HTTP. They are run by
-/// different operators, so two of them agreeing is meaningful.
+/// Default services, all answering a plain-text IP over https (so nobody on the path
+/// can forge the answer). They are run by different operators, so two of them agreeing
+/// is meaningful.
 pub const DEFAULT_SERVICES: [&str; 5] = [
-    "http://ifconfig.me/ip",
-    "http://icanhazip.com",
-    "http://api.ipify.org",
-    "http://ipinfo.io/ip",
-    "http://checkip.amazonaws.com",
+    "https://ifconfig.me/ip",
+    "https://icanhazip.com",
+    "https://api.ipify.org",
+    "https://ipinfo.io/ip",
+    "https://checkip.amazonaws.com",
 ];
 
 /// Default time allowed to each service (connect, request and answer).
@@ -42,10 +42,9 @@ const ROUTE_PROBE_V6: &str = "[2001:db8::1]:9";
 /// Where to look for this node's public address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicIpConfig {
-    /// "What is my IP" URLs, `http://host[:port]/path`, each answering the caller's
-    /// address as the whole body. `https://` URLs are skipped (no TLS client in this
-    /// build). At least two distinct usable URLs are needed. Default
-    /// [`DEFAULT_SERVICES`].
+    /// "What is my IP" URLs, `http(s)://host[:port]/path`, each answering the caller's
+    /// address as the whole body. At least two distinct usable URLs are needed.
+    /// Default [`DEFAULT_SERVICES`].
     pub services: Vec<String>,
     /// Time allowed to each service; services are asked concurrently, so this also
     /// bounds the whole service phase. Default [`DEFAULT_TIMEOUT`] (2 s).
@@ -166,19 +165,13 @@ where
 async fn ask_services(cfg: &PublicIpConfig, errors: &mut Vec<String>) -> Option<(IpAddr, Vec<String>)> {
     let mut targets = Vec::new();
     for url in &cfg.services {
-        if targets.iter().any(|(u, _)| u == url) {
+        if targets.iter().any(|u| u == url) {
             // The same service twice would agree with itself.
             continue;
         }
-        match HttpUrl::parse(url) {
-            Ok(target) => targets.push((url.clone(), target)),
-            Err(UrlError::Https) => {
-                tracing::warn!(service = %url, "https is not supported in this build (no TLS client); service skipped");
-                errors.push(format!(
-                    "{url}: skipped: https is not supported in this build (no TLS client); use an http:// URL"
-                ));
-            }
-            Err(UrlError::Invalid(why)) => errors.push(format!("{url}: skipped: not a usable URL: {why}")),
+        match usable(url) {
+            Ok(()) => targets.push(url.clone()),
+            Err(why) => errors.push(format!("{url}: skipped: not a usable URL: {why}")),
         }
     }
     if targets.len() < QUORUM {
@@ -189,15 +182,22 @@ async fn ask_services(cfg: &PublicIpConfig, errors: &mut Vec<String>) -> Option<
         return None;
     }
 
+    let prober = match Prober::new(CertPolicy::Verify) {
+        Ok(p) => std::sync::Arc::new(p),
+        Err(e) => {
+            errors.push(format!("services not asked: {e}"));
+            return None;
+        }
+    };
     let timeout = cfg.timeout;
     let mut tasks = tokio::task::JoinSet::new();
-    for (url, target) in targets {
+    for url in targets {
+        let prober = prober.clone();
         tasks.spawn(async move {
-            let answer = match tokio::time::timeout(timeout, fetch_ip(&target)).await {
-                Err(_) => Err(format!("no answer within {timeout:?}")),
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(ip)) if !is_global_unicast(ip) => Err(format!("answered {ip}, which is not a public address")),
-                Ok(Ok(ip)) => Ok(ip),
+            let answer = match fetch_ip(&prober, &url, timeout).await {
+                Err(e) => Err(e),
+                Ok(ip) if !is_global_unicast(ip) => Err(format!("answered {ip}, which is not a public address")),
+                Ok(ip) => Ok(ip),
             };
             (url, answer)
         });
@@ -313,121 +313,34 @@ fn is_global_v6(ip: Ipv6Addr) -> bool {
 
 // === HTTP ===
 
-/// A parsed `http://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct HttpUrl {
-    /// Host to connect to (IPv6 without brackets).
-    host: String,
-    port: u16,
-    /// Request target: path and query, starting with `/`.
-    path: String,
-    /// `Host` header value, as written in the URL.
-    host_header: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum UrlError {
-    /// An `https://` URL, which this build cannot fetch.
-    Https,
-    Invalid(String),
-}
-
-impl HttpUrl {
-    fn parse(url: &str) -> Result<Self, UrlError> {
-        let url = url.trim();
-        let Some((scheme, rest)) = url.split_once("://") else {
-            return Err(UrlError::Invalid("expected http://host/path".into()));
-        };
-        if scheme.eq_ignore_ascii_case("https") {
-            return Err(UrlError::Https);
-        }
-        if !scheme.eq_ignore_ascii_case("http") {
-            return Err(UrlError::Invalid(format!("scheme {scheme:?} is not http")));
-        }
-        let rest = rest.split('#').next().unwrap_or_default();
-        let split = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, target) = rest.split_at(split);
-        let path = match target {
-            "" => "/".to_string(),
-            t if t.starts_with('?') => format!("/{t}"),
-            t => t.to_string(),
-        };
-        if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(UrlError::Invalid("path contains spaces or control characters".into()));
-        }
-        if authority.contains('@') {
-            return Err(UrlError::Invalid("user information in URLs is not supported".into()));
-        }
-        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let Some((v6, after)) = bracketed.split_once(']') else {
-                return Err(UrlError::Invalid("unclosed [ in host".into()));
-            };
-            if v6.parse::<Ipv6Addr>().is_err() {
-                return Err(UrlError::Invalid(format!("[{v6}] is not an IPv6 address")));
-            }
-            let port = match after {
-                "" => None,
-                p => Some(p.strip_prefix(':').ok_or_else(|| UrlError::Invalid("junk after ]".into()))?),
-            };
-            (v6, port)
-        } else {
-            match authority.split_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(UrlError::Invalid("no host".into()));
-        }
-        if !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_')) {
-            return Err(UrlError::Invalid(format!("host {host:?} has characters a host name cannot have")));
-        }
-        let port = match port {
-            None | Some("") => 80,
-            Some(p) => {
-                p.parse::<u16>().map_err(|_| UrlError::Invalid(format!("port {p:?} is not a number 0-65535")))?
-            }
-        };
-        Ok(Self { host: host.to_string(), port, path, host_header: authority.to_string() })
+/// Whether `url` is something a service can be asked at: an http or https URL with a
+/// host.
+fn usable(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url.trim()).map_err(|e| e.to_string())?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("scheme {:?} is not http or https", parsed.scheme()));
     }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("no host".into());
+    }
+    Ok(())
 }
 
 /// One `GET`, the body read as an IP address. Errors are sentences for
 /// [`Detection::errors`].
-async fn fetch_ip(url: &HttpUrl) -> Result<IpAddr, String> {
-    let mut stream = TcpStream::connect((url.host.as_str(), url.port))
-        .await
-        .map_err(|e| format!("cannot connect to {}:{}: {e}", url.host, url.port))?;
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: constellation/{}\r\nAccept: text/plain, */*\r\n\
-         Connection: close\r\n\r\n",
-        url.path,
-        url.host_header,
-        env!("CARGO_PKG_VERSION")
-    );
-    stream.write_all(request.as_bytes()).await.map_err(|e| format!("sending the request failed: {e}"))?;
-
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    let response = loop {
-        let n = stream.read(&mut chunk).await.map_err(|e| format!("reading the answer failed: {e}"))?;
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > MAX_RESPONSE {
-            return Err(format!("answer is larger than {MAX_RESPONSE} bytes; not a what-is-my-IP service?"));
-        }
-        // Stop as soon as the response is complete: a server may ignore `Connection: close`.
-        if let Some(response) = parse_response(&buf, n == 0)? {
-            break response;
-        }
-    };
+async fn fetch_ip(prober: &Prober, url: &str, timeout: Duration) -> Result<IpAddr, String> {
+    let req = ProbeRequest { max_body: MAX_RESPONSE, ..ProbeRequest::get(url.trim(), timeout) };
+    let response = prober.send(&req).await.map_err(|e| match e {
+        ProbeError::Timeout(t) => format!("no answer within {t:?}"),
+        ProbeError::Connect(why) => format!("cannot connect: {why}"),
+        ProbeError::TooLarge(n) => format!("answer is larger than {n} bytes; not a what-is-my-IP service?"),
+        other => other.to_string(),
+    })?;
     match response.status {
         200 => {}
         300..=399 => {
             let to = response.location.as_deref().unwrap_or("(no Location)");
-            return Err(format!(
-                "HTTP {}, redirect to {to} not followed; configure the final http:// URL",
-                response.status
-            ));
+            return Err(format!("HTTP {}, redirect to {to} not followed; configure the final URL", response.status));
         }
         s => return Err(format!("HTTP {s}")),
     }
@@ -438,95 +351,6 @@ async fn fetch_ip(url: &HttpUrl) -> Result<IpAddr, String> {
         let more = if text.chars().count() > 60 { "..." } else { "" };
         format!("answer {shown:?}{more} is not an IP address")
     })
-}
-
-/// A complete HTTP response.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Response {
-    status: u16,
-    location: Option<String>,
-    body: Vec<u8>,
-}
-
-/// Parses what has been read so far: `Ok(None)` means "read more", which is an error
-/// once `eof` is set and the response is not complete.
-fn parse_response(buf: &[u8], eof: bool) -> Result<Option<Response>, String> {
-    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return if eof { Err("connection closed before the HTTP headers ended".into()) } else { Ok(None) };
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.split_whitespace();
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("not an HTTP/1.x response (status line {status_line:?})"));
-    }
-    let status = parts
-        .next()
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad HTTP status line {status_line:?}"))?;
-
-    let mut content_length = None;
-    let mut chunked = false;
-    let mut location = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
-        let (name, value) = (name.trim(), value.trim());
-        if name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(value.parse::<usize>().map_err(|_| format!("bad Content-Length {value:?}"))?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
-        } else if name.eq_ignore_ascii_case("location") {
-            location = Some(value.to_string());
-        }
-    }
-
-    let body = &buf[head_end + 4..];
-    let body = if chunked {
-        match decode_chunked(body)? {
-            Some(body) => body,
-            None if eof => return Err("connection closed in the middle of a chunked answer".into()),
-            None => return Ok(None),
-        }
-    } else if let Some(len) = content_length {
-        if body.len() >= len {
-            body[..len].to_vec()
-        } else if eof {
-            return Err(format!("connection closed after {} of {len} body bytes", body.len()));
-        } else {
-            return Ok(None);
-        }
-    } else if eof {
-        body.to_vec()
-    } else {
-        return Ok(None);
-    };
-    Ok(Some(Response { status, location, body }))
-}
-
-/// Decodes a chunked body: `Ok(None)` when incomplete. Trailers are ignored.
-fn decode_chunked(mut rest: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    let mut out = Vec::new();
-    loop {
-        let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
-        let line = String::from_utf8_lossy(&rest[..line_end]);
-        let size_text = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        if size == 0 {
-            return Ok(Some(out));
-        }
-        let data_start = line_end + 2;
-        let Some(data_end) = data_start.checked_add(size) else { return Err("chunk size overflows".into()) };
-        if rest.len() < data_end + 2 {
-            return Ok(None);
-        }
-        if &rest[data_end..data_end + 2] != b"\r\n" {
-            return Err("chunk not followed by CRLF".into());
-        }
-        out.extend_from_slice(&rest[data_start..data_end]);
-        rest = &rest[data_end + 2..];
-    }
 }
 
 // === interfaces ===
@@ -675,6 +499,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use std::time::Instant;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     fn ip(s: &str) -> IpAddr {
@@ -809,44 +634,13 @@ mod tests {
     }
 
     #[test]
-    fn url_parsing() {
-        let u = HttpUrl::parse("http://ifconfig.me/ip").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.path.as_str(), u.host_header.as_str()),
-            ("ifconfig.me", 80, "/ip", "ifconfig.me")
-        );
-        let u = HttpUrl::parse("HTTP://icanhazip.com").unwrap();
-        assert_eq!(u.path, "/");
-        let u = HttpUrl::parse("http://[::1]:8080?format=text#x").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.path.as_str(), u.host_header.as_str()),
-            ("::1", 8080, "/?format=text", "[::1]:8080")
-        );
-        assert_eq!(HttpUrl::parse("https://api.ipify.org"), Err(UrlError::Https));
-        for bad in
-            ["ifconfig.me", "ftp://x/", "http://", "http://u@h/", "http://h:99999/", "http://h/a b", "http://[zz]/"]
-        {
-            assert!(matches!(HttpUrl::parse(bad), Err(UrlError::Invalid(_))), "{bad}");
+    fn url_checks() {
+        for good in ["http://ifconfig.me/ip", "HTTPS://icanhazip.com", "http://[::1]:8080?format=text"] {
+            assert_eq!(usable(good), Ok(()), "{good}");
         }
-    }
-
-    #[test]
-    fn response_parsing() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n1.1.1.1\nEXTRA", false).unwrap().unwrap();
-        assert_eq!((r.status, r.body.as_slice()), (200, &b"1.1.1.1\n"[..]));
-        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n1.1", false), Ok(None));
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n1.1", true).is_err());
-        assert_eq!(parse_response(b"HTTP/1.0 200 OK\r\n\r\n8.8.8.8", false), Ok(None));
-        assert_eq!(parse_response(b"HTTP/1.0 200 OK\r\n\r\n8.8.8.8", true).unwrap().unwrap().body, b"8.8.8.8");
-        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n1.1.\r\n3;x=y\r\n1.1\r\n0\r\n\r\n";
-        assert_eq!(parse_response(chunked, false).unwrap().unwrap().body, b"1.1.1.1");
-        assert_eq!(parse_response(&chunked[..chunked.len() - 8], false), Ok(None));
-        let moved = parse_response(b"HTTP/1.1 301 Moved\r\nLocation: https://x/\r\nContent-Length: 0\r\n\r\n", false);
-        assert_eq!(moved.unwrap().unwrap().location.as_deref(), Some("https://x/"));
-        assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n", false).is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", false).is_err());
-        assert!(parse_response(b"HTTP/1.1 200", true).is_err());
+        for bad in ["ifconfig.me", "ftp://x/", "http://", "http://h:99999/"] {
+            assert!(usable(bad).is_err(), "{bad}");
+        }
     }
 
     #[tokio::test]
@@ -938,12 +732,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn https_and_too_few_services_are_reported() {
-        let c = cfg(vec!["https://api.ipify.org".into(), service("1.1.1.1").await]);
+    async fn unusable_and_too_few_services_are_reported() {
+        let c = cfg(vec!["ftp://api.ipify.org".into(), service("1.1.1.1").await]);
         let d = detect_with(&c, no_interface).await;
         assert_eq!(d.ip, None);
         let all = d.errors.join("\n");
-        assert!(all.contains("https://api.ipify.org: skipped: https is not supported"), "{all}");
+        assert!(all.contains("ftp://api.ipify.org: skipped: not a usable URL"), "{all}");
         assert!(all.contains("1 usable service URL(s) configured; 2 must agree"), "{all}");
     }
 
