@@ -35,7 +35,7 @@ use tokio::task::AbortHandle;
 
 pub use broadcast::{Digest, Hint};
 pub use constellation_wire::{
-    generate_key_hex, KeyProblem, Keyring, KeyringError, OpenError, KEY_LEN, SEAL_OVERHEAD, SEAL_VERSION,
+    generate_key_hex, KeyProblem, Keyring, KeyringError, OpenError, KEY_LEN, PROTOCOL_VERSION, SEAL_OVERHEAD,
 };
 pub use pull::{PullError, IO_TIMEOUT, MAX_FRAME};
 pub use state::{ClusterView, Instance, MemberState, MemberView, NodeId, NodeState};
