@@ -6,6 +6,11 @@
 //! with their latest [`NodeState`]s. Only a node changes its own state
 //! ([`Cluster::update_local`]); everything else is relayed.
 //!
+//! Every datagram and state-pull frame is sealed in `constellation-wire`'s envelope,
+//! which carries the protocol version; state pulls use its frame codec (at most
+//! [`MAX_FRAME`]) and its admission-limited TCP server ([`ClusterConfig::admission`]).
+//! Nothing here frames or seals bytes by itself.
+//!
 //! Also here: peer discovery from Tailscale ([`discovery`]) and public IP detection
 //! ([`public_ip`]). This crate knows nothing of Raft, DNS, routes or the proxy.
 
