@@ -111,7 +111,7 @@ impl FrameCodec {
     /// Allocates nothing.
     pub fn open_header(&self, header: &[u8; FRAME_HEADER_LEN]) -> Result<usize, FrameError> {
         let mut copy = *header;
-        let plain = self.keyring.open_in_place(HEADER_CONTEXT, &mut copy)?;
+        let plain = self.keyring.open_in_place_with(HEADER_CONTEXT, &mut copy)?;
         let mut len = [0u8; 4];
         if plain.len() != len.len() {
             // Authentic, so ours, but not a header: a sealing bug, not an attack.
@@ -132,7 +132,7 @@ impl FrameCodec {
         header: &[u8; FRAME_HEADER_LEN],
         body: &mut [u8],
     ) -> Result<T, FrameError> {
-        let plain = self.keyring.open_in_place(&body_context(header), body)?;
+        let plain = self.keyring.open_in_place_with(&body_context(header), body)?;
         postcard::from_bytes(plain).map_err(FrameError::Decode)
     }
 

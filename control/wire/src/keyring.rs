@@ -225,10 +225,16 @@ impl Keyring {
     /// Opens a message sealed by [`Keyring::seal`] with any key of this ring.
     pub fn open(&self, data: &[u8]) -> Result<Vec<u8>, OpenError> {
         let mut buf = data.to_vec();
-        let len = self.open_in_place(&[], &mut buf)?.len();
+        let len = self.open_in_place(&mut buf)?.len();
         buf.copy_within(CLEAR_LEN + NONCE_LEN..CLEAR_LEN + NONCE_LEN + len, 0);
         buf.truncate(len);
         Ok(buf)
+    }
+
+    /// [`Keyring::open`] in the caller's buffer: returns the plaintext as a sub-slice of
+    /// `data` and allocates nothing.
+    pub fn open_in_place<'a>(&self, data: &'a mut [u8]) -> Result<&'a [u8], OpenError> {
+        self.open_in_place_with(&[], data)
     }
 
     /// [`Keyring::seal`] with `context` appended to the associated data (not sent): a
@@ -261,7 +267,7 @@ impl Keyring {
     /// A message whose version byte is not ours is still authenticated, with the same
     /// envelope: if it opens, it comes from a key holder of another release
     /// ([`OpenError::OtherVersion`]); if not, it is [`OpenError::BadVersion`].
-    pub(crate) fn open_in_place<'a>(&self, context: &[u8], data: &'a mut [u8]) -> Result<&'a [u8], OpenError> {
+    pub(crate) fn open_in_place_with<'a>(&self, context: &[u8], data: &'a mut [u8]) -> Result<&'a [u8], OpenError> {
         if data.len() < SEAL_OVERHEAD {
             return Err(OpenError::Truncated);
         }
@@ -447,8 +453,8 @@ mod tests {
         let ring = Keyring::parse(&generate_key_hex()).unwrap();
         let mut sealed = ring.seal_with(b"one", b"payload");
         assert_eq!(ring.open(&sealed), Err(OpenError::Forged));
-        assert_eq!(ring.open_in_place(b"two", &mut sealed.clone()), Err(OpenError::Forged));
-        assert_eq!(ring.open_in_place(b"one", &mut sealed).unwrap(), b"payload");
+        assert_eq!(ring.open_in_place_with(b"two", &mut sealed.clone()), Err(OpenError::Forged));
+        assert_eq!(ring.open_in_place_with(b"one", &mut sealed).unwrap(), b"payload");
     }
 
     #[test]
