@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use constellation_wire::{Keyring, SEAL_OVERHEAD};
+use constellation_wire::{FrameCodec, Keyring, FRAME_HEADER_LEN, PROTOCOL_VERSION, SEAL_OVERHEAD};
 use rand::RngExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -12,7 +12,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use crate::support::*;
 use crate::*;
 
-const REASONS: [&str; 5] = ["truncated", "bad_version", "unknown_key", "forged", "decode"];
+const REASONS: [&str; 7] = ["truncated", "bad_version", "unknown_key", "forged", "decode", "oversize", "version"];
 
 async fn rejected(node: &Node) -> BTreeMap<&'static str, f64> {
     let mut out = BTreeMap::new();
@@ -29,12 +29,12 @@ fn random_bytes(len: usize) -> Vec<u8> {
     v
 }
 
-/// Random bytes whose first byte is not the seal version (1).
+/// Random bytes whose first byte is not our protocol version.
 fn not_sealed(len: usize) -> Vec<u8> {
     let mut v = random_bytes(len);
     if let Some(b) = v.first_mut() {
-        if *b == 1 {
-            *b = 2;
+        if *b == PROTOCOL_VERSION {
+            *b ^= 0x80;
         }
     }
     v
@@ -104,7 +104,7 @@ fn garbage_on_gossip_and_cluster_ports_is_counted_and_harmless() {
             datagrams.push((not_sealed(len), reason_for_not_sealed(len)));
         }
         // The right version byte and a key id we do not hold.
-        let mut foreign = vec![1u8];
+        let mut foreign = vec![PROTOCOL_VERSION];
         foreign.extend_from_slice(&random_bytes(1399));
         if foreign[1..5] == our_id[..] {
             foreign[1] ^= 0xff;
@@ -154,36 +154,39 @@ fn garbage_on_gossip_and_cluster_ports_is_counted_and_harmless() {
             *expect.get_mut(reason).unwrap() += 1.0;
             tcp_counted += 1;
         };
-        // Random bytes: the length prefix reads as 16 MiB or more, over the 4 MiB limit.
-        let mut big = random_bytes(64);
-        big[0] = big[0].max(1);
-        tcp_garbage(target.cluster, &big).await;
-        counted("decode", &mut expect);
-        tcp_garbage(target.cluster, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        counted("decode", &mut expect);
-        tcp_garbage(target.cluster, &frame(u32::MAX, &[])).await;
-        counted("decode", &mut expect);
-        // Lengths too short for a sealed message.
-        tcp_garbage(target.cluster, &frame(0, &[])).await;
-        counted("truncated", &mut expect);
-        tcp_garbage(target.cluster, &frame(10, &random_bytes(10))).await;
-        counted("truncated", &mut expect);
-        // Whole frames that do not open.
-        tcp_garbage(target.cluster, &frame(100, &not_sealed(100))).await;
+        // Only an authentic 37-byte header is believed: whatever garbage claims, the
+        // agent reads that much and no more before refusing it.
+        let frames = FrameCodec::new(std::sync::Arc::new(key.clone()), constellation_cluster::MAX_FRAME);
+        tcp_garbage(target.cluster, &not_sealed(64)).await;
         counted("bad_version", &mut expect);
-        tcp_garbage(target.cluster, &frame(64, &foreign[..64])).await;
+        tcp_garbage(target.cluster, b"GET / HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n").await;
+        counted("bad_version", &mut expect);
+        // A 1 GiB length prefix with no valid seal, and the largest one.
+        tcp_garbage(target.cluster, &frame(1 << 30, &not_sealed(60))).await;
+        counted("bad_version", &mut expect);
+        tcp_garbage(target.cluster, &frame(u32::MAX, &[0u8; 40])).await;
+        counted("bad_version", &mut expect);
+        tcp_garbage(target.cluster, &foreign[..FRAME_HEADER_LEN]).await;
         counted("unknown_key", &mut expect);
-        let cut = &genuine[..genuine.len() - 3];
-        tcp_garbage(target.cluster, &frame(cut.len() as u32, cut)).await;
-        counted("forged", &mut expect);
+        // A genuine frame with one bit flipped in its header, or in its body.
+        let genuine_frame = frames.encode(&[0u8; 200][..]).unwrap();
+        for at in [20, FRAME_HEADER_LEN + 20] {
+            let mut flipped = genuine_frame.clone();
+            flipped[at] ^= 0x01;
+            tcp_garbage(target.cluster, &flipped).await;
+            counted("forged", &mut expect);
+        }
+        // Authentic, announcing 1 GiB: over the 4 MiB cap, refused before the body.
+        tcp_garbage(target.cluster, &frames.seal_header(1 << 30)).await;
+        counted("oversize", &mut expect);
         // Opens, but is not a push-pull message.
-        let junk = key.seal(&[0xff; 12]);
-        tcp_garbage(target.cluster, &frame(junk.len() as u32, &junk)).await;
+        tcp_garbage(target.cluster, &frames.encode(&[0xffu8; 12]).unwrap()).await;
         counted("decode", &mut expect);
         // Incomplete frames: nothing to judge, the connection just ends (not counted).
         tcp_garbage(target.cluster, &[]).await;
-        tcp_garbage(target.cluster, &[0, 0]).await;
-        tcp_garbage(target.cluster, &frame(1000, &random_bytes(10))).await;
+        tcp_garbage(target.cluster, &[PROTOCOL_VERSION, 0]).await;
+        tcp_garbage(target.cluster, &genuine_frame[..FRAME_HEADER_LEN - 1]).await;
+        tcp_garbage(target.cluster, &genuine_frame[..FRAME_HEADER_LEN + 10]).await;
 
         // Exactly what was sent, by reason; nothing else was refused meanwhile.
         let want: BTreeMap<&'static str, f64> = REASONS.iter().map(|r| (*r, start[r] + expect[r])).collect();

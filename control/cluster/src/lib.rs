@@ -6,6 +6,11 @@
 //! with their latest [`NodeState`]s. Only a node changes its own state
 //! ([`Cluster::update_local`]); everything else is relayed.
 //!
+//! Every datagram and state-pull frame is sealed in `constellation-wire`'s envelope,
+//! which carries the protocol version; state pulls use its frame codec (at most
+//! [`MAX_FRAME`]) and its admission-limited TCP server ([`ClusterConfig::admission`]).
+//! Nothing here frames or seals bytes by itself.
+//!
 //! Also here: peer discovery from Tailscale ([`discovery`]). This crate knows nothing of
 //! Raft, DNS, routes or the proxy.
 
@@ -34,14 +39,16 @@ use tokio::task::AbortHandle;
 
 pub use broadcast::{Digest, Hint};
 pub use constellation_wire::{
-    generate_key_hex, KeyProblem, Keyring, KeyringError, OpenError, KEY_LEN, SEAL_OVERHEAD, SEAL_VERSION,
+    generate_key_hex, KeyProblem, Keyring, KeyringError, Limits, OpenError, KEY_LEN, PROTOCOL_VERSION, SEAL_OVERHEAD,
 };
 pub use pull::{PullError, IO_TIMEOUT, MAX_FRAME};
 pub use state::{ClusterView, Instance, MemberState, MemberView, NodeId, NodeState};
 
 use broadcast::{Handler, Item};
+use constellation_wire::{AdmissionMetrics, FrameCodec};
 use membership::{Command, Gossip, MAX_DATAGRAM};
 use metrics::Metrics;
+use pull::PullService;
 use state::Store;
 
 /// How long a down member stays listed (as `down`) before it is forgotten.
@@ -90,6 +97,10 @@ pub struct ClusterConfig {
     /// Suspect to down after this long. Default (`None`): memberlist's LAN formula,
     /// `4 × max(1, log10(cluster_size_hint)) × probe_period` (4 s for up to 10 nodes).
     pub suspect_to_down_after: Option<Duration>,
+    /// Limits on the state-pull listener's connections. Default: `constellation-wire`'s
+    /// defaults (64 pending, 256 in all, 3 s to send a first frame) with [`IO_TIMEOUT`]
+    /// between requests.
+    pub admission: Limits,
 }
 
 impl ClusterConfig {
@@ -110,6 +121,7 @@ impl ClusterConfig {
             probe_period: DEFAULT_PROBE_PERIOD,
             probe_rtt: DEFAULT_PROBE_RTT,
             suspect_to_down_after: None,
+            admission: Limits::new(IO_TIMEOUT),
         }
     }
 
@@ -179,6 +191,8 @@ pub(crate) struct Shared {
     pub(crate) local: String,
     pub(crate) keyring: Arc<Keyring>,
     pub(crate) metrics: Metrics,
+    /// The state-pull frame codec (cluster key, [`MAX_FRAME`]).
+    pub(crate) frames: FrameCodec,
     store: Mutex<Store>,
     view: watch::Sender<ClusterView>,
 }
@@ -256,6 +270,7 @@ impl Cluster {
             listener.local_addr().map_err(|source| ClusterError::BindCluster { addr: cfg.cluster_bind, source })?;
         let cluster_addr = resolve_advertise(cfg.cluster_advertise, bound_tcp, "cluster_advertise")?;
         let metrics = Metrics::register(registry)?;
+        let admission = AdmissionMetrics::register(registry, "state")?;
 
         let incarnation = next_incarnation();
         let id = NodeId { name: cfg.node.clone(), gossip: gossip_addr, cluster: cluster_addr, incarnation };
@@ -275,6 +290,7 @@ impl Cluster {
             local: cfg.node.clone(),
             keyring: Arc::clone(&cfg.keyring),
             metrics,
+            frames: FrameCodec::new(Arc::clone(&cfg.keyring), MAX_FRAME),
             store: Mutex::new(store),
             view: view_tx,
         });
@@ -306,7 +322,14 @@ impl Cluster {
             tokio::spawn(gossip.run(data_rx, command_rx)).abort_handle(),
             tokio::spawn(membership::run_scheduler(timer_rx, command_tx.clone())).abort_handle(),
             tokio::spawn(membership::read_socket(socket, Arc::clone(&shared), data_tx)).abort_handle(),
-            tokio::spawn(pull::serve(listener, Arc::clone(&shared))).abort_handle(),
+            tokio::spawn(constellation_wire::admission::serve(
+                listener,
+                shared.frames.clone(),
+                cfg.admission,
+                admission,
+                Arc::new(PullService { shared: Arc::clone(&shared) }),
+            ))
+            .abort_handle(),
             tokio::spawn(pull::run_puller(Arc::clone(&shared), pull_rx, cfg.push_pull_interval)).abort_handle(),
         ];
         {

@@ -1,7 +1,8 @@
 //! SWIM membership over sealed UDP: the task that owns `Foca`, its timer scheduler, the
 //! socket reader, seed joining and graceful leave.
 //!
-//! Datagram plaintext (inside [`Keyring::seal`](super::Keyring::seal)) is one kind byte
+//! Datagram plaintext (inside [`Keyring::seal`](super::Keyring::seal), whose envelope
+//! carries the protocol version) is one kind byte
 //! then a body: `0` a foca packet, `1` a join request carrying the sender's postcard
 //! [`NodeId`]. A join request asks the receiver to `announce` to the sender: foca's own
 //! `Announce` must name its destination's identity, which a joiner that only knows a
@@ -261,10 +262,12 @@ pub(crate) async fn read_socket(socket: Arc<UdpSocket>, shared: Arc<Shared>, to_
             }
         };
         shared.metrics.packets.with_label_values(&["in"]).inc();
-        let plain = match shared.keyring.open(&buf[..len]) {
+        // Opened in the receive buffer: nothing is allocated for a datagram that does
+        // not authenticate.
+        let plain = match shared.keyring.open_in_place(&mut buf[..len]) {
             Ok(plain) => plain,
             Err(error) => {
-                shared.metrics.reject(from, "udp", error.reason());
+                shared.metrics.reject_open(from, "udp", error);
                 continue;
             }
         };

@@ -1,16 +1,12 @@
-//! Gossip and state-pull metrics, and the rate limit on "packet rejected" log lines.
+//! Gossip and state-pull metrics, and the rate-limited "packet rejected" log lines.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
 
+use constellation_wire::{FrameError, OpenError, RejectLog};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-/// How often at most a rejection from one peer address is logged.
-const REJECT_LOG_EVERY: Duration = Duration::from_secs(60);
-/// Bound on the addresses remembered for the log rate limit.
-const REJECT_LOG_MAX_PEERS: usize = 4096;
+/// Every `reason` of `constellation_gossip_packets_rejected_total`.
+const REASONS: [&str; 7] = ["truncated", "bad_version", "unknown_key", "forged", "decode", "oversize", "version"];
 
 /// The cluster's Prometheus metrics.
 pub(crate) struct Metrics {
@@ -24,7 +20,7 @@ pub(crate) struct Metrics {
     pub(crate) pulls: IntCounterVec,
     /// `constellation_convergence_lag_seconds`.
     pub(crate) lag: Histogram,
-    reject_log: Mutex<HashMap<IpAddr, Instant>>,
+    reject_log: RejectLog,
 }
 
 impl Metrics {
@@ -32,8 +28,8 @@ impl Metrics {
         let rejected = IntCounterVec::new(
             Opts::new(
                 "constellation_gossip_packets_rejected_total",
-                "Gossip datagrams and state-pull frames dropped, by reason \
-                 (truncated, bad_version, unknown_key, forged, decode).",
+                "Gossip datagrams and state-pull frames dropped, by reason (truncated, bad_version, \
+                 unknown_key, forged, decode, oversize, version: a peer of another protocol version).",
             ),
             &["reason"],
         )?;
@@ -62,7 +58,7 @@ impl Metrics {
         registry.register(Box::new(pulls.clone()))?;
         registry.register(Box::new(lag.clone()))?;
         // Make every label value visible from the start, at zero.
-        for reason in ["truncated", "bad_version", "unknown_key", "forged", "decode"] {
+        for reason in REASONS {
             rejected.with_label_values(&[reason]);
         }
         for direction in ["in", "out"] {
@@ -71,20 +67,33 @@ impl Metrics {
         for result in ["ok", "error"] {
             pulls.with_label_values(&[result]);
         }
-        Ok(Metrics { rejected, packets, members, pulls, lag, reject_log: Mutex::new(HashMap::new()) })
+        Ok(Metrics { rejected, packets, members, pulls, lag, reject_log: RejectLog::default() })
+    }
+
+    /// Counts a datagram that did not open; a peer of another version gets its own
+    /// warning.
+    pub(crate) fn reject_open(&self, peer: SocketAddr, transport: &'static str, error: OpenError) {
+        match error {
+            OpenError::OtherVersion { theirs, ours } => {
+                self.rejected.with_label_values(&["version"]).inc();
+                self.reject_log.other_version(peer, transport, theirs, ours);
+            }
+            other => self.reject(peer, transport, other.reason()),
+        }
+    }
+
+    /// Counts a state-pull frame refused by the codec.
+    pub(crate) fn reject_frame(&self, peer: SocketAddr, error: &FrameError) {
+        match error {
+            FrameError::Open(open) => self.reject_open(peer, "tcp", *open),
+            other => self.reject(peer, "tcp", other.reason()),
+        }
     }
 
     /// Counts a rejected datagram or frame and logs it, at most once a minute per peer IP.
     pub(crate) fn reject(&self, peer: SocketAddr, transport: &'static str, reason: &'static str) {
         self.rejected.with_label_values(&[reason]).inc();
-        let now = Instant::now();
-        let mut log = self.reject_log.lock().unwrap_or_else(|e| e.into_inner());
-        if log.len() >= REJECT_LOG_MAX_PEERS {
-            log.retain(|_, at| now.duration_since(*at) < REJECT_LOG_EVERY);
-        }
-        let due = log.get(&peer.ip()).is_none_or(|at| now.duration_since(*at) >= REJECT_LOG_EVERY);
-        if due && log.len() < REJECT_LOG_MAX_PEERS {
-            log.insert(peer.ip(), now);
+        if self.reject_log.due(peer.ip(), "rejected") {
             tracing::warn!(
                 peer = %peer,
                 transport,

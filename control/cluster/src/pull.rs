@@ -1,9 +1,10 @@
-//! Full node states over TCP: the push-pull server on the cluster address, the client,
+//! Full node states over TCP: the push-pull service on the cluster address, the client,
 //! and the puller task (digest-triggered pulls and periodic anti-entropy).
 //!
-//! Frame: `u32` big-endian length, then a sealed postcard message (at most
-//! [`MAX_FRAME`]). Exchange: the caller sends `PushPull { digests }`; the server answers
-//! with the states fresher than those digests and its own digests; the caller then sends
+//! Messages travel as sealed frames ([`FrameCodec`], at most [`MAX_FRAME`] bytes of
+//! postcard), served by the shared admission-limited server of `constellation-wire`.
+//! Exchange: the caller sends `PushPull { digests }`; the server answers with the states
+//! fresher than those digests and its own digests; the caller then sends
 //! `Push { states }` with what it holds that is fresher than the server's, and the server
 //! acknowledges. A frame that does not open or decode closes the connection.
 
@@ -14,21 +15,19 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::state::NodeState;
 use super::{unix_ms, Shared, DOWN_GRACE};
-use constellation_wire::{OpenError, SEAL_OVERHEAD};
+use constellation_wire::{FrameError, Service};
 
-/// Largest frame accepted (length prefix excluded).
+/// Largest state-pull message accepted or sent (postcard bytes, before sealing).
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;
-/// Connect, read and write timeout for one step of an exchange.
+/// Connect, read and write timeout for one step of an exchange; also how long the
+/// server waits for the next request on a connection.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// Concurrent inbound connections served; more are closed at once.
-const MAX_CONNECTIONS: usize = 64;
 /// Digest-triggered pulls not satisfied within this long are forgotten (anti-entropy
 /// takes over).
 const WANT_EXPIRY: Duration = Duration::from_secs(30);
@@ -51,47 +50,14 @@ pub enum PullError {
         /// Peer address.
         addr: SocketAddr,
     },
-    /// Read or write failed.
-    #[error("connection to {addr} failed: {source}")]
-    Io {
+    /// A frame could not be sent or received (I/O, seal, size or decoding).
+    #[error("state pull with {addr}: {source}")]
+    Frame {
         /// Peer address.
         addr: SocketAddr,
-        /// The I/O error.
+        /// What went wrong.
         #[source]
-        source: std::io::Error,
-    },
-    /// The length prefix exceeds [`MAX_FRAME`] or is shorter than a sealed message.
-    #[error("{addr} sent a frame of {len} bytes (limit {MAX_FRAME})")]
-    BadLength {
-        /// Peer address.
-        addr: SocketAddr,
-        /// Announced length.
-        len: usize,
-    },
-    /// The frame did not open with our keyring.
-    #[error("{addr} sent a frame that does not open: {source}")]
-    Open {
-        /// Peer address.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: OpenError,
-    },
-    /// The frame opened but is not a message we know.
-    #[error("{addr} sent an undecodable message: {source}")]
-    Decode {
-        /// Peer address.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: postcard::Error,
-    },
-    /// A message of ours could not be encoded.
-    #[error("cannot encode a state-pull message: {source}")]
-    Encode {
-        /// Why.
-        #[source]
-        source: postcard::Error,
+        source: FrameError,
     },
     /// The peer answered out of turn or closed early.
     #[error("{addr} broke the push-pull protocol: {what}")]
@@ -104,13 +70,13 @@ pub enum PullError {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum Request {
+pub(crate) enum Request {
     PushPull { from: String, digests: BTreeMap<String, (u64, u64)> },
     Push { states: Vec<NodeState> },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum Response {
+pub(crate) enum Response {
     PushPull { states: Vec<NodeState>, digests: BTreeMap<String, (u64, u64)> },
     Ack { accepted: u32 },
 }
@@ -124,97 +90,51 @@ pub(crate) enum PullRequest {
     Sync { addr: SocketAddr },
 }
 
-async fn write_frame<T: Serialize>(
+async fn send<T: Serialize>(
     stream: &mut TcpStream,
     shared: &Shared,
     addr: SocketAddr,
     message: &T,
 ) -> Result<(), PullError> {
-    let plain = postcard::to_allocvec(message).map_err(|source| PullError::Encode { source })?;
-    let sealed = shared.keyring.seal(&plain);
-    let len = u32::try_from(sealed.len()).map_err(|_| PullError::BadLength { addr, len: sealed.len() })?;
-    let mut frame = Vec::with_capacity(sealed.len() + 4);
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(&sealed);
-    match tokio::time::timeout(IO_TIMEOUT, stream.write_all(&frame)).await {
+    match tokio::time::timeout(IO_TIMEOUT, shared.frames.write(stream, message)).await {
         Err(_) => Err(PullError::Timeout { addr }),
-        Ok(Err(source)) => Err(PullError::Io { addr, source }),
+        Ok(Err(source)) => Err(PullError::Frame { addr, source }),
         Ok(Ok(())) => Ok(()),
     }
 }
 
-/// Reads one frame; `Ok(None)` on a clean end of stream before a frame starts.
-async fn read_frame<T: DeserializeOwned>(
+/// Reads the answer to what we sent; a frame the server sent that does not open or
+/// decode is counted like one a client sent.
+async fn receive<T: DeserializeOwned>(
     stream: &mut TcpStream,
     shared: &Shared,
     addr: SocketAddr,
-) -> Result<Option<T>, PullError> {
-    let read = async {
-        let mut len = [0u8; 4];
-        match stream.read_exact(&mut len).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(source) => return Err(PullError::Io { addr, source }),
-        }
-        let len = u32::from_be_bytes(len) as usize;
-        if !(SEAL_OVERHEAD..=MAX_FRAME).contains(&len) {
-            let reason = if len < SEAL_OVERHEAD { "truncated" } else { "decode" };
-            shared.metrics.reject(addr, "tcp", reason);
-            return Err(PullError::BadLength { addr, len });
-        }
-        let mut sealed = vec![0u8; len];
-        stream.read_exact(&mut sealed).await.map_err(|source| PullError::Io { addr, source })?;
-        Ok(Some(sealed))
-    };
-    let sealed = match tokio::time::timeout(IO_TIMEOUT, read).await {
-        Err(_) => return Err(PullError::Timeout { addr }),
-        Ok(result) => match result? {
-            Some(sealed) => sealed,
-            None => return Ok(None),
-        },
-    };
-    let plain = shared.keyring.open(&sealed).map_err(|source| {
-        shared.metrics.reject(addr, "tcp", source.reason());
-        PullError::Open { addr, source }
-    })?;
-    postcard::from_bytes(&plain).map(Some).map_err(|source| {
-        shared.metrics.reject(addr, "tcp", "decode");
-        PullError::Decode { addr, source }
-    })
-}
-
-/// Serves push-pulls on `listener` until the task is aborted.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    if connections.len() >= MAX_CONNECTIONS {
-                        tracing::debug!(peer = %peer, "too many state-pull connections; closing");
-                        continue;
-                    }
-                    let shared = Arc::clone(&shared);
-                    connections.spawn(async move {
-                        if let Err(error) = handle(stream, peer, &shared).await {
-                            tracing::debug!(peer = %peer, error = %error, "state-pull connection failed");
-                        }
-                    });
-                }
-                Err(error) => {
-                    // Usually out of file descriptors: back off instead of spinning.
-                    tracing::warn!(error = %error, "cluster listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+) -> Result<T, PullError> {
+    match tokio::time::timeout(IO_TIMEOUT, shared.frames.read(stream)).await {
+        Err(_) => Err(PullError::Timeout { addr }),
+        Ok(Ok(Some(message))) => Ok(message),
+        Ok(Ok(None)) => Err(PullError::Protocol { addr, what: "closed the connection without an answer" }),
+        Ok(Err(source)) => {
+            if source.is_rejection() {
+                shared.metrics.reject_frame(addr, &source);
+            }
+            Err(PullError::Frame { addr, source })
         }
     }
 }
 
-async fn handle(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<(), PullError> {
-    while let Some(request) = read_frame::<Request>(&mut stream, shared, peer).await? {
-        let response = match request {
+/// The push-pull server's side of an exchange, run by the shared cluster-port server.
+pub(crate) struct PullService {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Service for PullService {
+    type Request = Request;
+    type Response = Response;
+
+    async fn call(&self, peer: SocketAddr, request: Request) -> Option<Response> {
+        let shared = &self.shared;
+        Some(match request {
             Request::PushPull { from, digests } => {
                 tracing::trace!(peer = %peer, from = %from, "push-pull");
                 let store = shared.store();
@@ -227,10 +147,17 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Res
                 }
                 Response::Ack { accepted: u32::try_from(accepted).unwrap_or(u32::MAX) }
             }
-        };
-        write_frame(&mut stream, shared, peer, &response).await?;
+        })
     }
-    Ok(())
+
+    fn rejected(&self, peer: SocketAddr, error: &FrameError) {
+        // A connection that ends or breaks mid-frame is not a message we refused.
+        if error.is_rejection() {
+            self.shared.metrics.reject_frame(peer, error);
+        } else {
+            tracing::debug!(peer = %peer, error = %error, "state-pull connection failed");
+        }
+    }
 }
 
 /// One push-pull with the node at `addr`; returns how many states we took.
@@ -241,8 +168,8 @@ pub(crate) async fn push_pull(shared: &Shared, addr: SocketAddr) -> Result<usize
         Ok(Ok(stream)) => stream,
     };
     let digests = shared.store().digests();
-    write_frame(&mut stream, shared, addr, &Request::PushPull { from: shared.local.clone(), digests }).await?;
-    let Some(Response::PushPull { states, digests: theirs }) = read_frame(&mut stream, shared, addr).await? else {
+    send(&mut stream, shared, addr, &Request::PushPull { from: shared.local.clone(), digests }).await?;
+    let Response::PushPull { states, digests: theirs } = receive(&mut stream, shared, addr).await? else {
         return Err(PullError::Protocol { addr, what: "expected a push-pull response" });
     };
     let taken = shared.store().merge(states);
@@ -251,8 +178,8 @@ pub(crate) async fn push_pull(shared: &Shared, addr: SocketAddr) -> Result<usize
     }
     let push = shared.store().newer_than(&theirs);
     if !push.is_empty() {
-        write_frame(&mut stream, shared, addr, &Request::Push { states: push }).await?;
-        let Some(Response::Ack { .. }) = read_frame(&mut stream, shared, addr).await? else {
+        send(&mut stream, shared, addr, &Request::Push { states: push }).await?;
+        let Response::Ack { .. } = receive(&mut stream, shared, addr).await? else {
             return Err(PullError::Protocol { addr, what: "expected an acknowledgement" });
         };
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use prometheus::Registry;
 
 use super::*;
+use constellation_wire::{FrameCodec, FrameError};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -157,7 +158,7 @@ async fn foreign_key_and_garbage_are_rejected_and_counted() {
     probe.send_to(&forged, target).await.unwrap();
     // A correctly sealed datagram whose body is not a foca packet: decode.
     probe.send_to(&Keyring::parse(&key).unwrap().seal(b"\x07nonsense"), target).await.unwrap();
-    // And garbage on the TCP port.
+    // And garbage on the TCP port: an old-style length prefix, so not our version byte.
     let mut tcp = tokio::net::TcpStream::connect(a.cluster.cluster_addr()).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut tcp, &[0, 0, 0, 40, 1, 2, 3]).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut tcp, &[0u8; 40]).await.unwrap();
@@ -253,4 +254,125 @@ async fn shutdown_future_leaves_and_bind_errors_name_the_address() {
         .err()
         .expect("binding a used port fails");
     assert!(err.to_string().contains(&a.cluster.gossip_addr().to_string()), "{err}");
+}
+
+/// Opens `n` TCP connections to `addr` that never send a byte.
+async fn idle_connections(addr: SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut idle = Vec::with_capacity(n);
+    for _ in 0..n {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    idle
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_idle_connections_do_not_stop_state_pulls() {
+    let key = generate_key_hex();
+    let a = start(config("a", &[], &key)).await;
+    let b = start(config("b", &[a.cluster.gossip_addr()], &key)).await;
+    wait_for(&a, "b alive with state", |v| all_alive_with_states(v, &["a", "b"])).await;
+    let pulls_before = metric(&a.registry, "constellation_state_pulls_total", ("result", "ok"));
+
+    // Both cluster ports flooded with connections that never authenticate.
+    let mut flood = idle_connections(b.cluster.cluster_addr(), 500).await;
+    flood.extend(idle_connections(a.cluster.cluster_addr(), 500).await);
+    let evicted = |node: &Node| metric(&node.registry, "constellation_cluster_connections_total", ("event", "evicted"));
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while evicted(&a) < 400.0 || evicted(&b) < 400.0 {
+        assert!(tokio::time::Instant::now() < deadline, "evictions not counted: {} {}", evicted(&a), evicted(&b));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A digest-triggered pull (a from b) and anti-entropy both still get through.
+    let started = std::time::Instant::now();
+    b.cluster.update_local(|s| s.roles.push("flooded".into()));
+    wait_for(&a, "b's new role", |v| v.states.get("b").is_some_and(|s| s.roles.contains(&"flooded".to_string()))).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while metric(&a.registry, "constellation_state_pulls_total", ("result", "ok")) < pulls_before + 3.0 {
+        assert!(tokio::time::Instant::now() < deadline, "anti-entropy stalled under the flood");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(metric(&b.registry, "constellation_cluster_connections_total", ("event", "admitted")) >= 1.0);
+    assert!(metric(&b.registry, "constellation_cluster_connections", ("state", "pending")) <= 64.0);
+    drop(flood);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_protocol_version_is_refused_and_counted() {
+    let key = generate_key_hex();
+    let a = start(config("a", &[], &key)).await;
+    let rejected = |reason| metric(&a.registry, "constellation_gossip_packets_rejected_total", ("reason", reason));
+    let newer = Arc::new(Keyring::parse(&key).unwrap().speaking(PROTOCOL_VERSION + 1));
+
+    // A datagram: the right key, another version.
+    let probe = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+    probe.send_to(&newer.seal(b"\0whatever"), a.cluster.gossip_addr()).await.unwrap();
+    // A frame: the right key, another version. The server closes without an answer.
+    let codec = FrameCodec::new(Arc::clone(&newer), MAX_FRAME);
+    let mut tcp = tokio::net::TcpStream::connect(a.cluster.cluster_addr()).await.unwrap();
+    codec.write(&mut tcp, &pull::Request::Push { states: Vec::new() }).await.unwrap();
+    let answer = tokio::time::timeout(DEADLINE, codec.read::<pull::Response, _>(&mut tcp)).await.unwrap();
+    assert!(matches!(answer, Ok(None) | Err(FrameError::Io(_))), "{answer:?}");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while rejected("version") < 2.0 {
+        assert!(tokio::time::Instant::now() < deadline, "version rejections: {}", rejected("version"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A whole member of the other release never joins, and is counted, not admitted.
+    let mut cfg = config("future", &[a.cluster.gossip_addr()], &key);
+    cfg.keyring = newer;
+    let future = start(cfg).await;
+    tokio::time::sleep(SEED_RETRY_INTERVAL + Duration::from_millis(500)).await;
+    assert!(rejected("version") > 2.0);
+    assert!(a.cluster.view().borrow().member("future").is_none());
+    assert_eq!(future.cluster.view().borrow().members.len(), 1);
+    for reason in ["forged", "unknown_key", "bad_version", "decode"] {
+        assert_eq!(rejected(reason), 0.0, "{reason}");
+    }
+}
+
+/// Resident memory of this process, in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gigabyte_length_prefixes_are_refused_before_allocation() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let key = generate_key_hex();
+    let a = start(config("a", &[], &key)).await;
+    let rejected = |reason| metric(&a.registry, "constellation_gossip_packets_rejected_total", ("reason", reason));
+    let gib: u32 = 1 << 30;
+    // Without the key: a 1 GiB length prefix and no valid seal. With it: an authentic
+    // header announcing 1 GiB, over the 4 MiB cap. Each connection then offers more data.
+    let mut unsealed = gib.to_be_bytes().to_vec();
+    unsealed.extend_from_slice(&[0u8; 60]);
+    let authentic = FrameCodec::new(Arc::new(Keyring::parse(&key).unwrap()), usize::MAX).seal_header(gib);
+    let before = rss();
+    let mut connections = Vec::new();
+    for i in 0..40 {
+        let mut tcp = tokio::net::TcpStream::connect(a.cluster.cluster_addr()).await.unwrap();
+        tcp.write_all(if i % 2 == 0 { &unsealed } else { &authentic }).await.unwrap();
+        let _ = tcp.write_all(&[0x5a; 64 * 1024]).await;
+        connections.push(tcp);
+    }
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while rejected("bad_version") < 20.0 || rejected("oversize") < 20.0 {
+        assert!(tokio::time::Instant::now() < deadline, "{} {}", rejected("bad_version"), rejected("oversize"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every one of them closed, without an answer.
+    for tcp in &mut connections {
+        let mut sink = Vec::new();
+        let read = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut sink)).await.unwrap();
+        assert!(read.is_err() || sink.is_empty());
+    }
+    let grown = rss().saturating_sub(before);
+    assert!(grown < 64 * 1024 * 1024, "resident memory grew by {grown} bytes");
+    // The cap is checked with the header, so not even the authentic ones were admitted.
+    assert_eq!(metric(&a.registry, "constellation_cluster_connections_total", ("event", "admitted")), 0.0);
 }

@@ -4,8 +4,9 @@
 //!
 //! Design in brief (details on the items):
 //! - **Port**: Raft listens on its own TCP address (`RaftConfig::bind`; by convention the
-//!   cluster port + 1). Frames are `u32` big-endian length + keyring-sealed JSON.
-//!   [`network::RaftHandler::handle_raft_frame`] is the seam for sharing the cluster port.
+//!   cluster port + 1), on the shared admission-limited server of `constellation-wire`.
+//!   Messages are postcard in that crate's sealed frames (authenticated fixed header,
+//!   then body; at most [`network::MAX_FRAME`] bytes), carrying the protocol version.
 //! - **Bootstrap**: only the voter whose name sorts first ever calls `initialize`, with all
 //!   configured voters, and only when its own store is pristine and it has not heard from
 //!   an existing cluster for two maximum election timeouts. openraft's `initialize` is safe
@@ -52,7 +53,7 @@ pub use metrics::RaftMetrics;
 pub use network::ForwardError;
 pub use store::{StoreError, STORE_FILE};
 
-use constellation_wire::Keyring;
+use constellation_wire::{AdmissionMetrics, Keyring};
 use lease::LeaseClock;
 use membership::{members_of, MembershipCtl, Outcome};
 use network::{PeerClient, RaftHandler, Request, Response};
@@ -316,9 +317,9 @@ impl LeaseNode {
         });
 
         let peers = Arc::new(peers);
+        let admission = AdmissionMetrics::register(registry, "raft")?;
         let handler = Arc::new(RaftHandler {
             raft: raft.clone(),
-            keyring: Arc::clone(&cfg.keyring),
             metrics: Arc::clone(&metrics),
             sm: Arc::clone(&sm_data),
             membership: Arc::clone(&membership),
@@ -327,7 +328,9 @@ impl LeaseNode {
         let tasks = Arc::new(Mutex::new(Vec::new()));
         {
             let mut all = lock(&tasks);
-            all.push(tokio::spawn(network::serve(listener, handler)).abort_handle());
+            all.push(
+                tokio::spawn(network::serve(listener, Arc::clone(&cfg.keyring), admission, handler)).abort_handle(),
+            );
             all.push(
                 tokio::spawn(publish_view(raft.clone(), table_rx, view_tx, Arc::clone(&peers), Arc::clone(&metrics)))
                     .abort_handle(),

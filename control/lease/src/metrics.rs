@@ -1,6 +1,12 @@
 //! Prometheus metrics of the Raft group and the leases.
 
+use std::net::SocketAddr;
+
+use constellation_wire::{FrameError, OpenError, RejectLog};
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// Every `reason` of `constellation_raft_frames_rejected_total`.
+const REASONS: [&str; 8] = ["truncated", "bad_version", "unknown_key", "forged", "decode", "oversize", "version", "io"];
 
 /// The Raft and lease metrics of one node.
 pub struct RaftMetrics {
@@ -16,6 +22,7 @@ pub struct RaftMetrics {
     pub(crate) stepdowns: IntCounterVec,
     /// `constellation_raft_frames_rejected_total{reason}`.
     pub(crate) rejected: IntCounterVec,
+    reject_log: RejectLog,
 }
 
 impl RaftMetrics {
@@ -44,7 +51,8 @@ impl RaftMetrics {
         let rejected = IntCounterVec::new(
             Opts::new(
                 "constellation_raft_frames_rejected_total",
-                "Raft frames dropped, by reason (truncated, bad_version, unknown_key, forged, decode, io).",
+                "Raft frames dropped, by reason (truncated, bad_version, unknown_key, forged, decode, \
+                 oversize, version: a peer of another protocol version, io).",
             ),
             &["reason"],
         )?;
@@ -54,6 +62,21 @@ impl RaftMetrics {
         registry.register(Box::new(renewals.clone()))?;
         registry.register(Box::new(stepdowns.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
-        Ok(RaftMetrics { term, is_leader, token, renewals, stepdowns, rejected })
+        for reason in REASONS {
+            rejected.with_label_values(&[reason]);
+        }
+        Ok(RaftMetrics { term, is_leader, token, renewals, stepdowns, rejected, reject_log: RejectLog::default() })
+    }
+
+    /// Counts a refused Raft frame; a peer of another protocol version also gets a
+    /// (rate-limited) warning, anything else a debug line.
+    pub(crate) fn reject(&self, peer: SocketAddr, error: &FrameError) {
+        self.rejected.with_label_values(&[error.reason()]).inc();
+        match error {
+            FrameError::Open(OpenError::OtherVersion { theirs, ours }) => {
+                self.reject_log.other_version(peer, "raft", *theirs, *ours);
+            }
+            other => tracing::debug!(peer = %peer, error = %other, "raft frame rejected; closing connection"),
+        }
     }
 }

@@ -1,8 +1,9 @@
-//! Raft RPC over TCP: each frame is a big-endian `u32` length and a payload sealed with
-//! the cluster keyring. Peers connect lazily and keep one connection per target; the
-//! server opens every frame before anything decodes it, dispatches Raft RPCs to the local
-//! `Raft`, and also serves forwarded lease commands and linearizable checks, so a follower
-//! can act through the leader.
+//! Raft RPC over TCP, in the sealed frames of `constellation-wire` (postcard, at most
+//! [`MAX_FRAME`] bytes a message) on its shared admission-limited server. Peers connect
+//! lazily and keep one connection per target; the server authenticates every frame before
+//! anything decodes it, dispatches Raft RPCs to the local `Raft`, and also serves
+//! forwarded lease commands and linearizable checks, so a follower can act through the
+//! leader.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,22 +20,21 @@ use openraft::raft::{
 };
 use openraft::Raft;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 
 use super::lease::{LeaseCommand, LeaseResponse};
 use super::membership::{Acks, MembershipCtl, Outcome};
 use super::metrics::RaftMetrics;
 use super::store::{lock, SmData};
 use super::{NodeId, PeerNode, TypeConfig};
-use constellation_wire::Keyring;
+use constellation_wire::{AdmissionMetrics, FrameCodec, FrameError, Keyring, Limits, Service};
 
-/// Largest frame accepted (a snapshot chunk or a batch of entries is far smaller).
+/// Largest Raft message accepted or sent (a snapshot chunk or a batch of entries is far
+/// smaller).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// How long a connect may take before the peer counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long the server waits for the next frame on an idle connection.
+/// How long the server waits for the next request on an admitted connection.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A request on the Raft port.
@@ -118,47 +118,18 @@ pub enum CallError {
     },
 }
 
-// === framing ===
-
-pub(crate) async fn write_frame(stream: &mut TcpStream, keyring: &Keyring, plain: &[u8]) -> std::io::Result<()> {
-    let sealed = keyring.seal(plain);
-    let len = u32::try_from(sealed.len()).map_err(|_| std::io::Error::other("frame too large"))?;
-    let mut buf = Vec::with_capacity(4 + sealed.len());
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(&sealed);
-    stream.write_all(&buf).await?;
-    stream.flush().await
-}
-
-/// Reads one frame (still sealed). `Ok(None)` on a clean end of stream.
-pub(crate) async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
-    let mut len = [0u8; 4];
-    match stream.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {len} bytes")));
-    }
-    let mut buf = vec![0u8; len];
-    stream.read_exact(&mut buf).await?;
-    Ok(Some(buf))
-}
-
 // === client ===
 
 /// One lazily connected client to a peer's Raft port.
 pub(crate) struct PeerClient {
     addr: SocketAddr,
-    keyring: Arc<Keyring>,
+    frames: FrameCodec,
     conn: Option<TcpStream>,
 }
 
 impl PeerClient {
     pub(crate) fn new(addr: SocketAddr, keyring: Arc<Keyring>) -> PeerClient {
-        PeerClient { addr, keyring, conn: None }
+        PeerClient { addr, frames: codec(keyring), conn: None }
     }
 
     /// Sends `req` and waits for the reply, all within `timeout`. On any failure the
@@ -176,7 +147,6 @@ impl PeerClient {
 
     async fn call_inner(&mut self, req: &Request) -> Result<Response, CallError> {
         let addr = self.addr;
-        let plain = serde_json::to_vec(req).map_err(|e| CallError::BadReply { addr, problem: e.to_string() })?;
         if self.conn.is_none() {
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
                 .await
@@ -188,18 +158,22 @@ impl PeerClient {
         let Some(stream) = self.conn.as_mut() else {
             return Err(CallError::Connect { addr, source: std::io::Error::other("no connection") });
         };
-        write_frame(stream, &self.keyring, &plain).await.map_err(|source| CallError::Io { addr, source })?;
-        let frame = read_frame(stream)
+        let failed = |error: FrameError| match error {
+            FrameError::Io(source) => CallError::Io { addr, source },
+            other => CallError::BadReply { addr, problem: other.to_string() },
+        };
+        self.frames.write(stream, req).await.map_err(failed)?;
+        self.frames
+            .read(stream)
             .await
-            .map_err(|source| CallError::Io { addr, source })?
-            .ok_or_else(|| CallError::Io { addr, source: std::io::ErrorKind::UnexpectedEof.into() })?;
-        let plain = self
-            .keyring
-            .open(&frame)
-            .map_err(|e| CallError::BadReply { addr, problem: format!("does not open: {e}") })?;
-        serde_json::from_slice(&plain)
-            .map_err(|e| CallError::BadReply { addr, problem: format!("does not decode: {e}") })
+            .map_err(failed)?
+            .ok_or_else(|| CallError::Io { addr, source: std::io::ErrorKind::UnexpectedEof.into() })
     }
+}
+
+/// The Raft frame codec: the cluster key, [`MAX_FRAME`].
+pub(crate) fn codec(keyring: Arc<Keyring>) -> FrameCodec {
+    FrameCodec::new(keyring, MAX_FRAME)
 }
 
 /// Builds [`Network`] clients for openraft.
@@ -308,40 +282,31 @@ impl RaftNetwork<TypeConfig> for Network {
 
 // === server ===
 
-/// Serves one node's Raft port: opens frames, dispatches them, seals the replies.
-pub struct RaftHandler {
+/// Serves one node's Raft port: Raft RPCs, forwarded lease commands, checks and
+/// membership changes.
+pub(crate) struct RaftHandler {
     pub(crate) raft: Raft<TypeConfig>,
-    pub(crate) keyring: Arc<Keyring>,
     pub(crate) metrics: Arc<RaftMetrics>,
     pub(crate) sm: Arc<std::sync::Mutex<SmData>>,
     pub(crate) membership: Arc<MembershipCtl>,
 }
 
-impl RaftHandler {
-    /// Handles one sealed frame and returns the sealed reply, or `None` when the frame
-    /// does not open with the keyring or does not decode (it is counted in
-    /// `constellation_raft_frames_rejected_total{reason}` and dropped). This is also the
-    /// entry point for a shared cluster-port server that demultiplexes by message kind.
-    pub async fn handle_raft_frame(&self, sealed: &[u8]) -> Option<Vec<u8>> {
-        let plain = match self.keyring.open(sealed) {
-            Ok(p) => p,
-            Err(e) => {
-                self.metrics.rejected.with_label_values(&[e.reason()]).inc();
-                return None;
-            }
-        };
-        let req: Request = match serde_json::from_slice(&plain) {
-            Ok(r) => r,
-            Err(_) => {
-                self.metrics.rejected.with_label_values(&["decode"]).inc();
-                return None;
-            }
-        };
-        let resp = self.dispatch(req).await;
-        let plain = serde_json::to_vec(&resp).ok()?;
-        Some(self.keyring.seal(&plain))
+impl Service for RaftHandler {
+    type Request = Request;
+    type Response = Response;
+
+    async fn call(&self, _peer: SocketAddr, request: Request) -> Option<Response> {
+        Some(self.dispatch(request).await)
     }
 
+    /// Counted in `constellation_raft_frames_rejected_total{reason}`; a peer that cannot
+    /// seal with our key gets nothing back, not even an error.
+    fn rejected(&self, peer: SocketAddr, error: &FrameError) {
+        self.metrics.reject(peer, error);
+    }
+}
+
+impl RaftHandler {
     async fn dispatch(&self, req: Request) -> Response {
         match req {
             Request::AppendEntries(rpc) => Response::AppendEntries(self.raft.append_entries(rpc).await),
@@ -369,46 +334,11 @@ impl RaftHandler {
 
 /// Accepts connections on the Raft port until the task is aborted (which also ends every
 /// connection task).
-pub async fn serve(listener: TcpListener, handler: Arc<RaftHandler>) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    conns.spawn(serve_conn(stream, peer, Arc::clone(&handler)));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "raft accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-}
-
-async fn serve_conn(mut stream: TcpStream, peer: SocketAddr, handler: Arc<RaftHandler>) {
-    loop {
-        let frame = match tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut stream)).await {
-            Ok(Ok(Some(frame))) => frame,
-            Ok(Ok(None)) | Err(_) => return,
-            Ok(Err(_)) => {
-                handler.metrics.rejected.with_label_values(&["io"]).inc();
-                return;
-            }
-        };
-        let Some(reply) = handler.handle_raft_frame(&frame).await else {
-            // A peer that cannot seal with our key gets nothing, not even an error.
-            tracing::debug!(peer = %peer, "raft frame rejected; closing connection");
-            return;
-        };
-        let Ok(len) = u32::try_from(reply.len()) else { return };
-        let mut buf = Vec::with_capacity(4 + reply.len());
-        buf.extend_from_slice(&len.to_be_bytes());
-        buf.extend_from_slice(&reply);
-        if stream.write_all(&buf).await.is_err() {
-            return;
-        }
-    }
+pub(crate) async fn serve(
+    listener: TcpListener,
+    keyring: Arc<Keyring>,
+    admission: AdmissionMetrics,
+    handler: Arc<RaftHandler>,
+) {
+    constellation_wire::admission::serve(listener, codec(keyring), Limits::new(IDLE_TIMEOUT), admission, handler).await;
 }
