@@ -45,7 +45,13 @@ where
 {
     eventually(what, limit, || {
         let fut = cond();
-        async move { if fut.await { Ok(()) } else { Err("not yet".to_string()) } }
+        async move {
+            if fut.await {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        }
     })
     .await;
 }
