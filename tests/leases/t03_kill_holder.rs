@@ -30,7 +30,7 @@ fn killed_holder_is_replaced_with_a_larger_token_and_rejoins_as_follower() {
         let bound = t.ttl() + t.max_election() * 3 + t.retry();
         let slack = Duration::from_secs(2);
         let (took, (new_holder, new_token)) = {
-            let (found, took) = eventually(
+            let (found, took) = eventually_or(
                 "a survivor to show another lb-leader holder with a larger token",
                 bound + slack,
                 || cluster.dump(),
@@ -72,7 +72,7 @@ fn killed_holder_is_replaced_with_a_larger_token_and_rejoins_as_follower() {
         let restarted_ns = unix_ns();
         cluster.spawn(victim);
         cluster.node(victim).wait_healthy(Duration::from_secs(30)).await;
-        let (rejoined, rejoin_took) = eventually(
+        let (rejoined, rejoin_took) = eventually_or(
             "the restarted node to follow the current leader and show the current leases",
             Duration::from_secs(20),
             || cluster.dump(),

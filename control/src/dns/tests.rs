@@ -12,7 +12,7 @@ use prometheus::Registry;
 use serde_json::json;
 
 use super::*;
-use constellation_testkit::{FakeCloudflare, Fault};
+use constellation_testkit::cloudflare::{FakeCloudflare, Fault};
 
 const TOKEN: &str = "good-token-0123456789";
 const ZONE: &str = "example.com";
