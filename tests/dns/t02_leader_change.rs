@@ -30,7 +30,7 @@ fn killing_the_front_door_moves_apex_and_wildcard_to_the_new_holder() {
 
         let killed_at = unix_ns();
         cluster.kill(victim);
-        let ((new_leader, new_token), _) = eventually(
+        let ((new_leader, new_token), _) = eventually_or(
             "a survivor to hold lb-leader",
             t.ttl() * 2 + t.max_election() * 2 + Duration::from_secs(5),
             || cluster.dump(),
@@ -67,7 +67,7 @@ fn killing_the_front_door_moves_apex_and_wildcard_to_the_new_holder() {
         // The writer now is a survivor, and says so with its current token.
         let (s, _) = cluster.wait_settled(&survivors, Duration::from_secs(10)).await;
         let writer = index_of(s.holder(DNS));
-        let (dns, _) = eventually(
+        let (dns, _) = eventually_or(
             "the writer to report the applied change",
             Duration::from_secs(10),
             || cluster.dump(),
