@@ -9,8 +9,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use crate::backend::{Backend, Behaviour};
-use crate::client::{fetch, Client};
+mod backend;
+mod wire;
+
+use backend::Service;
+use wire::call;
+
+/// How long the CLI waits for the admin API.
+const ADMIN_LIMIT: Duration = Duration::from_secs(30);
 
 fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -20,7 +26,7 @@ fn free_port() -> anyhow::Result<u16> {
 /// Fetch and parse a JSON document from the admin API at `base` (`http://host:port`).
 pub async fn admin_json(base: &str, path: &str) -> anyhow::Result<Value> {
     let addr = admin_addr(base)?;
-    let r = fetch(addr, "GET", &addr.to_string(), path, &[], &[])
+    let r = call(addr, "GET", path, &[], &[], ADMIN_LIMIT)
         .await
         .with_context(|| format!("cannot reach the admin API at {base}"))?;
     if r.status != 200 {
@@ -144,7 +150,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let mut backends = Vec::new();
     for name in ["alpha", "bravo", "charlie"] {
-        backends.push(Backend::start(name, "127.0.0.1:0".parse()?).await?);
+        backends.push(Service::start(name, "127.0.0.1:0".parse()?).await?);
     }
     let (web, admin) = (free_port()?, free_port()?);
     std::fs::write(
@@ -177,7 +183,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     let web_addr: SocketAddr = format!("127.0.0.1:{web}").parse()?;
     let ready_by = Instant::now() + Duration::from_secs(15);
     loop {
-        if let Ok(r) = fetch(admin_addr(&admin_base)?, "GET", "demo", "/readyz", &[], &[]).await {
+        if let Ok(r) = call(admin_addr(&admin_base)?, "GET", "/readyz", &[], &[], ADMIN_LIMIT).await {
             if r.status == 200 {
                 break;
             }
@@ -200,11 +206,9 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     for _ in 0..4 {
         let (sent, errors, stop) = (sent.clone(), errors.clone(), stop.clone());
         clients.push(tokio::spawn(async move {
-            let mut c = Client::new(web_addr);
-            c.timeout = Duration::from_secs(5);
             while !stop.load(Ordering::Relaxed) {
                 sent.fetch_add(1, Ordering::Relaxed);
-                match c.get("demo.localhost", "/").await {
+                match call(web_addr, "GET", "/", &[], &[], Duration::from_secs(5)).await {
                     Ok(r) if r.status < 500 => {}
                     _ => {
                         errors.fetch_add(1, Ordering::Relaxed);
@@ -224,28 +228,28 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
         let t = tick;
         match (step, t) {
             (0, 3..) => {
-                backends[1].kill();
+                backends[1].stop();
                 println!("---- t={t}s: bravo killed (connection refused from now on)");
                 step = 1;
             }
             (1, 6..) => {
-                backends[2].set(Behaviour::Status(503));
+                backends[2].fail_with(503);
                 println!("---- t={t}s: charlie starts answering 503");
                 step = 2;
             }
             (2, 10..) => {
-                backends[2].set(Behaviour::Ok);
+                backends[2].fail_with(0);
                 println!("---- t={t}s: charlie healthy again");
                 step = 3;
             }
             (3, 12..) => {
-                backends[1] = Backend::start("bravo", bravo_addr).await?;
+                backends[1] = Service::start("bravo", bravo_addr).await?;
                 println!("---- t={t}s: bravo restarted");
                 step = 4;
             }
             _ => {}
         }
-        let metrics = fetch(admin_addr(&admin_base)?, "GET", "demo", "/metrics", &[], &[])
+        let metrics = call(admin_addr(&admin_base)?, "GET", "/metrics", &[], &[], ADMIN_LIMIT)
             .await
             .map(|r| r.text())
             .unwrap_or_default();
@@ -271,7 +275,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     for c in clients {
         let _ = c.await;
     }
-    let metrics = fetch(admin_addr(&admin_base)?, "GET", "demo", "/metrics", &[], &[])
+    let metrics = call(admin_addr(&admin_base)?, "GET", "/metrics", &[], &[], ADMIN_LIMIT)
         .await
         .map(|r| r.text())
         .unwrap_or_default();
@@ -298,7 +302,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
         );
     }
     for b in &backends {
-        println!("  {} served {} requests", b.url(), b.count());
+        println!("  {} served {} requests", b.url(), b.served());
     }
     println!("  agent log: {}", dir.join("agent.log").display());
     Ok(())
@@ -331,7 +335,7 @@ pub async fn admin_call(
         }
         None => Vec::new(),
     };
-    let r = fetch(addr, method, &addr.to_string(), path, &headers, &payload)
+    let r = call(addr, method, path, &headers, &payload, ADMIN_LIMIT)
         .await
         .with_context(|| format!("cannot reach the admin API at {base}"))?;
     let parsed: Option<Value> = serde_json::from_slice(&r.body).ok();

@@ -1,10 +1,8 @@
-//! The `constellation` binary's library half: agent wiring, the demo, and the small
-//! HTTP backend and client the demo, tests and benchmarks share.
+//! The `constellation` binary's library half: agent wiring, the demo and the CLI views.
+//! Test fixtures live in the dev-only `constellation-testkit` crate, not here.
 
 #![forbid(unsafe_code)]
 
 pub mod agent;
-pub mod backend;
-pub mod client;
 pub mod demo;
 pub mod welcome;
