@@ -343,4 +343,3 @@ pub fn bucket_violation(times: &[Instant], per_5min: u32, burst: u32, slack: Dur
     }
     worst.map(|(_, s)| s)
 }
-

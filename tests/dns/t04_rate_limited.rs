@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-
 use crate::support::*;
 use crate::*;
 
