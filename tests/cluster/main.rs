@@ -22,7 +22,6 @@ mod t07_failover;
 mod t08_outlier_hint;
 
 use std::collections::BTreeSet;
-use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use crate::support::*;
@@ -35,18 +34,7 @@ pub struct Cluster {
     fleet: Fleet,
 }
 
-impl Deref for Cluster {
-    type Target = Fleet;
-    fn deref(&self) -> &Fleet {
-        &self.fleet
-    }
-}
-
-impl DerefMut for Cluster {
-    fn deref_mut(&mut self) -> &mut Fleet {
-        &mut self.fleet
-    }
-}
+constellation_testkit::wraps_fleet!(Cluster);
 
 impl Cluster {
     /// Starts one node per spec (node 1 first, as the seed, then the others at once),

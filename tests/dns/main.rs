@@ -33,7 +33,6 @@ mod t05_deposed_writer;
 mod t06_invalid_token;
 mod t07_dry_run;
 
-use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -169,18 +168,7 @@ pub struct DnsCluster {
     pub clock: (Instant, i128),
 }
 
-impl Deref for DnsCluster {
-    type Target = Fleet;
-    fn deref(&self) -> &Fleet {
-        &self.fleet
-    }
-}
-
-impl DerefMut for DnsCluster {
-    fn deref_mut(&mut self) -> &mut Fleet {
-        &mut self.fleet
-    }
-}
+constellation_testkit::wraps_fleet!(DnsCluster);
 
 impl DnsCluster {
     /// Starts the fake, writes the configs, starts every agent at once and waits until

@@ -28,7 +28,6 @@ mod t07_revoke_after_renewal;
 mod t08_history_checker;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use crate::support::*;
@@ -73,18 +72,7 @@ pub struct LeaseCluster {
     pub timings: Timings,
 }
 
-impl Deref for LeaseCluster {
-    type Target = Fleet;
-    fn deref(&self) -> &Fleet {
-        &self.fleet
-    }
-}
-
-impl DerefMut for LeaseCluster {
-    fn deref_mut(&mut self) -> &mut Fleet {
-        &mut self.fleet
-    }
-}
+constellation_testkit::wraps_fleet!(LeaseCluster);
 
 impl LeaseCluster {
     /// Writes the configs, starts every agent at once and waits until each answers

@@ -222,29 +222,38 @@ async fn serve(
     let auth = req.headers().get("authorization").map(|v| String::from_utf8_lossy(v.as_bytes()).to_string());
     let body = req.into_body().collect().await.map_err(io::Error::other)?.to_bytes().to_vec();
     let req = Request { method, path, query, auth, body };
-    let fault = lock(&state).faults.pop_front();
-    if let Some(Fault::Slow(d)) = &fault {
-        tokio::time::sleep(*d).await;
-    }
-    let (status, retry_after, body) = match fault {
-        Some(Fault::RateLimited { retry_after_secs }) => {
-            (429, Some(retry_after_secs), failure(971, "Please wait and consider throttling your request speed"))
+    // Answered in a task of its own: a client that gives up (a timeout) closes the
+    // connection and hyper drops this future, but the request was received and is
+    // logged with what it would have been answered, as a real server would have.
+    let answered = tokio::spawn(async move {
+        let fault = lock(&state).faults.pop_front();
+        if let Some(Fault::Slow(d)) = &fault {
+            tokio::time::sleep(*d).await;
         }
-        Some(Fault::ServerError(code)) => (code, None, failure(10_000 + u32::from(code), "Internal server error")),
-        _ => {
-            let (status, body) = handle(&state, &req);
-            (status, None, body)
-        }
-    };
-    lock(&state).log.push(LoggedRequest {
-        method: req.method,
-        path: req.path,
-        query: req.query,
-        at,
-        at_ns,
-        via,
-        status,
+        let (status, retry_after, body) = match fault {
+            Some(Fault::RateLimited { retry_after_secs }) => (
+                429,
+                Some(retry_after_secs),
+                failure(971, "Please wait and consider throttling your request speed"),
+            ),
+            Some(Fault::ServerError(code)) => (code, None, failure(10_000 + u32::from(code), "Internal server error")),
+            _ => {
+                let (status, body) = handle(&state, &req);
+                (status, None, body)
+            }
+        };
+        lock(&state).log.push(LoggedRequest {
+            method: req.method,
+            path: req.path,
+            query: req.query,
+            at,
+            at_ns,
+            via,
+            status,
+        });
+        (status, retry_after, body)
     });
+    let (status, retry_after, body) = answered.await.map_err(io::Error::other)?;
     let mut resp = hyper::Response::builder().status(status).header("content-type", "application/json");
     if let Some(secs) = retry_after {
         resp = resp.header("retry-after", secs.to_string());

@@ -694,3 +694,23 @@ impl Fleet {
         keep
     }
 }
+
+/// Lets a suite's own wrapper type (a struct with a `fleet: Fleet` field and the suite's
+/// waits) be used as the [`Fleet`] it wraps: implements `Deref` and `DerefMut` to it.
+#[macro_export]
+macro_rules! wraps_fleet {
+    ($wrapper:ty) => {
+        impl ::std::ops::Deref for $wrapper {
+            type Target = $crate::Fleet;
+            fn deref(&self) -> &$crate::Fleet {
+                &self.fleet
+            }
+        }
+
+        impl ::std::ops::DerefMut for $wrapper {
+            fn deref_mut(&mut self) -> &mut $crate::Fleet {
+                &mut self.fleet
+            }
+        }
+    };
+}
