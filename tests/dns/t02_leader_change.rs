@@ -30,25 +30,16 @@ fn killing_the_front_door_moves_apex_and_wildcard_to_the_new_holder() {
 
         let killed_at = unix_ns();
         cluster.kill(victim);
-        let ((new_leader, new_token), _) = eventually_or(
-            "a survivor to hold lb-leader",
-            t.ttl() * 2 + t.max_election() * 2 + Duration::from_secs(5),
-            || cluster.dump(),
-            || async {
-                for &i in &survivors {
-                    if let Some(s) = cluster.node(i).status().await {
-                        let l = lease_seen(&s, LB);
-                        if let (Some(h), Some(tok)) = (l.holder, l.token) {
-                            if h != before.holder(LB) && tok > before.token(LB) {
-                                return Ok((index_of(&h), tok));
-                            }
-                        }
-                    }
-                }
-                Err("still the old holder".to_string())
-            },
-        )
-        .await;
+        let ((new_holder, new_token), _) = cluster
+            .wait_new_holder(
+                &survivors,
+                LB,
+                (before.holder(LB), before.token(LB)),
+                t.ttl() * 2 + t.max_election() * 2 + Duration::from_secs(5),
+                || cluster.dump(),
+            )
+            .await;
+        let new_leader = index_of(&new_holder);
         let acquired = cluster
             .node(new_leader)
             .history()

@@ -29,25 +29,16 @@ fn a_burst_of_429s_delays_the_change_and_the_budget_holds() {
 
         let killed_at = unix_ns();
         cluster.kill(victim);
-        let (new_leader, _) = eventually_or(
-            "a survivor to hold lb-leader",
-            t.ttl() * 2 + t.max_election() * 2 + Duration::from_secs(5),
-            || cluster.dump(),
-            || async {
-                for &i in &survivors {
-                    if let Some(s) = cluster.node(i).status().await {
-                        let l = lease_seen(&s, LB);
-                        if let (Some(h), Some(tok)) = (l.holder, l.token) {
-                            if h != before.holder(LB) && tok > before.token(LB) {
-                                return Ok(index_of(&h));
-                            }
-                        }
-                    }
-                }
-                Err("still the old holder".to_string())
-            },
-        )
-        .await;
+        let ((new_holder, _), _) = cluster
+            .wait_new_holder(
+                &survivors,
+                LB,
+                (before.holder(LB), before.token(LB)),
+                t.ttl() * 2 + t.max_election() * 2 + Duration::from_secs(5),
+                || cluster.dump(),
+            )
+            .await;
+        let new_leader = index_of(&new_holder);
         // The next requests, whoever sends them, get 429.
         let injected_at = unix_ns();
         cluster.fake.inject(Fault::RateLimited { retry_after_secs: 1 }, BURST_OF_429);

@@ -231,11 +231,9 @@ async fn serve(
             tokio::time::sleep(*d).await;
         }
         let (status, retry_after, body) = match fault {
-            Some(Fault::RateLimited { retry_after_secs }) => (
-                429,
-                Some(retry_after_secs),
-                failure(971, "Please wait and consider throttling your request speed"),
-            ),
+            Some(Fault::RateLimited { retry_after_secs }) => {
+                (429, Some(retry_after_secs), failure(971, "Please wait and consider throttling your request speed"))
+            }
             Some(Fault::ServerError(code)) => (code, None, failure(10_000 + u32::from(code), "Internal server error")),
             _ => {
                 let (status, body) = handle(&state, &req);

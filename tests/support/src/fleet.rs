@@ -17,7 +17,7 @@ use crate::binary::{binary, run};
 use crate::client::fetch;
 use crate::partition::remove_orphan_rules;
 use crate::scratch::{take_cluster_port, take_port, Scratch};
-use crate::status::{lease_seen, metric_value, raft_leader};
+use crate::status::{lease_seen, metric_value, raft_leader, LeaseSeen};
 use crate::wait::eventually_or;
 
 /// Raft timings written into `[raft]`.
@@ -651,6 +651,32 @@ impl Fleet {
             } else {
                 Err(format!("changed: {first:?} -> {second:?}"))
             }
+        })
+        .await
+    }
+
+    /// Waits until one of `observers` shows `lease` held by another node than
+    /// `old_holder` with a token above `old_token` (a fail-over); returns that holder and
+    /// token, and how long it took. `context` is added to a timeout's message.
+    pub async fn wait_new_holder(
+        &self,
+        observers: &[usize],
+        lease: &str,
+        (old_holder, old_token): (&str, u64),
+        limit: Duration,
+        context: impl FnOnce() -> String,
+    ) -> ((String, u64), Duration) {
+        let what = format!("one of {observers:?} to show {lease} moved off {old_holder} (token > {old_token})");
+        eventually_or(&what, limit, context, || async {
+            for &i in observers {
+                let Some(s) = self.node(i).status().await else { continue };
+                if let LeaseSeen { holder: Some(h), token: Some(t), .. } = lease_seen(&s, lease) {
+                    if h != old_holder && t > old_token {
+                        return Ok((h, t));
+                    }
+                }
+            }
+            Err(format!("{lease} still with {old_holder}"))
         })
         .await
     }
