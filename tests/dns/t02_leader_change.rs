@@ -40,13 +40,18 @@ fn killing_the_front_door_moves_apex_and_wildcard_to_the_new_holder() {
             )
             .await;
         let new_leader = index_of(&new_holder);
-        let acquired = cluster
-            .node(new_leader)
-            .history()
-            .into_iter()
-            .find(|e| e.lease == LB && e.kind == "acquired" && e.token == new_token)
-            .unwrap_or_else(|| panic!("n{new_leader} has no acquired event for token {new_token}"))
-            .t_ns;
+        // The status can show the new holder a moment before its history line is written.
+        let (acquired, _) = eventually_or(
+            &format!("n{new_leader}'s acquired event for token {new_token}"),
+            Duration::from_secs(2),
+            || cluster.dump(),
+            || async {
+                let history = cluster.node(new_leader).history();
+                let event = history.iter().find(|e| e.lease == LB && e.kind == "acquired" && e.token == new_token);
+                event.map(|e| e.t_ns).ok_or_else(|| format!("history {history:?}"))
+            },
+        )
+        .await;
         let want = DnsCluster::want(new_leader, &[1, 2, 3]);
         cluster.wait_zone("apex and wildcard at the new holder", &want, LEASE_TO_DNS * 2).await;
         let dns_at = unix_ns();

@@ -230,3 +230,42 @@ pub async fn fetch(
 ) -> io::Result<Reply> {
     Client::new(addr).request(method, host, path, headers, body).await
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::backend::{Backend, Behaviour};
+
+    async fn backend() -> Backend {
+        Backend::start("b", SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_lost_on_a_kept_alive_connection_is_an_error_not_a_resend() {
+        let b = backend().await;
+        let mut c = Client::new(b.addr);
+        assert_eq!(c.get("b", "/").await.unwrap().status, 200);
+        b.set(Behaviour::Close);
+        let err = c.get("b", "/").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+        assert_eq!(b.count(), 2, "the lost request was sent once, not again");
+        assert_eq!(c.connections, 1);
+        // The next request is a new one, on a new connection.
+        b.set(Behaviour::Ok);
+        assert_eq!(c.get("b", "/").await.unwrap().status, 200);
+        assert_eq!(c.connections, 2);
+    }
+
+    #[tokio::test]
+    async fn an_announced_close_is_followed_by_a_fresh_connection() {
+        let b = backend().await;
+        let mut c = Client::new(b.addr);
+        let r = c.request("GET", "b", "/", &[("connection", "close")], &[]).await.unwrap();
+        assert_eq!(r.header("connection"), Some("close"));
+        assert_eq!(c.get("b", "/").await.unwrap().status, 200);
+        assert_eq!(c.get("b", "/").await.unwrap().status, 200);
+        assert_eq!(c.connections, 2, "one after the announced close, then kept alive");
+        assert_eq!(b.count(), 3);
+    }
+}

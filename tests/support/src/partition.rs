@@ -49,6 +49,8 @@ impl Plane {
 }
 
 const TAG: &str = "constellation-test-";
+/// Tags of earlier harness copies, whose leftovers are cleaned the same way.
+const OLD_TAGS: [&str; 2] = ["constellation-leases-test-", "constellation-dns-test-"];
 
 /// iptables rules cutting nodes apart; deleted on drop, panic or not.
 pub struct Partition {
@@ -78,8 +80,9 @@ pub(crate) fn remove_orphan_rules() {
     for chain in ["INPUT", "OUTPUT"] {
         let Ok(out) = Command::new("iptables").args(["-w", "-S", chain]).output() else { return };
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let Some(at) = line.find(TAG) else { continue };
-            let pid: String = line[at + TAG.len()..].chars().take_while(char::is_ascii_digit).collect();
+            let found = std::iter::once(TAG).chain(OLD_TAGS).find_map(|t| line.find(t).map(|at| at + t.len()));
+            let Some(at) = found else { continue };
+            let pid: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
             if pid.is_empty() || Path::new(&format!("/proc/{pid}")).exists() {
                 continue;
             }
