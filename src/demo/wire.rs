@@ -1,19 +1,18 @@
-//! The demo's and the CLI's one-shot HTTP/1.1 exchange with a local agent: one request
-//! per connection (`Connection: close`), the answer read until the server closes.
-//! Deliberately tiny; the agent's admin API and the demo's backends are all it talks to.
+//! The CLI's and the demo's requests to a local agent: one request per connection over
+//! Pingora's HTTP/1.1 client (already the proxy's HTTP stack), the answer read whole.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use anyhow::{anyhow, Context};
+use pingora_core::connectors::http::Connector;
+use pingora_core::upstreams::peer::HttpPeer;
 
 /// What came back.
 pub struct Answer {
     /// Status code.
     pub status: u16,
-    /// The body, de-chunked when it was chunked.
+    /// The body.
     pub body: Vec<u8>,
 }
 
@@ -24,8 +23,8 @@ impl Answer {
     }
 }
 
-/// Sends `method path` to `addr` with `extra` header lines and `body`, and waits up to
-/// `limit` for the whole answer.
+/// Sends `method path` to `addr` with `extra` headers and `body`, and waits up to `limit`
+/// for the whole answer.
 pub async fn call(
     addr: SocketAddr,
     method: &str,
@@ -37,6 +36,7 @@ pub async fn call(
     tokio::time::timeout(limit, exchange(addr, method, path, extra, body))
         .await
         .map_err(|_| anyhow!("{addr} did not answer {method} {path} within {limit:?}"))?
+        .with_context(|| format!("{method} http://{addr}{path}"))
 }
 
 async fn exchange(
@@ -46,47 +46,29 @@ async fn exchange(
     extra: &[(&str, &str)],
     body: &[u8],
 ) -> anyhow::Result<Answer> {
-    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut head = http::Request::builder().method(method).uri(path).header("host", addr.to_string());
     for (name, value) in extra {
-        out += &format!("{name}: {value}\r\n");
+        head = head.header(*name, *value);
     }
-    out += &format!("Content-Length: {}\r\n\r\n", body.len());
-    let mut sock = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
-    sock.write_all(out.as_bytes()).await?;
-    sock.write_all(body).await?;
-    let mut raw = Vec::new();
-    sock.read_to_end(&mut raw).await?;
-    parse(&raw).with_context(|| format!("unreadable answer from {addr}"))
-}
-
-/// Splits a whole closed-connection answer into status and body.
-fn parse(raw: &[u8]) -> anyhow::Result<Answer> {
-    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { bail!("no end of headers") };
-    let head = std::str::from_utf8(&raw[..split])?;
-    let rest = &raw[split + 4..];
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok());
-    let Some(status) = status else { bail!("no status line") };
-    let chunked = lines.any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked { unchunk(rest)? } else { rest.to_vec() };
-    Ok(Answer { status, body })
-}
-
-fn unchunk(mut rest: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
-        let size_text = std::str::from_utf8(&rest[..eol])?;
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)?;
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return Ok(body);
-        }
-        let Some(chunk) = rest.get(..size) else { bail!("chunk cut short") };
-        body.extend_from_slice(chunk);
-        rest = rest.get(size + 2..).unwrap_or_default();
+    let has_body = !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH");
+    if has_body {
+        head = head.header("content-length", body.len());
     }
-    bail!("chunked body without its last chunk")
+    let (parts, ()) = head.body(())?.into_parts();
+    let connector = Connector::new(None);
+    let peer = HttpPeer::new(addr, false, String::new());
+    let (mut session, _) = connector.get_http_session(&peer).await?;
+    session.write_request_header(Box::new(parts.into())).await?;
+    if has_body {
+        session.write_request_body(body.to_vec().into(), true).await?;
+    }
+    session.finish_request_body().await?;
+    session.read_response_header().await?;
+    let status = session.response_header().map(|h| h.status.as_u16()).context("no response header")?;
+    let mut out = Vec::new();
+    while let Some(chunk) = session.read_response_body().await? {
+        out.extend_from_slice(&chunk);
+    }
+    session.shutdown().await;
+    Ok(Answer { status, body: out })
 }
