@@ -153,6 +153,21 @@ impl Spec {
     }
 }
 
+/// What [`DnsCluster::kill_front_door`] did and saw.
+#[derive(Debug, Clone)]
+pub struct FrontDoorMove {
+    /// The killed `lb-leader` holder.
+    pub victim: usize,
+    /// The other nodes.
+    pub survivors: Vec<usize>,
+    /// When it was killed, Unix ns.
+    pub killed_at: i128,
+    /// The survivor that took the lease.
+    pub new_leader: usize,
+    /// Its fencing token.
+    pub new_token: u64,
+}
+
 /// Three voters, roles `lb` and `dns`, and the fake Cloudflare they write to.
 pub struct DnsCluster {
     fleet: Fleet,
@@ -234,6 +249,26 @@ impl DnsCluster {
                 })
             })
             .collect()
+    }
+
+    /// `SIGKILL`s the `lb-leader` holder of `before` and waits until a survivor holds
+    /// the lease with a larger token (within two TTLs and two elections, plus slack).
+    pub async fn kill_front_door(&mut self, before: &Settled) -> FrontDoorMove {
+        let victim = index_of(before.holder(LB));
+        let survivors: Vec<usize> = (1..=3).filter(|&i| i != victim).collect();
+        let t = self.timings;
+        let killed_at = unix_ns();
+        self.kill(victim);
+        let ((holder, new_token), _) = self
+            .wait_new_holder(
+                &survivors,
+                LB,
+                (before.holder(LB), before.token(LB)),
+                t.ttl() * 2 + t.max_election() * 2 + Duration::from_secs(5),
+                || self.dump(),
+            )
+            .await;
+        FrontDoorMove { victim, survivors, killed_at, new_leader: index_of(&holder), new_token }
     }
 
     /// What `observers` agree on right now: per lease one holder and token, with

@@ -20,26 +20,12 @@ const LEASE_TO_DNS: Duration = Duration::from_secs(13);
 fn killing_the_front_door_moves_apex_and_wildcard_to_the_new_holder() {
     run_test(|| async {
         let mut cluster = DnsCluster::start(Spec::new()).await;
-        let t = cluster.timings;
         let (before, _) = cluster.wait_settled(&[1, 2, 3], Duration::from_secs(20)).await;
         let victim = index_of(before.holder(LB));
         let writer_before = index_of(before.holder(DNS));
         cluster.wait_zone("the initial records", &DnsCluster::want(victim, &[1, 2, 3]), Duration::from_secs(15)).await;
         let apex_id = cluster.owned(ZONE)[0]["id"].clone();
-        let survivors: Vec<usize> = (1..=3).filter(|&i| i != victim).collect();
-
-        let killed_at = unix_ns();
-        cluster.kill(victim);
-        let ((new_holder, new_token), _) = cluster
-            .wait_new_holder(
-                &survivors,
-                LB,
-                (before.holder(LB), before.token(LB)),
-                t.ttl() * 2 + t.max_election() * 2 + Duration::from_secs(5),
-                || cluster.dump(),
-            )
-            .await;
-        let new_leader = index_of(&new_holder);
+        let FrontDoorMove { survivors, killed_at, new_leader, new_token, .. } = cluster.kill_front_door(&before).await;
         // The status can show the new holder a moment before its history line is written.
         let (acquired, _) = eventually_or(
             &format!("n{new_leader}'s acquired event for token {new_token}"),

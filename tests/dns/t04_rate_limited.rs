@@ -21,24 +21,10 @@ fn a_burst_of_429s_delays_the_change_and_the_budget_holds() {
             ..Spec::new()
         };
         let mut cluster = DnsCluster::start(spec).await;
-        let t = cluster.timings;
         let (before, _) = cluster.wait_settled(&[1, 2, 3], Duration::from_secs(20)).await;
         let victim = index_of(before.holder(LB));
         cluster.wait_zone("the initial records", &DnsCluster::want(victim, &[1, 2, 3]), Duration::from_secs(15)).await;
-        let survivors: Vec<usize> = (1..=3).filter(|&i| i != victim).collect();
-
-        let killed_at = unix_ns();
-        cluster.kill(victim);
-        let ((new_holder, _), _) = cluster
-            .wait_new_holder(
-                &survivors,
-                LB,
-                (before.holder(LB), before.token(LB)),
-                t.ttl() * 2 + t.max_election() * 2 + Duration::from_secs(5),
-                || cluster.dump(),
-            )
-            .await;
-        let new_leader = index_of(&new_holder);
+        let FrontDoorMove { survivors, killed_at, new_leader, .. } = cluster.kill_front_door(&before).await;
         // The next requests, whoever sends them, get 429.
         let injected_at = unix_ns();
         cluster.fake.inject(Fault::RateLimited { retry_after_secs: 1 }, BURST_OF_429);
