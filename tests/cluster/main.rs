@@ -118,6 +118,22 @@ impl Cluster {
         .await
     }
 
+    /// Waits until every node knows every node's public IP (they trail membership a
+    /// little: a state update after detection).
+    pub async fn wait_public_ips(&self, limit: Duration) -> Duration {
+        let all: Vec<usize> = self.nodes.iter().map(|n| n.index).collect();
+        self.wait_each("every node to know every public IP", &all, limit, |status| {
+            for n in &self.nodes {
+                let got = &member(status, &n.name)["public_ip"];
+                if got != n.public_ip.as_str() {
+                    return Err(format!("says {}'s public_ip is {got}", n.name));
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Waits until `check` accepts the status of every node in `observers`.
     async fn wait_each(
         &self,
