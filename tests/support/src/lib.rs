@@ -23,6 +23,7 @@ mod binary;
 mod client;
 pub mod cloudflare;
 mod fleet;
+mod node;
 mod partition;
 pub mod report;
 mod scratch;
@@ -34,7 +35,8 @@ pub use backend::{Backend, Behaviour, Hit};
 pub use binary::{binary, run, run_with_limit};
 pub use client::{fetch, Client, Reply};
 pub use cloudflare::FakeCloudflare;
-pub use fleet::{Event, Fleet, FleetSpec, Node, NodeSpec, Settled, Timings};
+pub use fleet::{Fleet, FleetSpec, NodeSpec, Settled, Timings};
+pub use node::{Event, Node};
 pub use partition::{Partition, Plane};
 pub use scratch::{dead_addr, free_port, take_cluster_port, take_port, Scratch};
 pub use status::{

@@ -15,7 +15,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::fleet::Node;
+use crate::node::Node;
 
 /// A kind of traffic between agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
