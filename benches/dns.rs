@@ -2,7 +2,7 @@
 //! the fake Cloudflare API holding the new apex record.
 //!
 //! Run with `cargo bench --bench dns` (optionally `-- --runs 20 --configs default,fast`).
-//! It starts a fake Cloudflare v4 API (`constellation_dns::testing::FakeCloudflare`)
+//! It starts a fake Cloudflare v4 API (`constellation_testkit::FakeCloudflare`)
 //! in this process and three real `constellation agent` processes (release build; roles
 //! `lb` and `dns`, all Raft voters, public IPs `192.0.2.1`–`.3` through
 //! `CONSTELLATION_PUBLIC_IP`) on loopback. Each run:
@@ -29,15 +29,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs::OpenOptions;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use constellation_dns::testing::FakeCloudflare;
-use serde_json::Value;
+use constellation_testkit::{report, unix_ns, FakeCloudflare, Fleet, FleetSpec, Node, NodeSpec, Timings};
 
 const START_MARK: &str = "<!-- dns-bench:start -->";
 const END_MARK: &str = "<!-- dns-bench:end -->";
@@ -134,126 +130,30 @@ impl Options {
     }
 }
 
-fn unix_ns() -> i128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
-}
-
-/// A free loopback port (TCP and UDP) below the kernel's ephemeral range (32768+), never
-/// handed out twice by this process; for a cluster port, its + 1 (Raft) is checked and
-/// reserved too. Below the ephemeral range, a killed node's ports cannot be taken by an
-/// outgoing connection before it is restarted on them.
-fn free_port(taken: &mut Vec<u16>, pair: bool) -> u16 {
-    let base = 14_000 + (std::process::id() % 8) * 700;
-    let mut n = taken.len() as u32;
-    loop {
-        let p = (base + n % 700) as u16;
-        n += 1;
-        let ok = |p: u16| {
-            !taken.contains(&p)
-                && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
-                && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
-        };
-        if ok(p) && (!pair || ok(p + 1)) {
-            taken.push(p);
-            if pair {
-                taken.push(p + 1);
-            }
-            return p;
-        }
-    }
-}
-
-struct Node {
-    index: usize,
-    admin: SocketAddr,
-    config: PathBuf,
-    log: PathBuf,
-    data: PathBuf,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn name(&self) -> String {
-        format!("n{}", self.index)
-    }
-
-    fn spawn(&mut self, dir: &Path) -> Result<()> {
-        let log = OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_constellation"))
-            .args(["agent", "-c"])
-            .arg(&self.config)
-            .current_dir(dir)
-            .env("CONSTELLATION_LOG", LOG_FILTER)
-            .env("CONSTELLATION_PUBLIC_IP", format!("192.0.2.{}", self.index))
-            .env_remove("CONSTELLATION_DNS__API_TOKEN")
-            .env_remove("CONSTELLATION_GOSSIP__KEY")
-            .env_remove("CONSTELLATION_ADMIN__TOKEN")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting constellation agent")?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    async fn status(&self) -> Option<Value> {
-        let get = constellation::client::fetch(self.admin, "GET", "admin", "/api/v1/status", &[], &[]);
-        let r = tokio::time::timeout(Duration::from_secs(2), get).await.ok()?.ok()?;
-        (r.status == 200).then(|| serde_json::from_slice(&r.body).ok()).flatten()
-    }
-
-    /// How long after `since_ns` (Unix ns) this node first acquired `lease` with a token
-    /// above `token`, per its history.
-    fn first_acquired_after(&self, lease: &str, token: u64, since_ns: i128) -> Option<Duration> {
-        let text = std::fs::read_to_string(self.data.join("lease-history.jsonl")).ok()?;
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["lease"] == lease && v["event"] == "acquired")
-            .filter(|v| v["token"].as_u64().is_some_and(|t| t > token))
-            .find_map(|v| v["t_ns"].as_u64())
-            .map(|t| Duration::from_nanos((t as i128 - since_ns).max(0) as u64))
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// When `node` first acquired `lease` with a token above `token`, after `since_ns` (Unix
+/// ns), per its history.
+fn first_acquired_after(node: &Node, lease: &str, token: u64, since_ns: i128) -> Option<Duration> {
+    node.history()
+        .into_iter()
+        .filter(|e| e.lease == lease && e.kind == "acquired" && e.token > token)
+        .find(|e| e.t_ns >= since_ns)
+        .map(|e| Duration::from_nanos((e.t_ns - since_ns).max(0) as u64))
 }
 
 /// Lease → (holder, token), as the nodes agree on it.
 type Leases = BTreeMap<String, (String, u64)>;
 
 struct Bench {
-    nodes: Vec<Node>,
+    fleet: Fleet,
     fake: FakeCloudflare,
-    dir: PathBuf,
-    /// Keep `dir` (configs, logs, histories) after a failed run.
+    /// Keep the configs, logs and histories after a failed run.
     keep: bool,
 }
 
 impl Drop for Bench {
     fn drop(&mut self) {
-        for n in &mut self.nodes {
-            n.kill();
-        }
         if self.keep {
-            eprintln!("kept {} for inspection", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            eprintln!("kept {} for inspection", self.fleet.keep_evidence().display());
         }
     }
 }
@@ -275,92 +175,32 @@ impl Bench {
     async fn start(cfg: &Config) -> Result<Bench> {
         let fake = FakeCloudflare::start(TOKEN).await?;
         fake.add_zone(ZONE);
-        let dir = std::env::temp_dir().join(format!("constellation-bench-dns-{}-{}", cfg.name, std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let out = Command::new(env!("CARGO_BIN_EXE_constellation"))
-            .args(["keygen", "--out", "cluster.key"])
-            .current_dir(&dir)
-            .output()?;
-        if !out.status.success() {
-            bail!("keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+        let dns = format!(
+            "[dns]\nzone = \"{ZONE}\"\napi_url = \"{url}\"\napi_token_file = \"cf.token\"\napex = true\n\
+             wildcard = true\nnode_record = \"{{node}}.nodes.{ZONE}\"\nttl = 60\n\
+             reconcile_interval_ms = {rec}\nleader_settle_ms = {settle}\n",
+            url = fake.api_url(),
+            rec = cfg.reconcile_ms,
+            settle = cfg.settle_ms,
+        );
+        let node = NodeSpec { extra_toml: dns, ..NodeSpec::default() };
+        let mut spec = FleetSpec::new(&format!("bench-dns-{}", cfg.name), vec![node; 3]);
+        spec.roles = vec!["lb".into(), "dns".into()];
+        spec.raft = Some(Timings { ttl_ms: cfg.ttl_ms, election_ms: cfg.election_ms, heartbeat_ms: cfg.heartbeat_ms });
+        spec.log_filter = LOG_FILTER.into();
+        spec.tail_lines = 20;
+        let mut fleet = Fleet::new(spec);
+        fleet.dir.write("cf.token", &format!("{TOKEN}\n"));
+        for i in 1..=3 {
+            fleet.spawn(i);
         }
-        std::fs::write(dir.join("cf.token"), format!("{TOKEN}\n"))?;
-        let mut taken = Vec::new();
-        let ports: Vec<(u16, u16, u16, u16)> = (0..3)
-            .map(|_| {
-                (
-                    free_port(&mut taken, false),
-                    free_port(&mut taken, true),
-                    free_port(&mut taken, false),
-                    free_port(&mut taken, false),
-                )
-            })
-            .collect();
-        let voters: Vec<String> =
-            ports.iter().enumerate().map(|(i, p)| format!("\"n{}=127.0.0.1:{}\"", i + 1, p.1)).collect();
-        let mut nodes = Vec::new();
-        for (i, (gossip, cluster, admin, web)) in ports.iter().enumerate() {
-            let index = i + 1;
-            let seeds = if index == 1 { "[]".to_string() } else { format!("[\"127.0.0.1:{}\"]", ports[0].0) };
-            let text = format!(
-                "[node]\nname = \"n{index}\"\ndata_dir = \"n{index}-data\"\nroles = [\"lb\", \"dns\"]\n\
-                 [gossip]\naddress = \"127.0.0.1:{gossip}\"\nseeds = {seeds}\nkey_file = \"cluster.key\"\n\
-                 public_ip_services = []\n\
-                 [cluster]\naddress = \"127.0.0.1:{cluster}\"\n\
-                 [admin]\naddress = \"127.0.0.1:{admin}\"\n\
-                 [entrypoints.web]\naddress = \"127.0.0.1:{web}\"\n\
-                 [raft]\nvoters = [{voters}]\nlease_ttl_ms = {ttl}\nelection_timeout_ms = {el}\nheartbeat_ms = {hb}\n\
-                 [dns]\nzone = \"{ZONE}\"\napi_url = \"{url}\"\napi_token_file = \"cf.token\"\napex = true\n\
-                 wildcard = true\nnode_record = \"{{node}}.nodes.{ZONE}\"\nttl = 60\n\
-                 reconcile_interval_ms = {rec}\nleader_settle_ms = {settle}\n",
-                voters = voters.join(", "),
-                ttl = cfg.ttl_ms,
-                el = cfg.election_ms,
-                hb = cfg.heartbeat_ms,
-                url = fake.api_url(),
-                rec = cfg.reconcile_ms,
-                settle = cfg.settle_ms,
-            );
-            let config = dir.join(format!("n{index}.toml"));
-            std::fs::write(&config, text)?;
-            nodes.push(Node {
-                index,
-                admin: format!("127.0.0.1:{admin}").parse()?,
-                config,
-                log: dir.join(format!("n{index}.log")),
-                data: dir.join(format!("n{index}-data")),
-                child: None,
-            });
-        }
-        let mut bench = Bench { nodes, fake, dir, keep: false };
-        for i in 0..3 {
-            let dir = bench.dir.clone();
-            bench.nodes[i].spawn(&dir)?;
-        }
-        Ok(bench)
+        Ok(Bench { fleet, fake, keep: false })
     }
 
     /// Lease → (holder, token) when all running nodes agree (and `held_here` matches).
     async fn agreement(&self) -> Option<Leases> {
-        let mut out: Leases = BTreeMap::new();
-        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
-            let s = n.status().await?;
-            for lease in [LB, DNS] {
-                let l = &s["leases"][lease];
-                let seen = (l["holder"].as_str()?.to_string(), l["token"].as_u64()?);
-                if l["held_here"].as_bool()? != (seen.0 == n.name()) {
-                    return None;
-                }
-                match out.get(lease) {
-                    Some(prev) if *prev != seen => return None,
-                    _ => {
-                        out.insert(lease.to_string(), seen);
-                    }
-                }
-            }
-        }
-        Some(out)
+        let running = self.fleet.running_indexes();
+        self.fleet.agreement(&running, &[LB, DNS], false).await.ok().map(|s| s.leases)
     }
 
     /// Contents of the A records with our marker at `name`.
@@ -398,9 +238,7 @@ impl Bench {
                 (_, None) => None,
             };
             if Instant::now() >= deadline {
-                let tails: String =
-                    self.nodes.iter().map(|n| format!("\n== {} ==\n{}", n.name(), n.log_tail())).collect();
-                bail!("no steady state within {limit:?}; records {:?}{tails}", self.fake.records());
+                bail!("no steady state within {limit:?}; records {:?}{}", self.fake.records(), self.fleet.dump());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -411,11 +249,11 @@ impl Bench {
         let (victim, old_token) = before[LB].clone();
         let victim_was_writer = before[DNS].0 == victim;
         let old_writer_token = before[DNS].1;
-        let vi = victim.trim_start_matches('n').parse::<usize>()? - 1;
-        let victim_ip = format!("192.0.2.{}", vi + 1);
+        let vi = self.fleet.index_of(&victim);
+        let victim_ip = self.fleet.node(vi).ip();
         let killed_ns = unix_ns();
         let killed = Instant::now();
-        self.nodes[vi].kill();
+        self.fleet.kill(vi);
         let (mut apex_at, mut both_at) = (None, None);
         let mut new_ip = String::new();
         while both_at.is_none() {
@@ -433,19 +271,20 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let new_holder = format!("n{}", new_ip.rsplit('.').next().unwrap_or("?"));
-        let ni = new_holder.trim_start_matches('n').parse::<usize>()? - 1;
+        let ni = self.fleet.index_of(&new_holder);
         // The history is written within 50 ms of the event.
         let mut kill_to_lease = None;
         let mut kill_to_writer = None;
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            kill_to_lease = self.nodes[ni].first_acquired_after(LB, old_token, killed_ns);
+            kill_to_lease = first_acquired_after(self.fleet.node(ni), LB, old_token, killed_ns);
             if victim_was_writer {
                 kill_to_writer = self
+                    .fleet
                     .nodes
                     .iter()
-                    .filter(|n| n.index != vi + 1)
-                    .filter_map(|n| n.first_acquired_after(DNS, old_writer_token, killed_ns))
+                    .filter(|n| n.index != vi)
+                    .filter_map(|n| first_acquired_after(n, DNS, old_writer_token, killed_ns))
                     .min();
             }
             if kill_to_lease.is_some() && (kill_to_writer.is_some() || !victim_was_writer) {
@@ -453,8 +292,7 @@ impl Bench {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let dir = self.dir.clone();
-        self.nodes[vi].spawn(&dir)?;
+        self.fleet.spawn(vi);
         Ok(Sample {
             victim,
             victim_was_writer,
@@ -468,14 +306,7 @@ impl Bench {
 }
 
 fn median(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2
-    }
+    report::median(v).unwrap_or_default()
 }
 
 fn secs(d: Duration) -> String {
@@ -483,30 +314,17 @@ fn secs(d: Duration) -> String {
 }
 
 fn cmd_out(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
+    report::command_output(cmd, args, std::path::Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap_or_default()
 }
 
 fn machine() -> String {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
         .map(|kb| format!("{:.0} GiB RAM", kb as f64 / 1024.0 / 1024.0))
         .unwrap_or_default();
-    format!("{cpus} CPUs, {model}, {mem}, Linux {}", cmd_out("uname", &["-r"]))
+    format!("{cpus} CPUs, {}, {mem}, Linux {}", report::cpu_model(), cmd_out("uname", &["-r"]))
 }
 
 fn render(opts: &Options, results: &[(Config, Vec<Sample>, Duration)], started: &str, load: (&str, &str)) -> String {
@@ -641,35 +459,10 @@ fn render(opts: &Options, results: &[(Config, Vec<Sample>, Duration)], started: 
     s
 }
 
-fn write_block(path: &Path, block: &str) -> Result<()> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let new = match (text.find(START_MARK), text.find(END_MARK)) {
-        (Some(a), Some(b)) if b > a => format!("{}{}{}", &text[..a], block, &text[b + END_MARK.len()..]),
-        _ => {
-            let mut t = text.clone();
-            if !t.is_empty() && !t.ends_with('\n') {
-                t.push('\n');
-            }
-            if !t.is_empty() {
-                t.push('\n');
-            }
-            format!("{t}{block}\n")
-        }
-    };
-    std::fs::write(path, new)?;
-    Ok(())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 fn main() -> Result<()> {
     let opts = Options::parse()?;
     let started = cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
-    let load_start = loadavg();
+    let load_start = report::load_average();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut results = Vec::new();
     for cfg in opts.configs.clone() {
@@ -712,9 +505,9 @@ fn main() -> Result<()> {
         );
         results.push((cfg, samples, t0.elapsed()));
     }
-    let block = render(&opts, &results, &started, (&load_start, &loadavg()));
+    let block = render(&opts, &results, &started, (&load_start, &report::load_average()));
     if opts.write {
-        write_block(&opts.out, &block)?;
+        report::write_block(&opts.out, START_MARK, END_MARK, &block)?;
         println!("wrote the dns-bench block of {}", opts.out.display());
     } else {
         println!("{block}");

@@ -40,6 +40,7 @@ use constellation_cluster::{
     generate_key_hex, Cluster, ClusterConfig, ClusterView, Instance, Keyring, MemberState, NodeState,
     DEFAULT_PUSH_PULL_INTERVAL,
 };
+use constellation_testkit::report;
 use rand::RngExt;
 use tokio::sync::watch;
 
@@ -750,28 +751,10 @@ fn cpu_seconds() -> Option<f64> {
 }
 
 fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new(cmd).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    report::command_output(cmd, args, std::path::Path::new(env!("CARGO_MANIFEST_DIR")))
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "unknown".into())
-}
+use report::{cpu_model, load_average};
 
 struct Environment {
     date: String,
@@ -1058,37 +1041,6 @@ fn render(opts: &Options, env: &Environment, reports: &[SizeReport]) -> String {
     s
 }
 
-/// Replaces the gossip-bench block in `path` (or appends it), leaving the rest untouched.
-fn write_block(path: &PathBuf, block: &str) -> Result<()> {
-    let current = match std::fs::read_to_string(path) {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let updated = match (current.find(START_MARK), current.find(END_MARK)) {
-        (Some(start), Some(end)) if end > start => {
-            let mut after = end + END_MARK.len();
-            if current[after..].starts_with('\n') {
-                after += 1;
-            }
-            format!("{}{}{}", &current[..start], block, &current[after..])
-        }
-        (None, None) => {
-            let mut c = current.clone();
-            if !c.is_empty() && !c.ends_with('\n') {
-                c.push('\n');
-            }
-            if !c.is_empty() {
-                c.push('\n');
-            }
-            c.push_str(block);
-            c
-        }
-        _ => bail!("{} has a broken gossip-bench block (markers missing or out of order)", path.display()),
-    };
-    std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
-}
-
 fn main() -> Result<()> {
     let opts = Options::parse()?;
     // The cluster's own logs, for investigating a run: `RUST_LOG=constellation_cluster=debug`.
@@ -1175,7 +1127,7 @@ fn main() -> Result<()> {
     let block = render(&opts, &env, &reports);
     println!("{block}");
     if opts.write {
-        write_block(&opts.out, &block)?;
+        report::write_block(&opts.out, START_MARK, END_MARK, &block)?;
         eprintln!("wrote the gossip-bench block of {}", opts.out.display());
     }
     Ok(())

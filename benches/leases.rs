@@ -19,13 +19,11 @@
 //! the file is left as it is). `--no-write` skips that.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use constellation::client::fetch;
+use constellation_testkit::{lease_seen, raft_leader, report, Fleet, FleetSpec, NodeSpec, Settled, Timings};
 use serde_json::Value;
 
 const START_MARK: &str = "<!-- lease-bench:start -->";
@@ -54,7 +52,7 @@ impl Options {
             election_ms: 1000,
             heartbeat_ms: 250,
             poll: Duration::from_millis(10),
-            bin: PathBuf::from(env!("CARGO_BIN_EXE_constellation")),
+            bin: constellation_testkit::binary(),
             out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md"),
             write: true,
             args: Vec::new(),
@@ -119,144 +117,22 @@ impl Options {
     }
 }
 
-// === ports ===
-
-/// Free loopback ports below the ephemeral range, walked from a per-process base.
-struct Ports {
-    next: u16,
-}
-
-impl Ports {
-    fn new() -> Ports {
-        Ports { next: 12_000 + (std::process::id() % 40) as u16 * 200 }
-    }
-
-    fn free(port: u16) -> bool {
-        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
-    }
-
-    /// One free port, or two consecutive ones (the cluster port and Raft's port + 1).
-    fn take(&mut self, consecutive: u16) -> Result<u16> {
-        for _ in 0..10_000 {
-            let p = self.next;
-            self.next = self.next.checked_add(1).context("out of ports")?;
-            if (0..consecutive).all(|k| Self::free(p + k)) {
-                self.next = p + consecutive;
-                return Ok(p);
-            }
-        }
-        bail!("no free loopback ports")
-    }
-}
-
 // === agents ===
 
-struct Agent {
-    name: String,
-    config: PathBuf,
-    log: PathBuf,
-    admin: SocketAddr,
-    child: Option<Child>,
-}
-
-impl Agent {
-    fn spawn(&mut self, bin: &Path, dir: &Path) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new(bin)
-            .args(["agent", "-c"])
-            .arg(&self.config)
-            .current_dir(dir)
-            .env("CONSTELLATION_LOG", "info,openraft=warn,pingora_core=warn,pingora_proxy=warn")
-            .env("CONSTELLATION_PUBLIC_IP", "192.0.2.1")
-            .env_remove("CONSTELLATION_GOSSIP__KEY")
-            .env_remove("CONSTELLATION_ADMIN__TOKEN")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    async fn status(&self) -> Option<Value> {
-        let get = fetch(self.admin, "GET", "admin", "/api/v1/status", &[], &[]);
-        let r = tokio::time::timeout(Duration::from_secs(2), get).await.ok()?.ok()?;
-        (r.status == 200).then(|| serde_json::from_slice(&r.body).ok()).flatten()
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// What every node agrees on: the Raft leader, and per lease (holder, token).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Steady {
-    leader: String,
-    leases: Vec<(String, u64)>,
-}
-
-fn holder_token(status: &Value, lease: &str) -> Option<(String, u64)> {
-    let l = &status["leases"][lease];
-    Some((l["holder"].as_str()?.to_string(), l["token"].as_u64()?))
-}
-
-fn leader_of(status: &Value) -> Option<String> {
-    status["raft"]["leader"].as_str().map(str::to_string)
-}
-
-async fn agreement(agents: &[Agent]) -> Option<Steady> {
-    let mut seen: Option<Steady> = None;
-    for a in agents {
-        let s = a.status().await?;
-        let leader = leader_of(&s)?;
-        let mut leases = Vec::new();
-        for lease in LEASES {
-            let (holder, token) = holder_token(&s, lease)?;
-            let here = s["leases"][lease]["held_here"].as_bool()?;
-            if here != (holder == a.name) {
-                return None;
-            }
-            leases.push((holder, token));
-        }
-        let steady = Steady { leader, leases };
-        match &seen {
-            Some(prev) if *prev != steady => return None,
-            _ => seen = Some(steady),
-        }
-    }
-    seen
-}
-
-/// Waits until all agents agree, twice `ttl / 3` apart with the same answer.
-async fn wait_steady(agents: &[Agent], ttl: Duration, limit: Duration) -> Result<Steady> {
+/// Waits until all running agents agree on the Raft leader and both leases, twice
+/// `ttl / 3` apart with the same answer.
+async fn wait_steady(fleet: &Fleet, ttl: Duration, limit: Duration) -> Result<Settled> {
     let deadline = Instant::now() + limit;
     loop {
-        if let Some(first) = agreement(agents).await {
+        let all = fleet.running_indexes();
+        if let Ok(first) = fleet.agreement(&all, &LEASES, true).await {
             tokio::time::sleep(ttl / 3).await;
-            if agreement(agents).await.as_ref() == Some(&first) {
+            if fleet.agreement(&all, &LEASES, true).await.ok().as_ref() == Some(&first) {
                 return Ok(first);
             }
         }
         if Instant::now() > deadline {
-            let tails: String = agents.iter().map(|a| format!("\n===== {}\n{}", a.name, a.log_tail())).collect();
-            bail!("no steady state within {limit:?}{tails}");
+            bail!("no steady state within {limit:?}{}", fleet.dump());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -273,25 +149,26 @@ struct Run {
     election: Option<Duration>,
 }
 
-async fn run_once(agents: &mut [Agent], opts: &Options, dir: &Path) -> Result<Run> {
-    let steady = wait_steady(agents, opts.ttl(), Duration::from_secs(60)).await?;
-    let (victim, old_token) = steady.leases[0].clone();
+async fn run_once(fleet: &mut Fleet, opts: &Options) -> Result<Run> {
+    let steady = wait_steady(fleet, opts.ttl(), Duration::from_secs(60)).await?;
+    let (victim, old_token) = (steady.holder(LB).to_string(), steady.token(LB));
     let was_leader = steady.leader == victim;
-    let v = agents.iter().position(|a| a.name == victim).context("holder is not one of ours")?;
+    let v = fleet.index_of(&victim);
     let killed = Instant::now();
-    agents[v].kill();
-    let survivors: Vec<usize> = (0..agents.len()).filter(|&i| i != v).collect();
+    fleet.kill(v);
+    let survivors: Vec<usize> = fleet.running_indexes();
     let mut election = None;
     let limit = (opts.ttl() + opts.max_election()) * 4;
     let (new_holder, new_token, failover) = loop {
-        let polled = statuses(agents, &survivors).await;
+        let polled = statuses(fleet, &survivors).await;
         let elapsed = killed.elapsed();
         let mut found = None;
         for s in polled.iter().flatten() {
-            if was_leader && election.is_none() && leader_of(s).is_some_and(|l| l != victim) {
+            if was_leader && election.is_none() && raft_leader(s).is_some_and(|l| l != victim) {
                 election = Some(elapsed);
             }
-            if let Some((h, t)) = holder_token(s, LB) {
+            let seen = lease_seen(s, LB);
+            if let (Some(h), Some(t)) = (seen.holder, seen.token) {
                 if h != victim && t > old_token {
                     found = Some((h, t));
                 }
@@ -305,15 +182,15 @@ async fn run_once(agents: &mut [Agent], opts: &Options, dir: &Path) -> Result<Ru
         }
         tokio::time::sleep(opts.poll).await;
     };
-    agents[v].spawn(&opts.bin, dir)?;
+    fleet.spawn(v);
     Ok(Run { victim, was_leader, old_token, new_holder, new_token, failover, election })
 }
 
-/// Statuses of `which` agents, fetched concurrently.
-async fn statuses(agents: &[Agent], which: &[usize]) -> Vec<Option<Value>> {
+/// Statuses of the agents `which`, fetched concurrently.
+async fn statuses(fleet: &Fleet, which: &[usize]) -> Vec<Option<Value>> {
     let mut set = Vec::new();
     for &i in which {
-        set.push(agents[i].status());
+        set.push(fleet.node(i).status());
     }
     let mut out = Vec::new();
     // Two survivors: join them pairwise so one slow answer does not delay the other.
@@ -333,43 +210,17 @@ async fn statuses(agents: &[Agent], which: &[usize]) -> Vec<Option<Value>> {
 
 // === report ===
 
-fn median(v: &[Duration]) -> Option<Duration> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort();
-    let n = s.len();
-    Some(if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2 })
-}
+use report::median;
 
 fn secs(d: Option<Duration>) -> String {
     d.map_or("–".to_string(), |d| format!("{:.2} s", d.as_secs_f64()))
 }
 
 fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(cmd).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    report::command_output(cmd, args, Path::new(env!("CARGO_MANIFEST_DIR")))
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "unknown".into())
-}
+use report::{cpu_model, load_average};
 
 struct Environment {
     date: String,
@@ -526,86 +377,28 @@ fn render(opts: &Options, env: &Environment, runs: &[Run]) -> String {
     s
 }
 
-/// Replaces the lease-bench block in `path` (or appends it), leaving the rest untouched.
-fn write_block(path: &Path, block: &str) -> Result<()> {
-    let current = match std::fs::read_to_string(path) {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let updated = match (current.find(START_MARK), current.find(END_MARK)) {
-        (Some(start), Some(end)) if end > start => {
-            let mut after = end + END_MARK.len();
-            if current[after..].starts_with('\n') {
-                after += 1;
-            }
-            format!("{}{}{}", &current[..start], block, &current[after..])
-        }
-        (None, None) => {
-            let mut c = current.clone();
-            if !c.is_empty() && !c.ends_with('\n') {
-                c.push('\n');
-            }
-            if !c.is_empty() {
-                c.push('\n');
-            }
-            c.push_str(block);
-            c
-        }
-        _ => bail!("{} has a broken lease-bench block (markers missing or out of order)", path.display()),
-    };
-    std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
+async fn bench(opts: &Options) -> Result<Vec<Run>> {
+    let mut spec = FleetSpec::new("lease-bench", vec![NodeSpec::default(); 3]);
+    spec.roles = vec!["lb".into(), "dns".into()];
+    spec.raft = Some(Timings { ttl_ms: opts.ttl_ms, election_ms: opts.election_ms, heartbeat_ms: opts.heartbeat_ms });
+    spec.log_filter = "info,openraft=warn,pingora_core=warn,pingora_proxy=warn".into();
+    spec.bin = Some(opts.bin.clone());
+    spec.tail_lines = 20;
+    let mut fleet = Fleet::new(spec);
+    eprintln!("agents in {}", fleet.dir.0.display());
+    for i in 1..=3 {
+        fleet.spawn(i);
+    }
+    match measure(&mut fleet, opts).await {
+        Ok(runs) => Ok(runs),
+        Err(e) => Err(e.context(format!("agents' files kept in {}", fleet.keep_evidence().display()))),
+    }
 }
 
-async fn bench(opts: &Options, dir: &Path) -> Result<Vec<Run>> {
-    let out = Command::new(&opts.bin).args(["keygen", "--out", "cluster.key"]).current_dir(dir).output()?;
-    if !out.status.success() {
-        bail!("keygen failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let mut ports = Ports::new();
-    let mut addrs = Vec::new();
-    for _ in 0..3 {
-        let gossip = ports.take(1)?;
-        let cluster = ports.take(2)?;
-        let admin = ports.take(1)?;
-        let web = ports.take(1)?;
-        addrs.push((gossip, cluster, admin, web));
-    }
-    let voters: Vec<String> =
-        addrs.iter().enumerate().map(|(i, a)| format!("\"n{}=127.0.0.1:{}\"", i + 1, a.1)).collect();
-    let mut agents = Vec::new();
-    for (i, (gossip, cluster, admin, web)) in addrs.iter().enumerate() {
-        let name = format!("n{}", i + 1);
-        let seeds = if i == 0 { "[]".to_string() } else { format!("[\"127.0.0.1:{}\"]", addrs[0].0) };
-        let text = format!(
-            "[node]\nname = \"{name}\"\ndata_dir = \"{name}-data\"\nroles = [\"lb\", \"dns\"]\n\
-             [gossip]\naddress = \"127.0.0.1:{gossip}\"\nseeds = {seeds}\nkey_file = \"cluster.key\"\n\
-             public_ip_services = []\n\
-             [cluster]\naddress = \"127.0.0.1:{cluster}\"\n\
-             [admin]\naddress = \"127.0.0.1:{admin}\"\n\
-             [entrypoints.web]\naddress = \"127.0.0.1:{web}\"\n\
-             [raft]\nvoters = [{}]\nlease_ttl_ms = {}\nelection_timeout_ms = {}\nheartbeat_ms = {}\n",
-            voters.join(", "),
-            opts.ttl_ms,
-            opts.election_ms,
-            opts.heartbeat_ms
-        );
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, text)?;
-        agents.push(Agent {
-            name: name.clone(),
-            config,
-            log: dir.join(format!("{name}.log")),
-            admin: format!("127.0.0.1:{admin}").parse()?,
-            child: None,
-        });
-    }
-    for a in &mut agents {
-        a.spawn(&opts.bin, dir)?;
-    }
+async fn measure(fleet: &mut Fleet, opts: &Options) -> Result<Vec<Run>> {
     let mut runs = Vec::new();
     for i in 1..=opts.runs {
-        let r = run_once(&mut agents, opts, dir).await?;
+        let r = run_once(fleet, opts).await?;
         eprintln!(
             "run {i:>2}/{}: killed {} (raft leader: {}, token {}) -> {} token {} after {:.2} s{}",
             opts.runs,
@@ -619,7 +412,7 @@ async fn bench(opts: &Options, dir: &Path) -> Result<Vec<Run>> {
         );
         runs.push(r);
     }
-    wait_steady(&agents, opts.ttl(), Duration::from_secs(60)).await?;
+    wait_steady(fleet, opts.ttl(), Duration::from_secs(60)).await?;
     Ok(runs)
 }
 
@@ -638,29 +431,16 @@ fn main() -> Result<()> {
     };
     let load_start = load_average();
     let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_else(|| "unknown date".into());
-    let dir = std::env::temp_dir().join(format!("constellation-lease-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
     eprintln!(
-        "lease bench: {} runs, ttl {} ms, election {} ms, heartbeat {} ms, agents in {}",
-        opts.runs,
-        opts.ttl_ms,
-        opts.election_ms,
-        opts.heartbeat_ms,
-        dir.display()
+        "lease bench: {} runs, ttl {} ms, election {} ms, heartbeat {} ms",
+        opts.runs, opts.ttl_ms, opts.election_ms, opts.heartbeat_ms
     );
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let started = Instant::now();
-    let result = runtime.block_on(bench(&opts, &dir));
+    let result = runtime.block_on(bench(&opts));
     let wall = started.elapsed();
     drop(runtime);
-    let runs = match result {
-        Ok(runs) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            runs
-        }
-        Err(e) => return Err(e.context(format!("agents' files kept in {}", dir.display()))),
-    };
+    let runs = result?;
     let env = Environment {
         date,
         cpus: command_output("nproc", &[]).unwrap_or_else(|| "?".into()),
@@ -674,7 +454,7 @@ fn main() -> Result<()> {
     let block = render(&opts, &env, &runs);
     println!("{block}");
     if opts.write {
-        write_block(&opts.out, &block)?;
+        report::write_block(&opts.out, START_MARK, END_MARK, &block)?;
         eprintln!("wrote the lease-bench block of {}", opts.out.display());
     }
     Ok(())

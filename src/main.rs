@@ -1,4 +1,6 @@
-//! `constellation`: the command-line entry point.
+//! `constellation`: the command-line entry point, and the one binary every node runs.
+
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,7 +8,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use constellation_plane::config;
 
+mod agent;
 mod cli;
+mod demo;
+mod welcome;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -190,9 +195,9 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match constellation::agent::run(cfg) {
+            match agent::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e @ constellation::agent::StartError::Routes(_)) => {
+                Err(e @ agent::StartError::Routes(_)) => {
                     eprintln!("error: {e}");
                     ExitCode::from(EX_CONFIG)
                 }
@@ -211,7 +216,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let sources = constellation::agent::route_sources(&cfg);
+            let sources = agent::route_sources(&cfg);
             match constellation_plane::load_sources(&sources) {
                 Ok(dynamic) => {
                     let registry = constellation_proxy::UpstreamRegistry::default();
@@ -257,7 +262,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match constellation_plane::load_sources(&constellation::agent::route_sources(&cfg)) {
+            match constellation_plane::load_sources(&agent::route_sources(&cfg)) {
                 Ok(d) => match serde_json::to_string_pretty(&d) {
                     Ok(s) => {
                         println!("{s}");
@@ -317,7 +322,7 @@ fn main() -> ExitCode {
         Command::Raft { command: RaftCommand::RemoveVoter { name, admin, token } } => {
             run_async(cli::raft_remove_voter(&admin, &name, token.as_deref()))
         }
-        Command::Demo { seconds } => run_async(constellation::demo::run(seconds)),
+        Command::Demo { seconds } => run_async(demo::run(seconds)),
     }
 }
 

@@ -17,24 +17,7 @@ fn three_nodes_join_through_one_seed_and_share_instances() {
         // Instances arrive with the state pulls, public IPs with a state update after
         // detection: both may trail membership by a little.
         cluster.wait_upstreams(&[1, 2, 3], "app", &urls, Duration::from_secs(10)).await;
-        eventually_or(
-            "every node to know every public IP",
-            Duration::from_secs(10),
-            || cluster.dump(),
-            || async {
-                for observer in &cluster.nodes {
-                    let status = observer.must_status().await;
-                    for n in &cluster.nodes {
-                        let got = &member(&status, &n.name)["public_ip"];
-                        if got != n.public_ip.as_str() {
-                            return Err(format!("{} says {}'s public_ip is {got}", observer.name, n.name));
-                        }
-                    }
-                }
-                Ok(())
-            },
-        )
-        .await;
+        cluster.wait_public_ips(Duration::from_secs(10)).await;
 
         let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
         for observer in &cluster.nodes {

@@ -33,7 +33,7 @@ fn node_with_a_different_key_never_joins() {
         cluster.node(intruder).wait_healthy(Duration::from_secs(20)).await;
         // Its join requests reach the seed and are refused there.
         let seed = cluster.node(1);
-        let refused_after = eventually_or(
+        let (_, refused_after) = eventually_or(
             "the seed to reject the intruder's datagrams",
             Duration::from_secs(10),
             || cluster.dump(),

@@ -41,7 +41,7 @@ fn breaker_opening_on_one_node_deprioritises_the_upstream_on_the_other() {
         assert!(sent >= 3, "{sent}");
         let b_hits = bs[1].count();
 
-        let hinted_after = eventually_or(
+        let (_, hinted_after) = eventually_or(
             "a hint from n2 about b on n1, b deprioritised there",
             Duration::from_secs(10),
             || cluster.dump(),

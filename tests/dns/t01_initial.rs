@@ -46,7 +46,7 @@ fn fresh_cluster_points_apex_and_wildcard_at_the_front_door_and_names_every_node
         assert_eq!(writes.len(), 5, "one create per record: {writes:#?}");
 
         // The writer reports it; the others stand by.
-        let (last, _) = eventually(
+        let (last, _) = eventually_or(
             "the writer to report an applied reconcile",
             Duration::from_secs(10),
             || cluster.dump(),

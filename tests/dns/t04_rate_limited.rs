@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use constellation_dns::testing::Fault;
-
 use crate::support::*;
 use crate::*;
 
@@ -23,33 +21,10 @@ fn a_burst_of_429s_delays_the_change_and_the_budget_holds() {
             ..Spec::new()
         };
         let mut cluster = DnsCluster::start(spec).await;
-        let t = cluster.timings;
         let (before, _) = cluster.wait_settled(&[1, 2, 3], Duration::from_secs(20)).await;
         let victim = index_of(before.holder(LB));
         cluster.wait_zone("the initial records", &DnsCluster::want(victim, &[1, 2, 3]), Duration::from_secs(15)).await;
-        let survivors: Vec<usize> = (1..=3).filter(|&i| i != victim).collect();
-
-        let killed_at = unix_ns();
-        cluster.kill(victim);
-        let (new_leader, _) = eventually(
-            "a survivor to hold lb-leader",
-            t.ttl() * 2 + t.max_election() * 2 + Duration::from_secs(5),
-            || cluster.dump(),
-            || async {
-                for &i in &survivors {
-                    if let Some(s) = cluster.node(i).status().await {
-                        let l = lease_seen(&s, LB);
-                        if let (Some(h), Some(tok)) = (l.holder, l.token) {
-                            if h != before.holder(LB) && tok > before.token(LB) {
-                                return Ok(index_of(&h));
-                            }
-                        }
-                    }
-                }
-                Err("still the old holder".to_string())
-            },
-        )
-        .await;
+        let FrontDoorMove { survivors, killed_at, new_leader, .. } = cluster.kill_front_door(&before).await;
         // The next requests, whoever sends them, get 429.
         let injected_at = unix_ns();
         cluster.fake.inject(Fault::RateLimited { retry_after_secs: 1 }, BURST_OF_429);

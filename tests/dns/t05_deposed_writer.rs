@@ -98,7 +98,7 @@ async fn scenario(cut: Cut) -> Outcome {
     let majority: Vec<usize> = (1..=3).filter(|&i| i != w).collect();
 
     // The majority grants dns-writer to one of its own, which puts the zone right.
-    let ((n, n_token), _) = eventually(
+    let ((n, n_token), _) = eventually_or(
         "the majority to grant dns-writer to one of its nodes",
         t.ttl() * 2 + t.max_election() * 2 + Duration::from_secs(6),
         || cluster.dump(),
@@ -112,7 +112,7 @@ async fn scenario(cut: Cut) -> Outcome {
         },
     )
     .await;
-    let (lost_ns, _) = eventually(
+    let (lost_ns, _) = eventually_or(
         "W's lost event",
         Duration::from_secs(10),
         || cluster.dump(),
@@ -140,7 +140,7 @@ async fn scenario(cut: Cut) -> Outcome {
     cluster.wait_zone("the new writer to put the zone right", &want_now, Duration::from_secs(20)).await;
     // W's controller loop refreshes its status once the reconcile under way returns (a
     // fence check gives up after 8 s); then give a late write time to show up, and heal.
-    let (w_status, _) = eventually(
+    let (w_status, _) = eventually_or(
         "W to stand by",
         Duration::from_secs(15),
         || cluster.dump(),

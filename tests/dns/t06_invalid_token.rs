@@ -14,7 +14,7 @@ fn a_refused_token_is_reported_in_status_log_and_metrics_and_nothing_is_written(
         let cluster = DnsCluster::start(Spec { token: Token::Wrong, ..Spec::new() }).await;
         let (settled, _) = cluster.wait_settled(&[1, 2, 3], Duration::from_secs(20)).await;
         let w = cluster.node(index_of(settled.holder(DNS)));
-        let (dns, took) = eventually(
+        let (dns, took) = eventually_or(
             "the writer to report the refused token",
             Duration::from_secs(15),
             || cluster.dump(),
@@ -36,7 +36,7 @@ fn a_refused_token_is_reported_in_status_log_and_metrics_and_nothing_is_written(
         assert_eq!(dns["dry_run"], false);
 
         // It keeps trying (every cycle), and counts each refusal as an auth error.
-        eventually(
+        eventually_or(
             "a second refused cycle",
             Duration::from_secs(10),
             || cluster.dump(),
@@ -64,7 +64,7 @@ fn a_refused_token_is_reported_in_status_log_and_metrics_and_nothing_is_written(
         assert!(!requests.is_empty());
         assert!(requests.iter().all(|r| r.status == 403 && !is_write(&r.method)), "{requests:#?}");
         assert!(cluster.fake.records().is_empty());
-        let metrics = w.admin_metrics().await;
+        let metrics = w.metrics().await;
         for n in &cluster.nodes {
             let status = n.must_status().await.to_string();
             for (what, text) in [("log", n.log_text()), ("status", status), ("metrics", metrics.clone())] {

@@ -18,7 +18,7 @@ fn without_a_token_the_writer_plans_and_sends_nothing() {
         let w = cluster.node(index_of(settled.holder(DNS)));
         let want: BTreeSet<String> =
             DnsCluster::want(leader, &[1, 2, 3]).into_iter().map(|(name, ip)| format!("{name} A {ip}")).collect();
-        let (dns, took) = eventually(
+        let (dns, took) = eventually_or(
             "the writer to report a dry-run plan with every record",
             Duration::from_secs(15),
             || cluster.dump(),

@@ -7,18 +7,16 @@
 //! restart on the same data directory, `SIGSTOP`/`SIGCONT`, and iptables partitions of
 //! one node's Raft traffic. [`check_history`] audits the history files of all nodes.
 //!
-//! Partitions need root and iptables. Raft connections a node opens come from ephemeral
-//! ports, so rules on its Raft port alone would leave its outgoing connections (its
-//! forwarded renewals, its AppendEntries as leader) untouched; an isolatable cluster
-//! therefore runs every agent under its own uid, and [`Partition`] drops that uid's
-//! packets to the other Raft ports with the `owner` match, plus everything to and from
-//! the node's own Raft port.
+//! Partitions need root and iptables: an isolatable cluster runs every agent under its
+//! own uid, and the testkit's [`Partition`] drops, in both directions, what each side's
+//! uid sends to the other side's Raft port (see `constellation_testkit::Partition`).
 
 #![allow(clippy::unwrap_used)]
 
-#[allow(unused_imports)]
-#[path = "../support/mod.rs"]
-mod support;
+/// The shared kit.
+mod support {
+    pub use constellation_testkit::*;
+}
 
 mod t01_three_agree;
 mod t02_five_agree;
@@ -29,17 +27,8 @@ mod t06_wrong_key;
 mod t07_revoke_after_renewal;
 mod t08_history_checker;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::fs::OpenOptions;
-use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -51,331 +40,9 @@ pub const LEASES: [&str; 2] = ["lb-leader", "dns-writer"];
 /// The lease the fail-over tests follow.
 pub const LB: &str = "lb-leader";
 
-/// Raft timings written into `[raft]`.
-#[derive(Debug, Clone, Copy)]
-pub struct Timings {
-    /// `lease_ttl_ms`.
-    pub ttl_ms: u64,
-    /// `election_timeout_ms` (the minimum; the maximum is twice it).
-    pub election_ms: u64,
-    /// `heartbeat_ms`.
-    pub heartbeat_ms: u64,
-}
-
-impl Timings {
-    /// Tight timings for tests: TTL 2 s, election 400–800 ms, heartbeat 100 ms.
-    pub const FAST: Timings = Timings { ttl_ms: 2000, election_ms: 400, heartbeat_ms: 100 };
-
-    /// `lease_ttl_ms` as a duration.
-    pub fn ttl(&self) -> Duration {
-        Duration::from_millis(self.ttl_ms)
-    }
-    /// The maximum election timeout (twice the configured minimum).
-    pub fn max_election(&self) -> Duration {
-        Duration::from_millis(self.election_ms * 2)
-    }
-    /// The holder's local lease time: TTL − TTL/5.
-    pub fn local_ttl(&self) -> Duration {
-        self.ttl() - self.ttl() / 5
-    }
-    /// How long a holder waits after a refusal before asking again: TTL/3.
-    pub fn retry(&self) -> Duration {
-        self.ttl() / 3
-    }
-}
-
-/// Nanoseconds since the Unix epoch, the clock of `lease-history.jsonl`.
-pub fn unix_ns() -> i128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i128
-}
-
 /// Milliseconds, for printing nanosecond differences.
 pub fn ms(ns: i128) -> f64 {
     ns as f64 / 1e6
-}
-
-// === ports ===
-
-static RESERVED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-
-/// A free port (TCP and UDP) that no other node of this process was given, nor reserved
-/// as someone's Raft port.
-pub fn take_port() -> u16 {
-    loop {
-        let p = free_port();
-        let mut reserved = RESERVED.lock().unwrap();
-        if reserved.get_or_insert_with(HashSet::new).insert(p) {
-            return p;
-        }
-    }
-}
-
-/// A cluster port `p` whose `p + 1` (the Raft port) is free and reserved too.
-pub fn take_cluster_port() -> u16 {
-    loop {
-        let p = take_port();
-        if p == u16::MAX {
-            continue;
-        }
-        let raft = p + 1;
-        if std::net::TcpListener::bind(("127.0.0.1", raft)).is_err() {
-            continue;
-        }
-        if RESERVED.lock().unwrap().get_or_insert_with(HashSet::new).insert(raft) {
-            return p;
-        }
-    }
-}
-
-/// A block of uids for one isolatable cluster (distinct per cluster and per test process).
-fn take_uids() -> u32 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let block = NEXT.fetch_add(1, Ordering::Relaxed);
-    // 8 uids per cluster, 40 per test process.
-    40_000 + (std::process::id() % 500) * 40 + (block % 5) * 8
-}
-
-// === status ===
-
-/// One lease as a node's status shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseSeen {
-    /// `holder`: the node holding it, `None` when vacant.
-    pub holder: Option<String>,
-    /// `token`: the fencing token of the latest grant.
-    pub token: Option<u64>,
-    /// `held_here`: this node's holder says it holds the lease.
-    pub held_here: bool,
-}
-
-/// `leases.<lease>` of a status document.
-pub fn lease_seen(status: &Value, lease: &str) -> LeaseSeen {
-    let l = &status["leases"][lease];
-    LeaseSeen {
-        holder: l["holder"].as_str().map(str::to_string),
-        token: l["token"].as_u64(),
-        held_here: l["held_here"].as_bool().unwrap_or(false),
-    }
-}
-
-/// `raft.leader` of a status document.
-pub fn raft_leader(status: &Value) -> Option<String> {
-    status["raft"]["leader"].as_str().map(str::to_string)
-}
-
-/// `raft.term` of a status document.
-pub fn raft_term(status: &Value) -> u64 {
-    status["raft"]["term"].as_u64().unwrap_or(0)
-}
-
-/// What a settled group agrees on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settled {
-    /// The Raft leader every observer names.
-    pub leader: String,
-    /// Lease name → (holder, token), the same on every observer.
-    pub leases: BTreeMap<String, (String, u64)>,
-}
-
-impl Settled {
-    /// The holder of `lease`.
-    pub fn holder(&self, lease: &str) -> &str {
-        &self.leases[lease].0
-    }
-    /// The token of `lease`.
-    pub fn token(&self, lease: &str) -> u64 {
-        self.leases[lease].1
-    }
-}
-
-/// Polls `check` every 25 ms until it returns `Ok` or `limit` passes, then panics with
-/// its last error and `context()`. Returns how long it took.
-pub async fn eventually<T, F, Fut, C>(what: &str, limit: Duration, context: C, mut check: F) -> (T, Duration)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-    C: FnOnce() -> String,
-{
-    let started = Instant::now();
-    loop {
-        let last = match check().await {
-            Ok(v) => return (v, started.elapsed()),
-            Err(e) => e,
-        };
-        if started.elapsed() >= limit {
-            panic!("timed out after {limit:?} waiting for {what}; last: {last}{}", context());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-// === nodes ===
-
-/// One agent process of a [`LeaseCluster`].
-pub struct Node {
-    /// 1-based; the name is `n<index>`.
-    pub index: usize,
-    /// `n<index>`.
-    pub name: String,
-    /// Gossip (UDP) address.
-    pub gossip: SocketAddr,
-    /// The cluster address (`[cluster] address`); Raft listens on its port + 1.
-    pub cluster: SocketAddr,
-    /// Admin API address.
-    pub admin: SocketAddr,
-    /// The `web` entrypoint.
-    pub web: SocketAddr,
-    /// Its config file.
-    pub config: PathBuf,
-    /// stderr of every incarnation, appended.
-    pub log: PathBuf,
-    /// `<dir>/n<index>-data`.
-    pub data: PathBuf,
-    /// The uid the agent runs as (isolatable clusters only).
-    pub uid: Option<u32>,
-    child: Option<Child>,
-    stopped: bool,
-}
-
-impl Node {
-    /// The Raft port: the cluster port + 1.
-    pub fn raft_port(&self) -> u16 {
-        self.cluster.port() + 1
-    }
-
-    fn spawn(&mut self, dir: &Path) {
-        assert!(self.child.is_none(), "{} is already running", self.name);
-        let log = OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let mut cmd = Command::new(bin());
-        cmd.args(["agent", "-c"])
-            .arg(&self.config)
-            .current_dir(dir)
-            .env("CONSTELLATION_LOG", LOG_FILTER)
-            .env("CONSTELLATION_PUBLIC_IP", format!("192.0.2.{}", self.index))
-            .env_remove("CONSTELLATION_GOSSIP__KEY")
-            .env_remove("CONSTELLATION_ADMIN__TOKEN")
-            .stdout(Stdio::null())
-            .stderr(log);
-        if let Some(uid) = self.uid {
-            cmd.uid(uid).gid(uid);
-        }
-        self.child = Some(cmd.spawn().unwrap());
-        self.stopped = false;
-    }
-
-    /// Whether the process was started and not killed by the test.
-    pub fn running(&self) -> bool {
-        self.child.is_some()
-    }
-
-    /// The agent's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// `SIGKILL` (also ends a stopped process).
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.stopped = false;
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill").args([sig, &self.pid().to_string()]).status().unwrap();
-        assert!(status.success(), "kill {sig} {} failed", self.pid());
-    }
-
-    /// `SIGSTOP`: the process is paused, its sockets and timers with it.
-    pub fn pause(&mut self) {
-        self.signal("-STOP");
-        self.stopped = true;
-    }
-
-    /// `SIGCONT`.
-    pub fn resume(&mut self) {
-        self.signal("-CONT");
-        self.stopped = false;
-    }
-
-    /// Asserts the process has not exited on its own.
-    pub fn assert_alive(&mut self) {
-        let exited = self.child.as_mut().map(|c| c.try_wait().unwrap());
-        assert!(matches!(exited, Some(None)), "{} is not running ({exited:?}); log:\n{}", self.name, self.log_tail());
-    }
-
-    /// `GET /api/v1/status`, or `None` if the node does not answer within 2 s.
-    pub async fn status(&self) -> Option<Value> {
-        let get = fetch(self.admin, "GET", "admin", "/api/v1/status", &[], &[]);
-        let r = tokio::time::timeout(Duration::from_secs(2), get).await.ok()?.ok()?;
-        if r.status != 200 {
-            return None;
-        }
-        serde_json::from_slice(&r.body).ok()
-    }
-
-    /// `GET /api/v1/status`; panics if the node does not answer.
-    pub async fn must_status(&self) -> Value {
-        match self.status().await {
-            Some(s) => s,
-            None => panic!("{} does not answer /api/v1/status; log:\n{}", self.name, self.log_tail()),
-        }
-    }
-
-    /// Sum of a metric's samples whose labels contain every fragment of `labels`.
-    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
-        let r = fetch(self.admin, "GET", "admin", "/metrics", &[], &[]).await.unwrap();
-        assert_eq!(r.status, 200);
-        metric_value(&r.text(), name, labels)
-    }
-
-    /// Waits until `/healthz` answers 200 (the process is up).
-    pub async fn wait_healthy(&self, limit: Duration) {
-        eventually(
-            &format!("{} healthy", self.name),
-            limit,
-            || format!("\n{}", self.log_tail()),
-            || async {
-                match fetch(self.admin, "GET", "admin", "/healthz", &[], &[]).await {
-                    Ok(r) if r.status == 200 => Ok(()),
-                    Ok(r) => Err(format!("/healthz {}", r.status)),
-                    Err(e) => Err(e.to_string()),
-                }
-            },
-        )
-        .await;
-    }
-
-    /// This node's `lease-history.jsonl`, parsed (a torn last line is skipped).
-    pub fn history(&self) -> Vec<Event> {
-        let text = std::fs::read_to_string(self.data.join("lease-history.jsonl")).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| {
-                let v: Value = serde_json::from_str(l).ok()?;
-                Some(Event {
-                    t_ns: v["t_ns"].as_u64()? as i128,
-                    node: v["node"].as_str()?.to_string(),
-                    lease: v["lease"].as_str()?.to_string(),
-                    token: v["token"].as_u64()?,
-                    kind: v["event"].as_str()?.to_string(),
-                })
-            })
-            .collect()
-    }
-
-    /// The last lines of the node's log.
-    pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// How to build a [`LeaseCluster`].
@@ -385,8 +52,7 @@ pub struct Spec {
     pub nodes: usize,
     /// Raft timings of every node.
     pub timings: Timings,
-    /// Run every agent under its own uid, so [`Partition`] can cut its outgoing
-    /// connections (needs root).
+    /// Run every agent under its own uid, so [`Partition`] can cut it off (needs root).
     pub isolatable: bool,
     /// (node index, key file name) of nodes that use another key than `cluster.key`.
     pub keys: Vec<(usize, String)>,
@@ -399,369 +65,67 @@ impl Spec {
     }
 }
 
-/// N voters of one lease group, all started.
+/// N voters of one lease group, all started (a [`Fleet`] with lease waits).
 pub struct LeaseCluster {
-    /// The nodes, node 1 first.
-    pub nodes: Vec<Node>,
+    fleet: Fleet,
     /// Raft timings of every node.
     pub timings: Timings,
-    /// Configs, keys, logs and data directories.
-    pub dir: Scratch,
 }
+
+constellation_testkit::wraps_fleet!(LeaseCluster);
 
 impl LeaseCluster {
     /// Writes the configs, starts every agent at once and waits until each answers
     /// `/healthz` (not for the leases: see [`LeaseCluster::wait_settled`]).
     pub async fn start(spec: Spec) -> LeaseCluster {
-        let dir = Scratch::new("leases");
-        let (code, _, err) = run(&["keygen", "--out", "cluster.key"], &dir.0);
-        assert_eq!(code, 0, "keygen failed: {err}");
-        for (_, key) in &spec.keys {
-            let (code, _, err) = run(&["keygen", "--out", key], &dir.0);
-            assert_eq!(code, 0, "keygen failed: {err}");
-        }
-        let uid_base = spec.isolatable.then(take_uids);
-        let mut nodes = Vec::new();
-        for index in 1..=spec.nodes {
-            let name = format!("n{index}");
-            let gossip: SocketAddr = format!("127.0.0.1:{}", take_port()).parse().unwrap();
-            let cluster: SocketAddr = format!("127.0.0.1:{}", take_cluster_port()).parse().unwrap();
-            let admin: SocketAddr = format!("127.0.0.1:{}", take_port()).parse().unwrap();
-            let web: SocketAddr = format!("127.0.0.1:{}", take_port()).parse().unwrap();
-            let data = dir.path(&format!("{name}-data"));
-            let uid = uid_base.map(|b| b + index as u32);
-            nodes.push(Node {
-                index,
-                name: name.clone(),
-                gossip,
-                cluster,
-                admin,
-                web,
-                config: dir.path(&format!("{name}.toml")),
-                log: dir.path(&format!("{name}.log")),
-                data,
-                uid,
-                child: None,
-                stopped: false,
-            });
-        }
-        let voters: Vec<String> = nodes.iter().map(|n| format!("\"{}={}\"", n.name, n.cluster)).collect();
-        let voters = voters.join(", ");
-        let t = spec.timings;
-        for node in &nodes {
-            let seeds = if node.index == 1 { "[]".to_string() } else { format!("[\"{}\"]", nodes[0].gossip) };
-            let mut key = spec
-                .keys
-                .iter()
-                .find(|(i, _)| *i == node.index)
-                .map(|(_, k)| k.clone())
-                .unwrap_or_else(|| "cluster.key".to_string());
-            if let Some(uid) = node.uid {
-                // The key is 0600: give each uid its own copy.
-                let own = format!("{}.key", node.name);
-                std::fs::copy(dir.path(&key), dir.path(&own)).unwrap();
-                std::os::unix::fs::chown(dir.path(&own), Some(uid), Some(uid)).unwrap();
-                key = own;
-                std::fs::create_dir_all(&node.data).unwrap();
-                std::os::unix::fs::chown(&node.data, Some(uid), Some(uid)).unwrap();
-            }
-            let text = format!(
-                "[node]\nname = \"{name}\"\ndata_dir = \"{name}-data\"\nroles = [\"lb\", \"dns\"]\n\
-                 [gossip]\naddress = \"{gossip}\"\nseeds = {seeds}\nkey_file = \"{key}\"\npush_pull_interval_ms = 1000\n\
-                 public_ip_services = []\n\
-                 [cluster]\naddress = \"{cluster}\"\n\
-                 [admin]\naddress = \"{admin}\"\n\
-                 [entrypoints.web]\naddress = \"{web}\"\n\
-                 [raft]\nvoters = [{voters}]\nlease_ttl_ms = {ttl}\nelection_timeout_ms = {el}\nheartbeat_ms = {hb}\n",
-                name = node.name,
-                gossip = node.gossip,
-                cluster = node.cluster,
-                admin = node.admin,
-                web = node.web,
-                ttl = t.ttl_ms,
-                el = t.election_ms,
-                hb = t.heartbeat_ms,
-            );
-            dir.write(&format!("{}.toml", node.name), &text);
-        }
-        let mut cluster = LeaseCluster { nodes, timings: spec.timings, dir };
-        for i in 1..=spec.nodes {
-            cluster.spawn(i);
-        }
-        for node in &cluster.nodes {
-            node.wait_healthy(Duration::from_secs(30)).await;
-        }
+        let nodes = (1..=spec.nodes)
+            .map(|i| NodeSpec {
+                key_file: spec.keys.iter().find(|(k, _)| *k == i).map(|(_, f)| f.clone()),
+                ..NodeSpec::default()
+            })
+            .collect();
+        let mut fleet = FleetSpec::new("leases", nodes);
+        fleet.roles = vec!["lb".into(), "dns".into()];
+        fleet.raft = Some(spec.timings);
+        fleet.push_pull_ms = Some(1000);
+        fleet.isolatable = spec.isolatable;
+        fleet.log_filter = LOG_FILTER.into();
+        let mut cluster = LeaseCluster { fleet: Fleet::new(fleet), timings: spec.timings };
+        cluster.start_all(Duration::from_secs(30)).await;
         cluster
-    }
-
-    /// Node `index` (1-based).
-    pub fn node(&self, index: usize) -> &Node {
-        &self.nodes[index - 1]
-    }
-
-    /// Node `index` (1-based), mutably.
-    pub fn node_mut(&mut self, index: usize) -> &mut Node {
-        &mut self.nodes[index - 1]
-    }
-
-    /// The index of the node called `name`.
-    pub fn index_of(&self, name: &str) -> usize {
-        self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}")).index
-    }
-
-    /// Starts node `index` (again) with its config and data directory; does not wait.
-    pub fn spawn(&mut self, index: usize) {
-        let dir = self.dir.0.clone();
-        self.nodes[index - 1].spawn(&dir);
-    }
-
-    /// `SIGKILL`s node `index`.
-    pub fn kill(&mut self, index: usize) {
-        self.nodes[index - 1].kill();
     }
 
     /// Indexes of the running nodes.
     pub fn running(&self) -> Vec<usize> {
-        self.nodes.iter().filter(|n| n.running()).map(|n| n.index).collect()
+        self.running_indexes()
     }
 
     /// What `observers` agree on right now: one Raft leader, and per lease one holder and
     /// token; `held_here` is true on exactly the holder (when it is an observer) and on
     /// no other observer.
     pub async fn agreement(&self, observers: &[usize]) -> Result<Settled, String> {
-        let mut leader: Option<String> = None;
-        let mut leases: BTreeMap<String, (String, u64)> = BTreeMap::new();
-        let mut statuses = Vec::new();
-        for &i in observers {
-            let node = self.node(i);
-            let status = node.status().await.ok_or_else(|| format!("{} does not answer", node.name))?;
-            let l = raft_leader(&status).ok_or_else(|| format!("{} knows no raft leader", node.name))?;
-            match &leader {
-                None => leader = Some(l),
-                Some(prev) if *prev != l => return Err(format!("leader: {prev} vs {l} on {}", node.name)),
-                Some(_) => {}
-            }
-            for lease in LEASES {
-                let seen = lease_seen(&status, lease);
-                let (Some(holder), Some(token)) = (seen.holder.clone(), seen.token) else {
-                    return Err(format!("{} sees {lease} as {seen:?}", node.name));
-                };
-                match leases.get(lease) {
-                    None => {
-                        leases.insert(lease.to_string(), (holder, token));
-                    }
-                    Some(prev) if *prev != (holder.clone(), token) => {
-                        return Err(format!("{lease}: {prev:?} vs ({holder}, {token}) on {}", node.name));
-                    }
-                    Some(_) => {}
-                }
-            }
-            statuses.push((node.name.clone(), status));
-        }
-        for lease in LEASES {
-            let holder = &leases[lease].0;
-            for (name, status) in &statuses {
-                let here = lease_seen(status, lease).held_here;
-                if here != (name == holder) {
-                    return Err(format!("{name}: {lease} held_here = {here}, holder {holder}"));
-                }
-            }
-        }
-        Ok(Settled { leader: leader.unwrap_or_default(), leases })
+        self.fleet.agreement(observers, &LEASES, true).await
     }
 
     /// Waits until `observers` agree (see [`LeaseCluster::agreement`]) on two polls in a
-    /// row, `gap` apart, with the same answer.
+    /// row with the same answer.
     pub async fn wait_settled(&self, observers: &[usize], limit: Duration) -> (Settled, Duration) {
-        let what = format!("nodes {observers:?} to agree on the raft leader and both leases");
-        eventually(
-            &what,
-            limit,
-            || self.dump(),
-            || async {
-                let first = self.agreement(observers).await?;
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                let second = self.agreement(observers).await?;
-                if first == second {
-                    Ok(second)
-                } else {
-                    Err(format!("changed: {first:?} -> {second:?}"))
-                }
-            },
-        )
-        .await
-    }
-
-    /// Every node's history, node 1 first, each in file order.
-    pub fn history(&self) -> Vec<Event> {
-        self.nodes.iter().flat_map(|n| n.history()).collect()
-    }
-
-    /// Every node's whole log, for failure messages that need the start of it.
-    pub fn dump_all(&self) -> String {
-        let mut out = String::new();
-        for n in &self.nodes {
-            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
-            out.push_str(&format!("\n===== {} =====\n{text}\n", n.name));
-        }
-        out
-    }
-
-    /// Every node's log tail, for failure messages.
-    pub fn dump(&self) -> String {
-        let mut out = String::new();
-        for n in &self.nodes {
-            out.push_str(&format!(
-                "\n===== {} (cluster {}, raft :{}, admin {}, running {}) =====\n{}\n",
-                n.name,
-                n.cluster,
-                n.raft_port(),
-                n.admin,
-                n.running(),
-                n.log_tail()
-            ));
-        }
-        out
+        self.fleet.wait_settled(observers, &LEASES, true, limit, || self.dump()).await
     }
 }
 
 impl Drop for LeaseCluster {
-    /// On a failing test, copies the logs, configs and history files to
-    /// `$TMPDIR/constellation-leases-failed-*` before the scratch directory goes.
+    /// On a failing test, keeps the logs, configs and history files before the scratch
+    /// directory goes.
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
+        if std::thread::panicking() {
+            let kept = self.fleet.keep_evidence();
+            eprintln!("logs, configs and lease histories of the failed test kept in {}", kept.display());
         }
-        for n in &mut self.nodes {
-            n.kill();
-        }
-        let name = self.dir.0.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
-        let keep = std::env::temp_dir().join(format!("constellation-leases-failed-{name}"));
-        let _ = std::fs::create_dir_all(&keep);
-        for n in &self.nodes {
-            let _ = std::fs::copy(&n.log, keep.join(format!("{}.log", n.name)));
-            let _ = std::fs::copy(&n.config, keep.join(format!("{}.toml", n.name)));
-            let _ = std::fs::copy(n.data.join("lease-history.jsonl"), keep.join(format!("{}-history.jsonl", n.name)));
-        }
-        eprintln!("logs, configs and lease histories of the failed test kept in {}", keep.display());
-    }
-}
-
-// === partitions ===
-
-/// iptables rules cutting one node's Raft traffic: everything to and from its Raft port,
-/// and its own uid's packets to the other nodes' Raft ports. Deleted on drop, panic or
-/// not. Each rule carries the comment `constellation-leases-test-<pid>`; rules left by a
-/// test process that no longer exists are removed before new ones are added.
-pub struct Partition {
-    rules: Vec<Vec<String>>,
-}
-
-const RULE_TAG: &str = "constellation-leases-test-";
-
-fn iptables(args: &[String]) -> Result<(), String> {
-    let out = Command::new("iptables")
-        .arg("-w")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run iptables ({e}); partition tests need root and iptables"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`iptables -w {}` failed ({}): {}; partition tests need root and iptables",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Deletes rules tagged by test processes that are gone (a test killed mid-partition).
-fn remove_orphan_rules() {
-    for chain in ["INPUT", "OUTPUT"] {
-        let Ok(out) = Command::new("iptables").args(["-w", "-S", chain]).output() else { return };
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let Some(at) = line.find(RULE_TAG) else { continue };
-            let pid: String = line[at + RULE_TAG.len()..].chars().take_while(char::is_ascii_digit).collect();
-            if pid.is_empty() || Path::new(&format!("/proc/{pid}")).exists() {
-                continue;
-            }
-            let mut args: Vec<String> = line.split_whitespace().map(|s| s.trim_matches('"').to_string()).collect();
-            if args.first().map(String::as_str) == Some("-A") {
-                args[0] = "-D".to_string();
-                let _ = iptables(&args);
-            }
-        }
-    }
-}
-
-impl Partition {
-    /// Cuts `node` off the Raft traffic of `others`. The node must run under its own uid
-    /// ([`Spec::isolatable`]).
-    pub fn raft(node: &Node, others: &[&Node]) -> Partition {
-        let uid = node.uid.expect("a partition needs an isolatable cluster (agents under their own uids)");
-        remove_orphan_rules();
-        let tag = format!("{RULE_TAG}{}", std::process::id());
-        let own = node.raft_port().to_string();
-        let ports: Vec<String> = others.iter().map(|n| n.raft_port().to_string()).collect();
-        let mut rules: Vec<Vec<&str>> = vec![
-            vec!["INPUT", "-i", "lo", "-p", "tcp", "--dport", &own],
-            vec!["INPUT", "-i", "lo", "-p", "tcp", "--sport", &own],
-        ];
-        let uid = uid.to_string();
-        for port in &ports {
-            rules.push(vec!["OUTPUT", "-o", "lo", "-p", "tcp", "-m", "owner", "--uid-owner", &uid, "--dport", port]);
-        }
-        let mut p = Partition { rules: Vec::new() };
-        for rule in rules {
-            let mut rule: Vec<String> = rule.iter().map(|s| s.to_string()).collect();
-            rule.extend(["-m", "comment", "--comment", &tag, "-j", "DROP"].iter().map(|s| s.to_string()));
-            let mut insert = vec!["-I".to_string()];
-            insert.extend(rule.iter().cloned());
-            if let Err(e) = iptables(&insert) {
-                drop(p);
-                panic!("{e}");
-            }
-            p.rules.push(rule);
-        }
-        p
-    }
-
-    /// Deletes the rules (idempotent).
-    pub fn heal(&mut self) {
-        for rule in self.rules.drain(..) {
-            let mut delete = vec!["-D".to_string()];
-            delete.extend(rule);
-            if let Err(e) = iptables(&delete) {
-                eprintln!("warning: could not remove a partition rule: {e}");
-            }
-        }
-    }
-}
-
-impl Drop for Partition {
-    fn drop(&mut self) {
-        self.heal();
     }
 }
 
 // === history ===
-
-/// One line of `lease-history.jsonl`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    /// Unix nanoseconds.
-    pub t_ns: i128,
-    /// The node that wrote it.
-    pub node: String,
-    /// Lease name.
-    pub lease: String,
-    /// Fencing token.
-    pub token: u64,
-    /// `acquired`, `renewed` or `lost`.
-    pub kind: String,
-}
 
 /// A fault the test injected, in history-file time (Unix ns).
 #[derive(Debug, Clone)]

@@ -29,28 +29,9 @@ fn killed_holder_is_replaced_with_a_larger_token_and_rejoins_as_follower() {
         // TTL + TTL/3. Plus slack for a loaded 2-core machine.
         let bound = t.ttl() + t.max_election() * 3 + t.retry();
         let slack = Duration::from_secs(2);
-        let (took, (new_holder, new_token)) = {
-            let (found, took) = eventually(
-                "a survivor to show another lb-leader holder with a larger token",
-                bound + slack,
-                || cluster.dump(),
-                || async {
-                    for &i in &survivors {
-                        if let Some(s) = cluster.node(i).status().await {
-                            let l = lease_seen(&s, LB);
-                            if let (Some(h), Some(tok)) = (l.holder, l.token) {
-                                if h != victim_name && tok > before.token(LB) {
-                                    return Ok((h, tok));
-                                }
-                            }
-                        }
-                    }
-                    Err("still the old holder".to_string())
-                },
-            )
+        let ((new_holder, new_token), took) = cluster
+            .wait_new_holder(&survivors, LB, (&victim_name, before.token(LB)), bound + slack, || cluster.dump())
             .await;
-            (took, found)
-        };
         if !was_leader {
             let follower_bound = t.ttl() + t.retry() + slack;
             assert!(took <= follower_bound, "a follower's lease moved after {took:?}, over {follower_bound:?}");
@@ -72,7 +53,7 @@ fn killed_holder_is_replaced_with_a_larger_token_and_rejoins_as_follower() {
         let restarted_ns = unix_ns();
         cluster.spawn(victim);
         cluster.node(victim).wait_healthy(Duration::from_secs(30)).await;
-        let (rejoined, rejoin_took) = eventually(
+        let (rejoined, rejoin_took) = eventually_or(
             "the restarted node to follow the current leader and show the current leases",
             Duration::from_secs(20),
             || cluster.dump(),

@@ -25,7 +25,7 @@ fn isolated_holder_steps_down_before_the_majority_grants_the_lease_again() {
         let mut partition = Partition::raft(cluster.node(h), &others);
         // The majority grants the lease to one of its own.
         let limit = t.ttl() + t.max_election() * 3 + t.retry() + Duration::from_secs(4);
-        let ((new_holder, new_token), moved_after) = eventually(
+        let ((new_holder, new_token), moved_after) = eventually_or(
             "the majority side to grant lb-leader to one of its nodes",
             limit,
             || cluster.dump(),
@@ -43,7 +43,7 @@ fn isolated_holder_steps_down_before_the_majority_grants_the_lease_again() {
         let s = cluster.node(h).must_status().await;
         assert!(!lease_seen(&s, LB).held_here, "{h_name} still claims lb-leader while cut off: {s:#}");
         // Both events are in the files (written within 50 ms).
-        let (lost, acquired) = eventually(
+        let (lost, acquired) = eventually_or(
             "the lost and acquired events in the history files",
             Duration::from_secs(3),
             String::new,

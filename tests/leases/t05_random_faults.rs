@@ -95,7 +95,7 @@ fn lease_history_stays_safe_under_random_faults() {
             faults.push(fault);
             // Back to one leader known by all three before the next fault: never two
             // nodes out at once.
-            let (_, back) = eventually(
+            let (_, back) = eventually_or(
                 "all nodes to know the same raft leader again",
                 Duration::from_secs(20),
                 || cluster.dump(),

@@ -3,9 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod t01_failover;
 mod t02_breaker;
 mod t03_reload;
@@ -13,3 +10,20 @@ mod t04_config;
 mod t05_admin;
 mod t06_resolver;
 mod t07_https_health;
+mod t08_bodies;
+
+/// The shared kit, plus what only this suite needs.
+mod support {
+    pub use constellation_testkit::*;
+    use serde_json::Value;
+
+    /// A JSON document's violations of the Traefik v3 file-provider schema (SchemaStore
+    /// copy in `proxy/tests/fixtures/dynamic/`), one line each; empty when it validates.
+    pub fn traefik_schema_errors(doc: &Value) -> Vec<String> {
+        let schema: Value =
+            serde_json::from_str(include_str!("../../proxy/tests/fixtures/dynamic/traefik-v3-file-provider.json"))
+                .unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        validator.iter_errors(doc).map(|e| format!("{}: {}", e.instance_path(), e)).collect()
+    }
+}

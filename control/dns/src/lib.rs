@@ -23,7 +23,6 @@ mod metrics;
 mod plan;
 mod reconcile;
 mod record;
-pub mod testing;
 #[cfg(test)]
 mod tests;
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use prometheus::Registry;
 use serde_json::json;
 
-use super::testing::{FakeCloudflare, Fault};
 use super::*;
+use constellation_testkit::cloudflare::{FakeCloudflare, Fault};
 
 const TOKEN: &str = "good-token-0123456789";
 const ZONE: &str = "example.com";

@@ -1,6 +1,8 @@
-//! A fake Cloudflare v4 API on a real socket, for tests: zones, DNS records with comments,
-//! bearer-token checks, injectable faults (429 with `Retry-After`, 5xx, slow answers) and a
-//! request log. Hand-written HTTP/1.1 with keep-alive; nothing here is meant for production.
+//! A fake Cloudflare v4 API on real sockets, for tests and benchmarks: zones, DNS records
+//! with comments, bearer-token checks, injectable faults (429 with `Retry-After`, 5xx,
+//! slow answers) and a request log. HTTP/1.1 comes from hyper. Extra listeners
+//! ([`FakeCloudflare::tap`]) serve the same state and tag what arrives through them, so a
+//! test can tell which agent sent a request.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -8,10 +10,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::wait::unix_ns;
 
 /// A fault the fake answers with instead of (or before) the normal answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +47,10 @@ pub struct LoggedRequest {
     pub query: String,
     /// When the request arrived.
     pub at: Instant,
+    /// When the request arrived, Unix ns (the clock of `lease-history.jsonl`).
+    pub at_ns: i128,
+    /// The [`FakeCloudflare::tap`] it came through, `None` for the main listener.
+    pub via: Option<String>,
     /// The status answered.
     pub status: u16,
 }
@@ -63,12 +76,14 @@ impl State {
 pub struct FakeCloudflare {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
-    task: JoinHandle<()>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Drop for FakeCloudflare {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            t.abort();
+        }
     }
 }
 
@@ -82,13 +97,18 @@ impl FakeCloudflare {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State { token: token.to_string(), ..State::default() }));
-        let st = state.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                tokio::spawn(serve(sock, st.clone()));
-            }
-        });
-        Ok(FakeCloudflare { addr, state, task })
+        let task = tokio::spawn(accept(listener, state.clone(), None));
+        Ok(FakeCloudflare { addr, state, tasks: Mutex::new(vec![task]) })
+    }
+
+    /// Opens one more listener on the same state whose requests are logged with
+    /// `via = Some(name)`; returns the API base URL to give that client (ending with `/`).
+    pub async fn tap(&self, name: &str) -> io::Result<String> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(accept(listener, self.state.clone(), Some(name.to_string())));
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+        Ok(format!("http://{addr}/client/v4/"))
     }
 
     /// The API base URL to configure, ending with `/`.
@@ -170,103 +190,73 @@ struct Request {
     query: String,
     auth: Option<String>,
     body: Vec<u8>,
-    close: bool,
 }
 
-async fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
-    let mut line = String::new();
-    if r.read_line(&mut line).await? == 0 {
-        return Ok(None);
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_string();
-    let target = parts.next().unwrap_or_default().to_string();
-    let (mut len, mut auth, mut close) = (0usize, None, false);
+/// Accepts connections on `listener` for ever; requests are logged with `via`.
+async fn accept(listener: TcpListener, state: Arc<Mutex<State>>, via: Option<String>) {
+    let mut conns = JoinSet::new();
     loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).await? == 0 {
-            return Ok(None);
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-            match k.as_str() {
-                "content-length" => len = v.parse().unwrap_or(0),
-                "authorization" => auth = Some(v.to_string()),
-                "connection" => close = v.eq_ignore_ascii_case("close"),
-                _ => {}
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((sock, _)) = accepted else { continue };
+                let (state, via) = (state.clone(), via.clone());
+                conns.spawn(async move {
+                    let svc = service_fn(move |req| serve(req, state.clone(), via.clone()));
+                    let _ended = http1::Builder::new().serve_connection(TokioIo::new(sock), svc).await;
+                });
             }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).await?;
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), q.to_string()),
-        None => (target, String::new()),
-    };
-    Ok(Some(Request { method, path, query, auth, body, close }))
 }
 
-async fn serve(sock: TcpStream, state: Arc<Mutex<State>>) {
-    let mut r = BufReader::new(sock);
-    while let Ok(Some(req)) = read_request(&mut r).await {
-        let at = Instant::now();
+async fn serve(
+    req: hyper::Request<Incoming>,
+    state: Arc<Mutex<State>>,
+    via: Option<String>,
+) -> Result<hyper::Response<Full<Bytes>>, io::Error> {
+    let (at, at_ns) = (Instant::now(), unix_ns());
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let auth = req.headers().get("authorization").map(|v| String::from_utf8_lossy(v.as_bytes()).to_string());
+    let body = req.into_body().collect().await.map_err(io::Error::other)?.to_bytes().to_vec();
+    let req = Request { method, path, query, auth, body };
+    // Answered in a task of its own: a client that gives up (a timeout) closes the
+    // connection and hyper drops this future, but the request was received and is
+    // logged with what it would have been answered, as a real server would have.
+    let answered = tokio::spawn(async move {
         let fault = lock(&state).faults.pop_front();
         if let Some(Fault::Slow(d)) = &fault {
             tokio::time::sleep(*d).await;
         }
-        let (status, extra, body) = match fault {
-            Some(Fault::RateLimited { retry_after_secs }) => (
-                429,
-                format!("Retry-After: {retry_after_secs}\r\n"),
-                failure(971, "Please wait and consider throttling your request speed"),
-            ),
-            Some(Fault::ServerError(code)) => {
-                (code, String::new(), failure(10_000 + u32::from(code), "Internal server error"))
+        let (status, retry_after, body) = match fault {
+            Some(Fault::RateLimited { retry_after_secs }) => {
+                (429, Some(retry_after_secs), failure(971, "Please wait and consider throttling your request speed"))
             }
+            Some(Fault::ServerError(code)) => (code, None, failure(10_000 + u32::from(code), "Internal server error")),
             _ => {
                 let (status, body) = handle(&state, &req);
-                (status, String::new(), body)
+                (status, None, body)
             }
         };
         lock(&state).log.push(LoggedRequest {
-            method: req.method.clone(),
-            path: req.path.clone(),
-            query: req.query.clone(),
+            method: req.method,
+            path: req.path,
+            query: req.query,
             at,
+            at_ns,
+            via,
             status,
         });
-        let body = body.to_string();
-        let head = format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n",
-            reason(status),
-            body.len()
-        );
-        let stream = r.get_mut();
-        if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(body.as_bytes()).await.is_err() {
-            return;
-        }
-        if req.close {
-            return;
-        }
+        (status, retry_after, body)
+    });
+    let (status, retry_after, body) = answered.await.map_err(io::Error::other)?;
+    let mut resp = hyper::Response::builder().status(status).header("content-type", "application/json");
+    if let Some(secs) = retry_after {
+        resp = resp.header("retry-after", secs.to_string());
     }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        _ => "Status",
-    }
+    resp.body(Full::new(Bytes::from(body.to_string()))).map_err(io::Error::other)
 }
 
 fn failure(code: u32, message: &str) -> Value {

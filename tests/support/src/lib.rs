@@ -1,0 +1,46 @@
+//! Constellation's dev-only test kit: everything the end-to-end suites and benchmarks
+//! share, in one place.
+//!
+//! - [`Agent`]: one `constellation agent` with a routes file (the proxy suite).
+//! - [`Fleet`]: several agents joined by gossip, optionally Raft voters, each with its own
+//!   ports, config, log, data directory and (for partitions) its own uid.
+//! - [`Partition`]: iptables rules that cut nodes apart in both directions, tagged with
+//!   the test process id so leftovers of a killed test are removed on the next run.
+//! - [`eventually`]: polling with deadlines instead of sleeps.
+//! - [`Backend`] and [`Client`]: a controllable HTTP/1.1 backend and a client that never
+//!   resends, both on hyper, with chunked and slowly streamed bodies.
+//! - [`FakeCloudflare`]: a Cloudflare v4 API on a real socket.
+//! - [`report`]: the helpers benchmarks use to write their results.
+//!
+//! The kit knows nothing of Constellation's crates: it starts the binary and reads its
+//! admin API as JSON, so any crate of the workspace can use it as a dev-dependency.
+
+#![forbid(unsafe_code)]
+
+mod agent;
+mod backend;
+mod binary;
+mod client;
+pub mod cloudflare;
+mod fleet;
+mod node;
+mod partition;
+pub mod report;
+mod scratch;
+mod status;
+mod wait;
+
+pub use agent::{routes, start_agent_with, Agent};
+pub use backend::{Backend, Behaviour, Hit};
+pub use binary::{binary, run, run_with_limit};
+pub use client::{fetch, Client, Reply};
+pub use cloudflare::FakeCloudflare;
+pub use fleet::{Fleet, FleetSpec, NodeSpec, Settled, Timings};
+pub use node::{Event, Node};
+pub use partition::{Partition, Plane};
+pub use scratch::{dead_addr, free_port, take_cluster_port, take_port, Scratch};
+pub use status::{
+    identities, lease_seen, member, member_states, members, metric_value, raft_leader, raft_term, service_status,
+    upstream_status, upstream_urls, LeaseSeen,
+};
+pub use wait::{eventually, eventually_or, run_test, unix_ns, wait_for};
