@@ -44,15 +44,11 @@ enum Command {
     },
     /// Show routes, upstreams and breaker states of a running agent.
     Status {
-        /// Admin API base URL.
-        #[arg(long, default_value = "http://127.0.0.1:9180")]
-        admin: String,
+        #[command(flatten)]
+        api: AdminArgs,
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
-        /// Admin bearer token (default: $CONSTELLATION_ADMIN__TOKEN).
-        #[arg(long)]
-        token: Option<String>,
     },
     /// Configuration tools.
     Config {
@@ -85,16 +81,23 @@ enum Command {
     },
 }
 
+/// Where a running agent's admin API is, and its token.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Admin API base URL.
+    #[arg(long, default_value = "http://127.0.0.1:9180")]
+    admin: String,
+    /// Admin bearer token (default: $CONSTELLATION_ADMIN__TOKEN).
+    #[arg(long)]
+    token: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum DnsCommand {
     /// Show the DNS controller's role, last outcome and (in dry-run) its plan.
     Plan {
-        /// Admin API base URL.
-        #[arg(long, default_value = "http://127.0.0.1:9180")]
-        admin: String,
-        /// Admin bearer token (default: $CONSTELLATION_ADMIN__TOKEN).
-        #[arg(long)]
-        token: Option<String>,
+        #[command(flatten)]
+        api: AdminArgs,
     },
 }
 
@@ -102,15 +105,11 @@ enum DnsCommand {
 enum RaftCommand {
     /// Leader, term, voters and learners, and the leases.
     Status {
-        /// Admin API base URL.
-        #[arg(long, default_value = "http://127.0.0.1:9180")]
-        admin: String,
+        #[command(flatten)]
+        api: AdminArgs,
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
-        /// Admin bearer token (default: $CONSTELLATION_ADMIN__TOKEN).
-        #[arg(long)]
-        token: Option<String>,
     },
     /// Add a voter: it joins as a learner, catches up, then votes. Refused if the new
     /// configuration would not have a reachable majority.
@@ -119,24 +118,16 @@ enum RaftCommand {
         name: String,
         /// Its cluster address, host:port; Raft listens on that port + 1.
         address: String,
-        /// Admin API base URL.
-        #[arg(long, default_value = "http://127.0.0.1:9180")]
-        admin: String,
-        /// Admin bearer token (default: $CONSTELLATION_ADMIN__TOKEN).
-        #[arg(long)]
-        token: Option<String>,
+        #[command(flatten)]
+        api: AdminArgs,
     },
     /// Remove a voter (or a learner). Refused if the remaining voters would not have a
     /// reachable majority, and for the last voter.
     RemoveVoter {
         /// The node's name.
         name: String,
-        /// Admin API base URL.
-        #[arg(long, default_value = "http://127.0.0.1:9180")]
-        admin: String,
-        /// Admin bearer token (default: $CONSTELLATION_ADMIN__TOKEN).
-        #[arg(long)]
-        token: Option<String>,
+        #[command(flatten)]
+        api: AdminArgs,
     },
 }
 
@@ -309,18 +300,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status { admin, json, token } => run_async(cli::status(&admin, json, token.as_deref())),
-        Command::Dns { command: DnsCommand::Plan { admin, token } } => {
-            run_async(cli::dns_plan(&admin, token.as_deref()))
+        Command::Status { api, json } => run_async(cli::status(&api.admin, json, api.token.as_deref())),
+        Command::Dns { command: DnsCommand::Plan { api } } => run_async(cli::dns_plan(&api.admin, api.token.as_deref())),
+        Command::Raft { command: RaftCommand::Status { api, json } } => {
+            run_async(cli::raft_status(&api.admin, json, api.token.as_deref()))
         }
-        Command::Raft { command: RaftCommand::Status { admin, json, token } } => {
-            run_async(cli::raft_status(&admin, json, token.as_deref()))
+        Command::Raft { command: RaftCommand::AddVoter { name, address, api } } => {
+            run_async(cli::raft_add_voter(&api.admin, &name, &address, api.token.as_deref()))
         }
-        Command::Raft { command: RaftCommand::AddVoter { name, address, admin, token } } => {
-            run_async(cli::raft_add_voter(&admin, &name, &address, token.as_deref()))
-        }
-        Command::Raft { command: RaftCommand::RemoveVoter { name, admin, token } } => {
-            run_async(cli::raft_remove_voter(&admin, &name, token.as_deref()))
+        Command::Raft { command: RaftCommand::RemoveVoter { name, api } } => {
+            run_async(cli::raft_remove_voter(&api.admin, &name, api.token.as_deref()))
         }
         Command::Demo { seconds } => run_async(demo::run(seconds)),
     }
