@@ -121,6 +121,9 @@ fn garbage_on_gossip_and_cluster_ports_is_counted_and_harmless() {
         let mut flipped = genuine.clone();
         flipped[60] ^= 0x01;
         datagrams.push((flipped, "forged"));
+        // Sealed with our key by a peer of another protocol version: authentic, refused.
+        let newer = key.clone().speaking(PROTOCOL_VERSION.wrapping_add(1));
+        datagrams.push((newer.seal(&[0u8; 40]), "version"));
         // Sealed with the right key but not a message we know.
         datagrams.push((key.seal(&[]), "decode"));
         datagrams.push((key.seal(&[7, 1, 2, 3]), "decode"));
@@ -182,6 +185,10 @@ fn garbage_on_gossip_and_cluster_ports_is_counted_and_harmless() {
         // Opens, but is not a push-pull message.
         tcp_garbage(target.cluster, &frames.encode(&[0xffu8; 12]).unwrap()).await;
         counted("decode", &mut expect);
+        // A frame of another protocol version, sealed with our key.
+        let newer_frames = FrameCodec::new(std::sync::Arc::new(newer.clone()), constellation_cluster::MAX_FRAME);
+        tcp_garbage(target.cluster, &newer_frames.encode(&[0u8; 32][..]).unwrap()).await;
+        counted("version", &mut expect);
         // Incomplete frames: nothing to judge, the connection just ends (not counted).
         tcp_garbage(target.cluster, &[]).await;
         tcp_garbage(target.cluster, &[PROTOCOL_VERSION, 0]).await;
