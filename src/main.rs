@@ -301,7 +301,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Status { api, json } => run_async(cli::status(&api.admin, json, api.token.as_deref())),
-        Command::Dns { command: DnsCommand::Plan { api } } => run_async(cli::dns_plan(&api.admin, api.token.as_deref())),
+        Command::Dns { command: DnsCommand::Plan { api } } => {
+            run_async(cli::dns_plan(&api.admin, api.token.as_deref()))
+        }
         Command::Raft { command: RaftCommand::Status { api, json } } => {
             run_async(cli::raft_status(&api.admin, json, api.token.as_deref()))
         }
