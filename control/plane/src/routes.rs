@@ -319,13 +319,18 @@ impl Reloader {
                 _ = self.kick.notified() => true,
             };
             if !kicked {
-                if !self.changed() {
+                // Reading the files blocks: do it on the blocking pool, never on the
+                // runtime's workers.
+                let me = self.clone();
+                let Ok(Some(first)) =
+                    tokio::task::spawn_blocking(move || me.changed().then(|| me.current_fingerprint())).await
+                else {
                     continue;
-                }
+                };
                 // Let a writer finish: reload once the content stopped changing.
-                let first = self.current_fingerprint();
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                if self.current_fingerprint() != first {
+                let me = self.clone();
+                if tokio::task::spawn_blocking(move || me.current_fingerprint()).await.ok() != Some(first) {
                     continue;
                 }
             }
