@@ -29,7 +29,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -67,67 +66,53 @@ const CONFIGS: [Config; 2] = [
     Config { name: "fast", ttl_ms: 2000, election_ms: 400, heartbeat_ms: 100, settle_ms: 300, reconcile_ms: 2000 },
 ];
 
+/// DNS fail-over benchmark: time from `kill -9` of the `lb-leader` node to the fake Cloudflare
+/// API holding the new apex record (details in benches/dns.rs).
+#[derive(clap::Parser)]
+#[command(name = "dns", bin_name = "cargo bench --bench dns --")]
 struct Options {
+    /// Fail-overs to measure per configuration.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = runs)]
     runs: usize,
-    configs: Vec<Config>,
-    out: PathBuf,
-    write: bool,
-    args: Vec<String>,
+    /// Configurations to run, comma-separated: `default` (the config defaults), `fast` (the test
+    /// suite's Raft and `[dns]` timings).
+    // Spelled `std::vec::Vec` so that clap takes the whole list as one value.
+    #[arg(long, value_name = "NAME,...", default_value = "default,fast", value_parser = configs)]
+    configs: std::vec::Vec<Config>,
+    #[command(flatten)]
+    report: report::ReportArgs,
 }
 
 impl Options {
-    fn parse() -> Result<Options> {
-        let mut opts = Options {
-            runs: 20,
-            configs: CONFIGS.to_vec(),
-            out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md"),
-            write: true,
-            args: Vec::new(),
-        };
-        // `cargo bench` passes `--bench` to harness-less benchmarks; it is not ours.
-        let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-        opts.args.clone_from(&args);
-        let mut it = args.into_iter();
-        while let Some(arg) = it.next() {
-            let (key, inline) = match arg.split_once('=') {
-                Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                None => (arg.clone(), None),
-            };
-            let mut value = || -> Result<String> {
-                match inline.clone() {
-                    Some(v) => Ok(v),
-                    None => it.next().with_context(|| format!("{key} needs a value")),
-                }
-            };
-            match key.as_str() {
-                "--runs" => opts.runs = value()?.parse().context("--runs")?,
-                "--configs" => {
-                    opts.configs = value()?
-                        .split(',')
-                        .filter(|s| !s.trim().is_empty())
-                        .map(|s| {
-                            CONFIGS
-                                .iter()
-                                .find(|c| c.name == s.trim())
-                                .copied()
-                                .with_context(|| format!("unknown config {s:?} (default, fast)"))
-                        })
-                        .collect::<Result<_>>()?;
-                }
-                "--out" => opts.out = PathBuf::from(value()?),
-                "--no-write" => opts.write = false,
-                "-h" | "--help" => {
-                    println!("usage: cargo bench --bench dns -- [--runs N] [--configs default,fast] [--out PATH] [--no-write]");
-                    std::process::exit(0);
-                }
-                other => bail!("unknown option {other:?} (see --help)"),
-            }
-        }
-        if opts.runs == 0 || opts.configs.is_empty() {
-            bail!("nothing to run");
-        }
-        Ok(opts)
+    fn from_command_line() -> Options {
+        let mut opts = <Options as clap::Parser>::parse();
+        opts.report.capture();
+        opts
     }
+}
+
+/// `--runs`: at least 1.
+fn runs(s: &str) -> Result<usize, String> {
+    s.parse().ok().filter(|&n| n > 0).ok_or_else(|| format!("{s:?} is not a whole number of at least 1"))
+}
+
+/// `--configs`: names from [`CONFIGS`], comma-separated, blanks ignored, not empty.
+fn configs(s: &str) -> Result<Vec<Config>, String> {
+    let configs = s
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            CONFIGS
+                .iter()
+                .find(|c| c.name == s.trim())
+                .copied()
+                .ok_or_else(|| format!("unknown config {s:?} (default, fast)"))
+        })
+        .collect::<Result<Vec<Config>, String>>()?;
+    if configs.is_empty() {
+        return Err("nothing to run".into());
+    }
+    Ok(configs)
 }
 
 /// When `node` first acquired `lease` with a token above `token`, after `since_ns` (Unix
@@ -331,11 +316,13 @@ fn render(opts: &Options, results: &[(Config, Vec<Sample>, Duration)], started: 
     let mut s = String::new();
     let git = cmd_out("git", &["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "--short", "HEAD"]);
     let dirty = !cmd_out("git", &["-C", env!("CARGO_MANIFEST_DIR"), "status", "--porcelain"]).is_empty();
-    let args = if opts.args.is_empty() { String::new() } else { format!(" -- {}", opts.args.join(" ")) };
     let _ = writeln!(s, "{START_MARK}");
     let _ = writeln!(s, "## DNS fail-over: `kill -9` of the front door to the new apex record (`benches/dns.rs`)\n");
-    let _ =
-        writeln!(s, "Produced by `cargo bench --bench dns{args}` on {started}; this block is rewritten by each run.\n");
+    let _ = writeln!(
+        s,
+        "Produced by `{}` on {started}; this block is rewritten by each run.\n",
+        opts.report.command("dns")
+    );
     let _ = writeln!(s, "| | |\n| --- | --- |");
     let _ = writeln!(s, "| machine | {} |", machine());
     let _ = writeln!(
@@ -460,7 +447,7 @@ fn render(opts: &Options, results: &[(Config, Vec<Sample>, Duration)], started: 
 }
 
 fn main() -> Result<()> {
-    let opts = Options::parse()?;
+    let opts = Options::from_command_line();
     let started = cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let load_start = report::load_average();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -506,11 +493,9 @@ fn main() -> Result<()> {
         results.push((cfg, samples, t0.elapsed()));
     }
     let block = render(&opts, &results, &started, (&load_start, &report::load_average()));
-    if opts.write {
-        report::write_block(&opts.out, START_MARK, END_MARK, &block)?;
-        println!("wrote the dns-bench block of {}", opts.out.display());
-    } else {
+    if !opts.report.write {
         println!("{block}");
     }
+    opts.report.write(START_MARK, END_MARK, &block)?;
     Ok(())
 }

@@ -19,8 +19,9 @@
 //! `<!-- gossip-bench:start -->` and `<!-- gossip-bench:end -->` of `docs/benchmarks.md`
 //! (appended when missing; the rest of the file is left as it is). `--no-write` skips that.
 //!
-//! Options: `--sizes 3,10,30,100`, `--runs N` (all sizes; default 5, and 3 for N >= 100),
-//! `--converge-timeout SECS` (180), `--detect-timeout SECS` (60), `--settle SECS` (2),
+//! Options (`--help` lists them too): `--sizes 3,10,30,100`, `--runs N` (all sizes;
+//! default 5, and 3 for N >= 100), `--converge-timeout SECS` (180), `--detect-timeout SECS`
+//! (60), `--settle SECS` (2),
 //! `--snapshot SECS` (10: when to note what unconverged views lack),
 //! `--poll-ms MS` (10), `--suspect-ms MS` (override the default suspicion timeout),
 //! `--worker-threads N` (tokio default: one per CPU), `--out PATH`, `--no-write`,
@@ -31,11 +32,10 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use constellation_cluster::{
     generate_key_hex, Cluster, ClusterConfig, ClusterView, Instance, Keyring, MemberState, NodeState,
     DEFAULT_PUSH_PULL_INTERVAL,
@@ -54,96 +54,51 @@ const JOIN_CPU_WINDOW: Duration = Duration::from_secs(2);
 const START_MARK: &str = "<!-- gossip-bench:start -->";
 const END_MARK: &str = "<!-- gossip-bench:end -->";
 
+/// Gossip benchmark: full-convergence and failure-detection times of `constellation_cluster`
+/// for several cluster sizes (details in benches/gossip.rs).
+#[derive(clap::Parser)]
+#[command(name = "gossip", bin_name = "cargo bench --bench gossip --")]
 struct Options {
-    sizes: Vec<usize>,
+    /// Cluster sizes, comma-separated, each at least 3 (a seed, a victim and one other survivor).
+    // Spelled `std::vec::Vec` so that clap takes the whole list as one value.
+    #[arg(long, value_name = "N,N,...", default_value = "3,10,30,100", value_parser = sizes)]
+    sizes: std::vec::Vec<usize>,
+    /// Runs per size, for all sizes [default: 5, and 3 for N >= 100].
+    #[arg(long, value_name = "N")]
     runs: Option<usize>,
+    /// Give up on convergence after this many seconds.
+    #[arg(long, value_name = "SECS", default_value = "180", value_parser = secs)]
     converge_timeout: Duration,
+    /// Give up on failure detection after this many seconds.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = secs)]
     detect_timeout: Duration,
+    /// After convergence, wait this long (plus up to one probe period at random) before the crash.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = secs)]
     settle: Duration,
     /// When to note what the views not converged yet are missing.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = secs)]
     snapshot: Duration,
+    /// Poll the views every this many milliseconds.
+    #[arg(long = "poll-ms", value_name = "MS", default_value = "10", value_parser = millis)]
     poll: Duration,
+    /// Override the default suspicion timeout (`4 × max(1, log10 N)` probe periods).
+    #[arg(long = "suspect-ms", value_name = "MS", value_parser = millis)]
     suspect: Option<Duration>,
+    /// Tokio worker threads [default: one per CPU].
+    #[arg(long, value_name = "N")]
     worker_threads: Option<usize>,
-    out: PathBuf,
-    write: bool,
     /// At the snapshot, make unconverged members republish their views (perturbs the run).
+    #[arg(long)]
     diagnose: bool,
-    /// The arguments as given after `--` (cargo's own `--bench` removed).
-    args: Vec<String>,
+    #[command(flatten)]
+    report: report::ReportArgs,
 }
 
 impl Options {
-    fn parse() -> Result<Options> {
-        let mut opts = Options {
-            sizes: vec![3, 10, 30, 100],
-            runs: None,
-            converge_timeout: Duration::from_secs(180),
-            detect_timeout: Duration::from_secs(60),
-            settle: Duration::from_secs(2),
-            snapshot: Duration::from_secs(10),
-            poll: Duration::from_millis(10),
-            suspect: None,
-            worker_threads: None,
-            out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md"),
-            write: true,
-            diagnose: false,
-            args: Vec::new(),
-        };
-        // `cargo bench` passes `--bench` to harness-less benchmarks; it is not ours.
-        let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-        opts.args.clone_from(&args);
-        let mut it = args.into_iter();
-        while let Some(arg) = it.next() {
-            let (key, inline) = match arg.split_once('=') {
-                Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                None => (arg.clone(), None),
-            };
-            let mut value = || -> Result<String> {
-                match inline.clone() {
-                    Some(v) => Ok(v),
-                    None => it.next().with_context(|| format!("{key} needs a value")),
-                }
-            };
-            match key.as_str() {
-                "--sizes" => {
-                    opts.sizes = value()?
-                        .split(',')
-                        .filter(|s| !s.trim().is_empty())
-                        .map(|s| s.trim().parse::<usize>().with_context(|| format!("bad size {s:?}")))
-                        .collect::<Result<_>>()?;
-                    if opts.sizes.iter().any(|&n| n < 3) {
-                        bail!("sizes must be at least 3 (a seed, a victim and one other survivor)");
-                    }
-                }
-                "--runs" => opts.runs = Some(value()?.parse().context("--runs")?),
-                "--converge-timeout" => opts.converge_timeout = secs(&value()?)?,
-                "--detect-timeout" => opts.detect_timeout = secs(&value()?)?,
-                "--settle" => opts.settle = secs(&value()?)?,
-                "--snapshot" => opts.snapshot = secs(&value()?)?,
-                "--poll-ms" => opts.poll = Duration::from_millis(value()?.parse().context("--poll-ms")?),
-                "--suspect-ms" => {
-                    opts.suspect = Some(Duration::from_millis(value()?.parse().context("--suspect-ms")?));
-                }
-                "--worker-threads" => opts.worker_threads = Some(value()?.parse().context("--worker-threads")?),
-                "--out" => opts.out = PathBuf::from(value()?),
-                "--no-write" => opts.write = false,
-                "--diagnose" => opts.diagnose = true,
-                "-h" | "--help" => {
-                    println!(
-                        "usage: cargo bench --bench gossip -- [--sizes 3,10,30,100] [--runs N] \
-                         [--converge-timeout SECS] [--detect-timeout SECS] [--settle SECS] [--snapshot SECS] [--poll-ms MS] \
-                         [--suspect-ms MS] [--worker-threads N] [--out PATH] [--no-write] [--diagnose]"
-                    );
-                    std::process::exit(0);
-                }
-                other => bail!("unknown argument {other:?} (try --help)"),
-            }
-        }
-        if opts.sizes.is_empty() {
-            bail!("--sizes is empty");
-        }
-        Ok(opts)
+    fn from_command_line() -> Options {
+        let mut opts = <Options as clap::Parser>::parse();
+        opts.report.capture();
+        opts
     }
 
     fn runs_for(&self, n: usize) -> usize {
@@ -151,24 +106,35 @@ impl Options {
     }
 
     fn command(&self) -> String {
-        let mut cmd = String::from("cargo bench --bench gossip");
-        if !self.args.is_empty() {
-            cmd.push_str(" --");
-            for a in &self.args {
-                cmd.push(' ');
-                cmd.push_str(a);
-            }
-        }
-        cmd
+        self.report.command("gossip")
     }
 }
 
-fn secs(s: &str) -> Result<Duration> {
-    let v: f64 = s.parse().with_context(|| format!("bad number of seconds {s:?}"))?;
-    if !v.is_finite() || v < 0.0 {
-        bail!("bad number of seconds {s:?}");
+/// `--sizes`: comma-separated, blanks ignored, not empty, each at least 3.
+fn sizes(s: &str) -> Result<Vec<usize>, String> {
+    let sizes = s
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse::<usize>().map_err(|_| format!("bad size {s:?}")))
+        .collect::<Result<Vec<usize>, String>>()?;
+    if sizes.is_empty() {
+        return Err("no sizes given".into());
     }
-    Ok(Duration::from_secs_f64(v))
+    if sizes.iter().any(|&n| n < 3) {
+        return Err("sizes must be at least 3 (a seed, a victim and one other survivor)".into());
+    }
+    Ok(sizes)
+}
+
+fn secs(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("bad number of seconds {s:?}")),
+    }
+}
+
+fn millis(s: &str) -> Result<Duration, String> {
+    s.parse().map(Duration::from_millis).map_err(|e| format!("bad number of milliseconds {s:?}: {e}"))
 }
 
 /// The suspicion timeout `ClusterConfig` derives when `suspect_to_down_after` is `None`
@@ -1042,7 +1008,7 @@ fn render(opts: &Options, env: &Environment, reports: &[SizeReport]) -> String {
 }
 
 fn main() -> Result<()> {
-    let opts = Options::parse()?;
+    let opts = Options::from_command_line();
     // The cluster's own logs, for investigating a run: `RUST_LOG=constellation_cluster=debug`.
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
@@ -1126,9 +1092,6 @@ fn main() -> Result<()> {
     };
     let block = render(&opts, &env, &reports);
     println!("{block}");
-    if opts.write {
-        report::write_block(&opts.out, START_MARK, END_MARK, &block)?;
-        eprintln!("wrote the gossip-bench block of {}", opts.out.display());
-    }
+    opts.report.write(START_MARK, END_MARK, &block)?;
     Ok(())
 }

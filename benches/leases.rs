@@ -22,7 +22,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use constellation_testkit::{lease_seen, raft_leader, report, Fleet, FleetSpec, NodeSpec, Settled, Timings};
 use serde_json::Value;
 
@@ -31,81 +31,43 @@ const END_MARK: &str = "<!-- lease-bench:end -->";
 const LB: &str = "lb-leader";
 const LEASES: [&str; 2] = ["lb-leader", "dns-writer"];
 
+/// Lease fail-over benchmark: how long the `lb-leader` lease takes to reach a surviving node
+/// after its holder is killed with `SIGKILL` (details in benches/leases.rs).
+#[derive(clap::Parser)]
+#[command(name = "leases", bin_name = "cargo bench --bench leases --")]
 struct Options {
+    /// Fail-overs to measure.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = runs)]
     runs: usize,
+    /// Raft `lease_ttl_ms`.
+    #[arg(long, value_name = "MS", default_value_t = 6000)]
     ttl_ms: u64,
+    /// Raft `election_timeout_ms` (the maximum election timeout is twice that).
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
     election_ms: u64,
+    /// Raft `heartbeat_ms`.
+    #[arg(long, value_name = "MS", default_value_t = 250)]
     heartbeat_ms: u64,
+    /// Poll both survivors' `/api/v1/status` every this many milliseconds.
+    #[arg(long = "poll-ms", value_name = "MS", default_value = "10", value_parser = millis)]
     poll: Duration,
+    /// The `constellation` binary the agents run: `$CONSTELLATION_BIN`, else the one cargo built for
+    /// this bench.
+    #[arg(long, value_name = "PATH", default_value_os_t = constellation_testkit::binary())]
     bin: PathBuf,
-    out: PathBuf,
-    write: bool,
-    /// The arguments as given after `--` (cargo's own `--bench` removed).
-    args: Vec<String>,
+    #[command(flatten)]
+    report: report::ReportArgs,
 }
 
 impl Options {
-    fn parse() -> Result<Options> {
-        let mut opts = Options {
-            runs: 20,
-            ttl_ms: 6000,
-            election_ms: 1000,
-            heartbeat_ms: 250,
-            poll: Duration::from_millis(10),
-            bin: constellation_testkit::binary(),
-            out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md"),
-            write: true,
-            args: Vec::new(),
-        };
-        let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-        opts.args.clone_from(&args);
-        let mut it = args.into_iter();
-        while let Some(arg) = it.next() {
-            let (key, inline) = match arg.split_once('=') {
-                Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                None => (arg.clone(), None),
-            };
-            let mut value = || -> Result<String> {
-                match inline.clone() {
-                    Some(v) => Ok(v),
-                    None => it.next().with_context(|| format!("{key} needs a value")),
-                }
-            };
-            match key.as_str() {
-                "--runs" => opts.runs = value()?.parse().context("--runs")?,
-                "--ttl-ms" => opts.ttl_ms = value()?.parse().context("--ttl-ms")?,
-                "--election-ms" => opts.election_ms = value()?.parse().context("--election-ms")?,
-                "--heartbeat-ms" => opts.heartbeat_ms = value()?.parse().context("--heartbeat-ms")?,
-                "--poll-ms" => opts.poll = Duration::from_millis(value()?.parse().context("--poll-ms")?),
-                "--bin" => opts.bin = PathBuf::from(value()?),
-                "--out" => opts.out = PathBuf::from(value()?),
-                "--no-write" => opts.write = false,
-                "-h" | "--help" => {
-                    println!(
-                        "usage: cargo bench --bench leases -- [--runs N] [--ttl-ms MS] [--election-ms MS] \
-                         [--heartbeat-ms MS] [--poll-ms MS] [--bin PATH] [--out PATH] [--no-write]"
-                    );
-                    std::process::exit(0);
-                }
-                other => bail!("unknown argument {other:?} (try --help)"),
-            }
-        }
-        if opts.runs == 0 {
-            bail!("--runs must be at least 1");
-        }
-        Ok(opts)
+    fn from_command_line() -> Options {
+        let mut opts = <Options as clap::Parser>::parse();
+        opts.report.capture();
+        opts
     }
 
     fn command(&self) -> String {
-        let mut cmd = String::from("cargo bench --bench leases");
-        if !self.args.is_empty() {
-            cmd.push_str(" --");
-            for a in &self.args {
-                cmd.push(' ');
-                cmd.push_str(a);
-            }
-        }
-        cmd
+        self.report.command("leases")
     }
 
     fn ttl(&self) -> Duration {
@@ -115,6 +77,15 @@ impl Options {
     fn max_election(&self) -> Duration {
         Duration::from_millis(self.election_ms * 2)
     }
+}
+
+/// `--runs`: at least 1.
+fn runs(s: &str) -> Result<usize, String> {
+    s.parse().ok().filter(|&n| n > 0).ok_or_else(|| format!("{s:?} is not a whole number of at least 1"))
+}
+
+fn millis(s: &str) -> Result<Duration, String> {
+    s.parse().map(Duration::from_millis).map_err(|e| format!("bad number of milliseconds {s:?}: {e}"))
 }
 
 // === agents ===
@@ -417,7 +388,7 @@ async fn measure(fleet: &mut Fleet, opts: &Options) -> Result<Vec<Run>> {
 }
 
 fn main() -> Result<()> {
-    let opts = Options::parse()?;
+    let opts = Options::from_command_line();
     if !opts.bin.exists() {
         bail!("{} does not exist; run `cargo build --release --bin constellation` or pass --bin", opts.bin.display());
     }
@@ -453,9 +424,6 @@ fn main() -> Result<()> {
     };
     let block = render(&opts, &env, &runs);
     println!("{block}");
-    if opts.write {
-        report::write_block(&opts.out, START_MARK, END_MARK, &block)?;
-        eprintln!("wrote the lease-bench block of {}", opts.out.display());
-    }
+    opts.report.write(START_MARK, END_MARK, &block)?;
     Ok(())
 }

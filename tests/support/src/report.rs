@@ -88,3 +88,44 @@ pub fn write_block(path: &Path, start: &str, end: &str, block: &str) -> io::Resu
     };
     std::fs::write(path, updated)
 }
+
+/// The options every benchmark program shares: where its report block goes, whether to
+/// write it, and the command line it was run with. Flatten it into the bench's own
+/// `clap` options (`#[command(flatten)] report: ReportArgs`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    /// The file whose block is rewritten.
+    #[arg(long, value_name = "PATH", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/benchmarks.md"))]
+    pub out: std::path::PathBuf,
+    /// Print the results only; do not write `--out`.
+    #[arg(long = "no-write", action = clap::ArgAction::SetFalse)]
+    pub write: bool,
+    /// `cargo bench` passes `--bench` to harness-less benchmarks; it is not ours.
+    #[arg(long, hide = true)]
+    pub bench: bool,
+    /// The arguments as given after `--` (cargo's own `--bench` removed).
+    #[arg(skip)]
+    pub args: Vec<String>,
+}
+
+impl ReportArgs {
+    /// Records the process's own arguments (for [`ReportArgs::command`]).
+    pub fn capture(&mut self) {
+        self.args = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    }
+
+    /// The command that produced a report: `cargo bench --bench NAME -- ARGS`.
+    pub fn command(&self, bench: &str) -> String {
+        let args = if self.args.is_empty() { String::new() } else { format!(" -- {}", self.args.join(" ")) };
+        format!("cargo bench --bench {bench}{args}")
+    }
+
+    /// Rewrites the block between `start` and `end` of `--out` unless `--no-write`.
+    pub fn write(&self, start: &str, end: &str, block: &str) -> io::Result<()> {
+        if self.write {
+            write_block(&self.out, start, end, block)?;
+            eprintln!("wrote the report block of {}", self.out.display());
+        }
+        Ok(())
+    }
+}
