@@ -606,4 +606,19 @@ mod tests {
         assert_eq!(t3.pools[0].upstreams[0].addr, Some("127.0.0.3:8080".parse().unwrap()));
         assert_eq!(t3.pools[0].upstreams[1].address_error.as_deref(), Some("gone.test:80: no such host"));
     }
+
+    #[test]
+    fn unresolved_upstreams_do_not_push_a_pool_into_panic() {
+        use crate::address::HostPort;
+        let reg = UpstreamRegistry::default();
+        let yaml = "http:\n  routers:\n    r:\n      rule: \"Host(`a`)\"\n      service: s\n  services:\n    s:\n      loadBalancer:\n        servers:\n          - url: \"http://app.test:8080\"\n          - url: \"http://gone.test\"\n          - url: \"http://gone2.test\"\n";
+        let mut addrs = AddressMap::new();
+        addrs.insert(HostPort::new("app.test", 8080), Ok("127.0.0.2:8080".parse().unwrap()));
+        let (t, _) = compile(&cfg(yaml), &ProxySettings::default(), &[], &reg, &addrs, 1).unwrap();
+        let now = Instant::now();
+        // 1 of 3 available is under the 50 % threshold, but only resolved upstreams count:
+        // 1 of 1, so no panic (panic would spread load over members that cannot take it).
+        assert_eq!(t.pools[0].available(now), 1);
+        assert!(!t.pools[0].in_panic(now));
+    }
 }

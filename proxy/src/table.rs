@@ -191,9 +191,12 @@ impl Pool {
         self.upstreams.iter().filter(|u| u.is_available(now)).count()
     }
 
-    /// Whether the pool is in panic mode now.
+    /// Whether the pool is in panic mode now. Only upstreams with an address count: one
+    /// whose name does not resolve can take no traffic, in panic or not, and must not
+    /// push the others into spreading load over unhealthy members.
     pub fn in_panic(&self, now: Instant) -> bool {
-        panic_mode(self.available(now), self.upstreams.len(), self.panic_threshold_percent)
+        let resolved = self.upstreams.iter().filter(|u| u.addr.is_some()).count();
+        panic_mode(self.available(now), resolved, self.panic_threshold_percent)
     }
 
     /// Pick a server not in `tried`, round robin by weight.

@@ -359,9 +359,13 @@ async fn topology_loop(
             *cur = topo;
             changed
         });
-        tokio::select! {
-            r = leases.changed() => if r.is_err() { return },
-            r = cluster.changed() => if r.is_err() { return },
+        let closed = tokio::select! {
+            r = leases.changed() => r.is_err(),
+            r = cluster.changed() => r.is_err(),
+        };
+        if closed {
+            tracing::warn!("lease or cluster view closed; the DNS controller stops following the front door");
+            return;
         }
     }
 }

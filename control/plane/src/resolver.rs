@@ -9,7 +9,7 @@
 //! upstreams are unavailable, with the reason in status); a lookup that only timed out
 //! keeps the address it had, since the answer is unknown rather than negative.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -28,6 +28,17 @@ pub const DEFAULT_INTERVAL_MS: u64 = 30_000;
 pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
 /// Default shortest gap between two early lookups caused by failed connects (ms).
 pub const DEFAULT_MIN_REFRESH_MS: u64 = 1_000;
+/// Consecutive failed lookups after which a name's last working address is given up
+/// (a timed-out lookup always keeps it).
+pub const FAILED_ROUNDS_KEPT: u32 = 3;
+/// How soon a name without an address is looked up again (at most the interval).
+pub const FAILED_RETRY: Duration = Duration::from_secs(5);
+
+/// Whether a lookup failed outright (for the kept-address count).
+enum Kind {
+    Failed,
+    Other,
+}
 
 /// `[resolver]`: how host names in server URLs are turned into addresses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +183,8 @@ enum Outcome {
 struct State {
     wanted: BTreeSet<HostPort>,
     answers: AddressMap,
+    /// Consecutive failed lookups of names that still hold their last address.
+    failed_rounds: BTreeMap<HostPort, u32>,
     hosts_error: Option<String>,
     last_round: Option<Instant>,
 }
@@ -253,6 +266,12 @@ impl Resolver {
         self.resolve(names).await
     }
 
+    /// The wanted names whose last lookup gave no address.
+    fn failed_names(&self) -> Vec<HostPort> {
+        let st = self.state();
+        st.wanted.iter().filter(|n| matches!(st.answers.get(n), Some(Err(_)))).cloned().collect()
+    }
+
     /// Look up every wanted name again. Returns whether an answer changed.
     pub async fn refresh(&self) -> bool {
         let names: Vec<HostPort> = {
@@ -324,6 +343,10 @@ impl Resolver {
         }
         let previous = st.answers.get(&name).cloned();
         let current = previous.as_ref().and_then(|p| p.as_ref().ok().copied());
+        let outcome_kind = match &outcome {
+            Outcome::Failed(_) => Kind::Failed,
+            _ => Kind::Other,
+        };
         let next = match outcome {
             Outcome::Found(ips) => match choose(current, &ips, name.port) {
                 Some(addr) => Ok(addr),
@@ -336,8 +359,24 @@ impl Resolver {
                 }
                 None => Err(format!("{name}: lookup timed out after {:?}", self.settings.timeout)),
             },
-            Outcome::Failed(e) => Err(format!("{name}: {e}")),
+            // A failed lookup is often temporary (a resolver restarting, SERVFAIL): keep
+            // a working address for a few rounds before giving it up.
+            Outcome::Failed(e) => {
+                let rounds = st.failed_rounds.entry(name.clone()).or_default();
+                *rounds += 1;
+                match current {
+                    Some(addr) if *rounds < FAILED_ROUNDS_KEPT => {
+                        tracing::warn!(name = %name, address = %addr, error = %e, "lookup failed; keeping the last address for now");
+                        Ok(addr)
+                    }
+                    _ => Err(format!("{name}: {e}")),
+                }
+            }
         };
+        // The count restarts after an answer, and once the address is given up.
+        if !matches!(outcome_kind, Kind::Failed) || next.is_err() {
+            st.failed_rounds.remove(&name);
+        }
         if previous.as_ref() == Some(&next) {
             return false;
         }
@@ -368,9 +407,13 @@ impl Resolver {
         loop {
             let since = self.state().last_round.map(|t| t.elapsed()).unwrap_or(self.settings.interval);
             let next_round = self.settings.interval.saturating_sub(since);
+            let failed = self.failed_names();
+            let retry_failed = FAILED_RETRY.min(self.settings.interval);
             let changed = tokio::select! {
                 _ = &mut stop => return,
                 _ = tokio::time::sleep(next_round) => self.refresh().await,
+                // Names without an address are tried again sooner than the others.
+                _ = tokio::time::sleep(retry_failed), if !failed.is_empty() => self.resolve(failed).await,
                 _ = self.wake.notified() => self.resolve_missing().await,
                 _ = failures.wait() => {
                     let gap = self.settings.min_refresh.saturating_sub(

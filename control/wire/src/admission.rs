@@ -243,6 +243,11 @@ fn accept<S: Service>(
     }
     if pool.pending.len() + pool.admitted >= limits.max_connections {
         drop(pool);
+        // Whatever was taken out of the pool must not live on uncounted.
+        for task in evicted {
+            task.abort();
+            admission.metrics.event("evicted");
+        }
         admission.metrics.event("refused");
         tracing::debug!(peer = %peer, "cluster port full of admitted connections; closing a new one");
         return;
@@ -287,7 +292,11 @@ async fn connection<S: Service>(
             Ok(Ok(request)) => request,
             Ok(Err(error)) => return service.rejected(peer, &error),
         };
-        let Some(response) = service.call(peer, request).await else { return };
+        // A handler waiting on something that never comes (a leader without a quorum)
+        // must not hold its slot forever: the peer gave up long ago.
+        let Ok(Some(response)) = tokio::time::timeout(limits.idle_timeout, service.call(peer, request)).await else {
+            return;
+        };
         match tokio::time::timeout(limits.write_timeout, codec.write(&mut stream, &response)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {

@@ -168,3 +168,33 @@ async fn run_reports_changes_and_follows_connect_failures() {
     task.await.unwrap();
     assert_eq!(changes.load(Ordering::Relaxed), 1, "the same answer again is no change");
 }
+
+#[tokio::test]
+async fn a_failed_lookup_keeps_a_working_address_for_a_few_rounds() {
+    let dir = std::env::temp_dir().join(format!("constellation-resolver-failed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, "127.0.0.2 flaky.test\n").unwrap();
+    // The system resolver knows nothing of it: every lookup there fails outright.
+    static ENTRIES: [(&str, Option<&str>); 0] = [];
+    let r = Resolver::with_lookup(settings(Some(hosts.clone())), table(&ENTRIES, Arc::default()));
+    r.want(&names(&[("flaky.test", 80)]));
+    assert!(r.resolve_missing().await);
+    let working: SocketAddr = "127.0.0.2:80".parse().unwrap();
+    std::fs::write(&hosts, "# gone\n").unwrap();
+    for round in 1..FAILED_ROUNDS_KEPT {
+        assert!(!r.refresh().await, "round {round}: the address is kept");
+        assert_eq!(r.addresses().address_of("flaky.test", 80), Ok(working));
+        assert!(r.failed_names().is_empty());
+    }
+    assert!(r.refresh().await, "then it is given up");
+    assert!(r.addresses().address_of("flaky.test", 80).is_err());
+    assert_eq!(r.failed_names(), vec![HostPort::new("flaky.test", 80)], "and retried early");
+    // It comes back: the count starts again from zero.
+    std::fs::write(&hosts, "127.0.0.2 flaky.test\n").unwrap();
+    assert!(r.resolve(r.failed_names()).await);
+    assert_eq!(r.addresses().address_of("flaky.test", 80), Ok(working));
+    std::fs::write(&hosts, "# gone again\n").unwrap();
+    assert!(!r.refresh().await, "a fresh failure is forgiven again");
+    let _ = std::fs::remove_dir_all(&dir);
+}
