@@ -199,7 +199,11 @@ impl Fleet {
             config: self.dir.path(&format!("{name}.toml")),
             log: self.dir.path(&format!("{name}.log")),
             data: self.dir.path(&format!("{name}-data")),
-            uid: self.uid_base.map(|b| b + index as u32),
+            // Node indexes start at 1; a block holds 8 uids, so node 8 is the last.
+            uid: self.uid_base.map(|b| {
+                assert!((1..=8).contains(&index), "an isolatable fleet holds at most 8 nodes (uid block)");
+                b + index as u32 - 1
+            }),
             bin: self.spec.bin.clone().unwrap_or_else(binary),
             log_filter: self.spec.log_filter.clone(),
             tail_lines: self.spec.tail_lines,
