@@ -299,6 +299,11 @@ async fn connection<S: Service>(
         };
         match tokio::time::timeout(limits.write_timeout, codec.write(&mut stream, &response)).await {
             Ok(Ok(())) => {}
+            // An answer over the frame limit is our own problem, not the peer's: say so.
+            Ok(Err(error @ FrameError::Oversize { .. })) => {
+                tracing::warn!(peer = %peer, error = %error, "cluster response too large to send; the peer gets none");
+                return;
+            }
             Ok(Err(error)) => {
                 tracing::debug!(peer = %peer, error = %error, "cluster response not sent");
                 return;
