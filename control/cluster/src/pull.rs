@@ -138,7 +138,7 @@ impl Service for PullService {
             Request::PushPull { from, digests } => {
                 tracing::trace!(peer = %peer, from = %from, "push-pull");
                 let store = shared.store();
-                Response::PushPull { states: store.newer_than(&digests), digests: store.digests() }
+                Response::PushPull { states: within_frame(store.newer_than(&digests)), digests: store.digests() }
             }
             Request::Push { states } => {
                 let accepted = shared.store().merge(states);
@@ -160,6 +160,30 @@ impl Service for PullService {
     }
 }
 
+/// Room for states in one message: the frame limit less room for the digests and the
+/// message's own framing.
+const STATES_BUDGET: usize = MAX_FRAME / 2;
+
+/// As many of `states` as fit in one message, in order. The rest go in a later exchange:
+/// the digests still differ, so the next pull (digest-triggered or anti-entropy) asks again.
+fn within_frame(mut states: Vec<NodeState>) -> Vec<NodeState> {
+    let mut used = 0;
+    let mut keep = 0;
+    for s in &states {
+        let size = postcard::to_allocvec(s).map(|v| v.len()).unwrap_or(usize::MAX);
+        if keep > 0 && used + size > STATES_BUDGET {
+            break;
+        }
+        used = used.saturating_add(size);
+        keep += 1;
+    }
+    if keep < states.len() {
+        tracing::debug!(sent = keep, held_back = states.len() - keep, "node states split over several exchanges");
+        states.truncate(keep);
+    }
+    states
+}
+
 /// One push-pull with the node at `addr`; returns how many states we took.
 pub(crate) async fn push_pull(shared: &Shared, addr: SocketAddr) -> Result<usize, PullError> {
     let mut stream = match tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr)).await {
@@ -176,7 +200,7 @@ pub(crate) async fn push_pull(shared: &Shared, addr: SocketAddr) -> Result<usize
     if taken > 0 {
         shared.publish_view();
     }
-    let push = shared.store().newer_than(&theirs);
+    let push = within_frame(shared.store().newer_than(&theirs));
     if !push.is_empty() {
         send(&mut stream, shared, addr, &Request::Push { states: push }).await?;
         let Response::Ack { .. } = receive(&mut stream, shared, addr).await? else {
@@ -272,5 +296,43 @@ pub(crate) async fn run_puller(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::Instance;
+
+    /// A state of about `kib` KiB (its instances' URLs).
+    fn big_state(name: &str, kib: usize) -> NodeState {
+        let mut s = NodeState::new(name);
+        s.instances = (0..kib)
+            .map(|i| Instance {
+                service: format!("svc{i}"),
+                url: format!("http://{}/", "x".repeat(1000)),
+                healthy: true,
+            })
+            .collect();
+        s
+    }
+
+    #[test]
+    fn states_over_one_frame_are_split_over_several_exchanges() {
+        // 12 states of ~512 KiB: about 6 MiB, more than one 4 MiB frame holds.
+        let states: Vec<NodeState> = (0..12).map(|i| big_state(&format!("n{i}"), 512)).collect();
+        let sent = within_frame(states.clone());
+        assert!(!sent.is_empty() && sent.len() < states.len(), "{} of {}", sent.len(), states.len());
+        let names: Vec<&str> = sent.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, states[..sent.len()].iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), "in order");
+        // What is sent fits in a frame, with the digests beside it.
+        let response = Response::PushPull { states: sent, digests: BTreeMap::new() };
+        assert!(postcard::to_allocvec(&response).unwrap().len() <= MAX_FRAME);
+        // Small states all go at once; one state alone is always sent, whatever its size.
+        let small: Vec<NodeState> = (0..50).map(|i| NodeState::new(&format!("s{i}"))).collect();
+        assert_eq!(within_frame(small).len(), 50);
+        assert_eq!(within_frame(vec![big_state("huge", 3000)]).len(), 1);
     }
 }
