@@ -102,6 +102,16 @@ stop_pid() { # graceful stop, then kill
     wait "$p" 2>/dev/null || true
 }
 
+# launch NAME LOG CMD...: starts CMD in the background, output appended to LOG; its pid
+# goes to PIDS (stopped on exit) and to PID_<NAME>.
+launch() {
+    local name=$1 out=$2
+    shift 2
+    "$@" >>"$out" 2>&1 &
+    PIDS+=("$!")
+    printf -v "PID_$name" '%s' "$!"
+}
+
 nginx_common() { # dir: the lines every nginx here shares
     local d=$1
     mkdir -p "$d/tmp"
@@ -145,10 +155,7 @@ start_backend() {
 }
 EOF
     } >"$d/nginx.conf"
-    nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" >>"$d/stdout.log" 2>&1 &
-    local pid=$!
-    PIDS+=("$pid")
-    eval "PID_$name=$pid"
+    launch "$name" "$d/stdout.log" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf"
     wait_http "http://127.0.0.1:$port/" 10 || die "backend $name did not start (see $d/error.log)"
 }
 
@@ -182,10 +189,7 @@ start_nginx_proxy() {
         echo "    }"
         echo "}"
     } >"$d/nginx.conf"
-    "${RUN_PREFIX[@]}" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" >>"$d/stdout.log" 2>&1 &
-    local pid=$!
-    PIDS+=("$pid")
-    eval "PID_$name=$pid"
+    launch "$name" "$d/stdout.log" "${RUN_PREFIX[@]}" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf"
     wait_http "http://127.0.0.1:$port/" "$SLOW_START" || die "nginx proxy $name did not start (see $d/error.log)"
 }
 
@@ -227,10 +231,7 @@ EOF
         done
     } >"$d/haproxy.cfg"
     haproxy -c -q -f "$d/haproxy.cfg" || die "bad haproxy config $d/haproxy.cfg"
-    "${RUN_PREFIX[@]}" haproxy -db -f "$d/haproxy.cfg" >>"$d/haproxy.log" 2>&1 &
-    local pid=$!
-    PIDS+=("$pid")
-    eval "PID_$name=$pid"
+    launch "$name" "$d/haproxy.log" "${RUN_PREFIX[@]}" haproxy -db -f "$d/haproxy.cfg"
     wait_http "http://127.0.0.1:$port/" "$SLOW_START" || die "haproxy $name did not start (see $d/haproxy.log)"
 }
 
@@ -271,10 +272,7 @@ EOF
         for b in "$@"; do echo "          - url: \"http://127.0.0.1:$b\""; done
     } >"$d/routes.yaml"
     "$BIN" config check "$d/agent.toml" >/dev/null || die "constellation rejects $d/agent.toml"
-    CONSTELLATION_LOG=${CONSTELLATION_LOG:-info} "${RUN_PREFIX[@]}" "$BIN" agent -c "$d/agent.toml" >>"$d/agent.log" 2>&1 &
-    local pid=$!
-    PIDS+=("$pid")
-    eval "PID_$name=$pid"
+    launch "$name" "$d/agent.log" env CONSTELLATION_LOG="${CONSTELLATION_LOG:-info}" "${RUN_PREFIX[@]}" "$BIN" agent -c "$d/agent.toml"
     wait_http "http://127.0.0.1:$admin/readyz" $((SLOW_START + 20)) || die "constellation $name not ready (see $d/agent.log)"
     wait_http "http://127.0.0.1:$port/" "$SLOW_START" || die "constellation $name does not proxy (see $d/agent.log)"
 }
