@@ -194,7 +194,9 @@ impl Compiler<'_> {
                 fall: h.fall.unwrap_or(self.settings.health_fall),
             }
         });
+        let resolved = upstreams.iter().filter(|u| u.addr.is_some()).count();
         Some(Arc::new(Pool {
+            resolved,
             name: name.to_string(),
             order: weighted_order(&weights),
             upstreams,

@@ -161,6 +161,9 @@ pub struct Pool {
     pub active_retries: AtomicI64,
     /// Panic threshold, percent.
     pub panic_threshold_percent: u8,
+    /// Upstreams with an address (fixed per compile: an address change is a new
+    /// upstream); the panic-mode denominator.
+    pub resolved: usize,
 }
 
 /// Result of asking a target for an upstream.
@@ -195,8 +198,7 @@ impl Pool {
     /// whose name does not resolve can take no traffic, in panic or not, and must not
     /// push the others into spreading load over unhealthy members.
     pub fn in_panic(&self, now: Instant) -> bool {
-        let resolved = self.upstreams.iter().filter(|u| u.addr.is_some()).count();
-        panic_mode(self.available(now), resolved, self.panic_threshold_percent)
+        panic_mode(self.available(now), self.resolved, self.panic_threshold_percent)
     }
 
     /// Pick a server not in `tried`, round robin by weight.
@@ -405,6 +407,7 @@ mod tests {
             active: AtomicI64::new(0),
             active_retries: AtomicI64::new(0),
             panic_threshold_percent: 50,
+            resolved: n,
         })
     }
 
