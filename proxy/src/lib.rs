@@ -17,6 +17,7 @@ pub mod dynamic;
 pub mod health;
 pub mod metrics;
 pub mod probe;
+pub mod redact;
 pub mod rule;
 pub mod settings;
 pub mod smart;

@@ -193,10 +193,14 @@ pub struct EntrypointConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Listen address, `ip:port`. Default `127.0.0.1:9180`. Bind it to loopback or the
-    /// mesh address; it serves cluster internals.
+    /// mesh address; it serves cluster internals. An address that is not loopback
+    /// (`0.0.0.0`, a mesh address) needs a token: the agent refuses to start without one.
+    /// (Traefik's counterpart is the `traefik` entry point of `api`/`ping`.)
     pub address: String,
     /// File holding a bearer token required on every endpoint but `/healthz`.
     /// Default: none. The environment variable `CONSTELLATION_ADMIN__TOKEN` also works.
+    /// Without a token, reads are open (on loopback) and changes (any method but GET and
+    /// HEAD, e.g. Raft voter changes) are accepted only from loopback peers.
     pub token_file: Option<PathBuf>,
 }
 
@@ -478,6 +482,16 @@ pub fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
     None
 }
 
+/// Why a non-loopback admin address without a token is refused: the admin API serves the
+/// routes' credentials to Traefik and takes Raft voter changes.
+fn admin_needs_token(addr: SocketAddr) -> String {
+    format!(
+        "{addr} is not a loopback address, and the admin API there would serve route credentials and take raft \
+         voter changes from anyone who reaches it: set admin.token_file (or CONSTELLATION_ADMIN__TOKEN) to a \
+         bearer token, or listen on 127.0.0.1"
+    )
+}
+
 fn cfg_has_no_leases(voters: &[(String, SocketAddr)]) -> bool {
     voters.is_empty()
 }
@@ -535,6 +549,9 @@ pub fn validate(
         }
         _ => None,
     };
+    if admin_token.is_none() && !admin_addr.ip().to_canonical().is_loopback() {
+        return Err(bad("admin.address", admin_needs_token(admin_addr)));
+    }
     for (i, inst) in config.instances.iter().enumerate() {
         if inst.service.trim().is_empty() || inst.service.contains(['@', ' ', '/']) {
             return Err(bad(&format!("instances[{i}].service"), format!("{:?} is not a service name", inst.service)));
@@ -714,8 +731,11 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("raft.lb_lease", "Front-door lease, contended by nodes with role \"lb\"."),
     ("raft.dns_lease", "DNS-writer lease, contended by nodes with role \"dns\"."),
     ("entrypoints.web.address", "Where the proxy listens (ip:port). Add [entrypoints.<name>] for more."),
-    ("admin.address", "Admin API (metrics, status, Traefik provider). Keep it on loopback or the mesh."),
-    ("admin.token_file", "File with a bearer token required on all admin endpoints but /healthz."),
+    ("admin.address", "Admin API (metrics, status, Traefik provider). Not loopback = a token is required."),
+    (
+        "admin.token_file",
+        "Bearer token file for all admin endpoints but /healthz; without one, changes only from loopback.",
+    ),
     ("routes.files", "Traefik dynamic-configuration files (YAML, TOML, JSON), relative to this file."),
     ("routes.watch_interval_ms", "How often route files are checked for changes."),
     ("resolver.interval_ms", "Host names in server URLs are looked up again this often."),
@@ -860,6 +880,24 @@ mod tests {
         let c = parse("[proxy]\nretry_budget_percent = 150\n", "a.toml").unwrap();
         let e = validate(c, "a.toml", Path::new("."), None).unwrap_err();
         assert_eq!(e.key, "proxy.retry_budget_percent");
+    }
+
+    #[test]
+    fn admin_off_loopback_needs_a_token() {
+        let text = "[admin]\naddress = \"0.0.0.0:9180\"\n";
+        let c = parse(text, "a.toml").unwrap();
+        let e = validate(c, "a.toml", Path::new("."), Some(text)).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line, e.column), ("admin.address", 2, 11), "{e}");
+        assert!(e.message.contains("admin.token_file"), "{e}");
+        let dir = std::env::temp_dir().join(format!("constellation-admin-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("admin.token"), "t0ken\n").unwrap();
+        let text = "[admin]\naddress = \"0.0.0.0:9180\"\ntoken_file = \"admin.token\"\n";
+        let v = validate(parse(text, "a.toml").unwrap(), "a.toml", &dir, Some(text)).unwrap();
+        assert_eq!(v.admin_token.as_deref(), Some("t0ken"));
+        let text = "[admin]\naddress = \"[::1]:9180\"\n";
+        assert!(validate(parse(text, "a.toml").unwrap(), "a.toml", Path::new("."), Some(text)).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
