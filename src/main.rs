@@ -11,6 +11,7 @@ use constellation_plane::config;
 mod agent;
 mod cli;
 mod demo;
+mod shutdown;
 mod welcome;
 
 #[global_allocator]
