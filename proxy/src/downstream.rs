@@ -31,7 +31,7 @@ pub const DEFAULT_READ_TIMEOUT_MS: u64 = 60_000;
 /// Default keep-alive idle timeout (ms), as Traefik's `respondingTimeouts.idleTimeout` (180 s).
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 180_000;
 /// Default stall timeout of each request-body read (ms).
-pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 60_000;
 /// Default stall timeout of each response write to the client (ms).
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 60_000;
 /// Default cap on connections from one client IP.
@@ -56,7 +56,9 @@ pub struct TransportConfig {
     /// milliseconds. Mirrors Traefik's `respondingTimeouts.idleTimeout`. Default 180000.
     pub idle_timeout_ms: u64,
     /// A request body read that gets no byte for this many milliseconds ends the request
-    /// with 408 (a client error, never charged to the upstream). Default 30000.
+    /// with 408 (a client error, never charged to the upstream). It also bounds the
+    /// silence of an upgraded connection (WebSocket), as Pingora's own 60 s did.
+    /// Default 60000.
     pub body_read_timeout_ms: u64,
     /// A response write the client does not take for this many milliseconds closes the
     /// connection; 0 = no limit. Traefik's `respondingTimeouts.writeTimeout` is a deadline
@@ -476,7 +478,7 @@ mod tests {
         let t = TransportConfig::default();
         assert_eq!(t.read_timeout_ms, 60_000, "Traefik's readTimeout");
         assert_eq!(t.idle_timeout_ms, 180_000, "Traefik's idleTimeout");
-        assert_eq!(t.body_read_timeout_ms, 30_000);
+        assert_eq!(t.body_read_timeout_ms, 60_000);
         assert_eq!(t.write_timeout_ms, 60_000);
         assert_eq!(t.max_connections, None);
         assert!(t.max_connections_per_ip >= 1_000, "a load test from one address must work");
