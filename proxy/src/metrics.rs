@@ -32,6 +32,9 @@ pub struct ProxyMetrics {
     pub config_reloads: IntCounterVec,
     /// Time to compile a route table.
     pub compile_seconds: Histogram,
+    /// 1 per router and feature it needs that is not applied; value 1 while the
+    /// router refuses traffic for it, 0 while it is served anyway (allow_unsupported).
+    pub router_unapplied: IntGaugeVec,
 }
 
 impl ProxyMetrics {
@@ -111,6 +114,13 @@ impl ProxyMetrics {
                 "constellation_config_compile_seconds",
                 "Time to validate and compile a route table.",
             ))?,
+            router_unapplied: IntGaugeVec::new(
+                Opts::new(
+                    "constellation_router_unapplied",
+                    "Routers needing a feature that is not applied: 1 refused (503), 0 served without it.",
+                ),
+                &["router", "feature"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
@@ -124,6 +134,7 @@ impl ProxyMetrics {
         registry.register(Box::new(m.config_generation.clone()))?;
         registry.register(Box::new(m.config_reloads.clone()))?;
         registry.register(Box::new(m.compile_seconds.clone()))?;
+        registry.register(Box::new(m.router_unapplied.clone()))?;
         Ok(m)
     }
 

@@ -332,6 +332,18 @@ impl ProxyHttp for SmartFailoverProxy {
             Some(r) => r,
             None => return Ok(false),
         };
+        if route.refused {
+            // Fail closed: never serve a router without a feature it asks for (an
+            // authentication middleware, say), and never fall through to another one.
+            let body = format!(
+                "503 router {:?} refused: it needs what Constellation does not apply: {}\n",
+                route.name,
+                route.unapplied.join("; ")
+            );
+            ctx.status = 503;
+            self.respond(session, 503, &[], &body).await?;
+            return Ok(true);
+        }
         for mw in &route.middlewares {
             if let Middleware::RedirectScheme { scheme, port, permanent } = &**mw {
                 let req = session.req_header();
