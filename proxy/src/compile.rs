@@ -680,6 +680,26 @@ mod tests {
     }
 
     #[test]
+    fn routers_needing_unapplied_features_are_refused_unless_allowed() {
+        let reg = UpstreamRegistry::default();
+        // `guarded` uses a basicAuth middleware; `sticky` reaches a sticky load balancer
+        // through a weighted service; `plain` needs nothing missing.
+        let yaml = "http:\n  routers:\n    guarded:\n      rule: \"Path(`/g`)\"\n      service: s\n      middlewares: [auth, strip]\n    sticky:\n      rule: \"Path(`/w`)\"\n      service: w\n    plain:\n      rule: \"Path(`/p`)\"\n      service: s\n  middlewares:\n    auth:\n      basicAuth:\n        users: [\"u:h\"]\n    strip:\n      stripPrefix:\n        prefixes: [\"/g\"]\n  services:\n    w:\n      weighted:\n        services:\n          - name: s\n          - name: t\n    s:\n      loadBalancer:\n        servers:\n          - url: \"http://127.0.0.1:9001\"\n    t:\n      loadBalancer:\n        sticky:\n          cookie: {}\n        servers:\n          - url: \"http://127.0.0.1:9002\"\n";
+        let (t, _) = compile(&cfg(yaml), &ProxySettings::default(), &[], &reg, &AddressMap::new(), 1).unwrap();
+        let route = |name: &str| t.routes.iter().find(|r| r.name == name).unwrap();
+        assert_eq!(route("guarded").unapplied, ["middleware auth: basicAuth"]);
+        assert!(route("guarded").refused);
+        assert_eq!(route("sticky").unapplied, ["service t: loadBalancer.sticky"]);
+        assert!(route("sticky").refused);
+        assert!(route("plain").unapplied.is_empty() && !route("plain").refused);
+
+        let allow = ProxySettings { allow_unsupported: true, ..ProxySettings::default() };
+        let (t, _) = compile(&cfg(yaml), &allow, &[], &reg, &AddressMap::new(), 2).unwrap();
+        let guarded = t.routes.iter().find(|r| r.name == "guarded").unwrap();
+        assert_eq!((guarded.refused, guarded.unapplied.len()), (false, 1));
+    }
+
+    #[test]
     fn host_names_take_the_given_address_and_fail_closed_without_one() {
         use crate::address::HostPort;
         let reg = UpstreamRegistry::default();

@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use super::{parse_duration, Position, DynamicConfig, HttpService, Middleware, TcpService, TraefikDuration, UdpService};
+use super::{
+    parse_duration, DynamicConfig, HttpService, Middleware, Position, TcpService, TraefikDuration, UdpService,
+};
 
 /// One problem found by [`DynamicConfig::validate`].
 ///
