@@ -125,3 +125,30 @@ fn config_check_reports_every_error_with_its_line() {
     assert!(errors[1].contains("/routes.yaml:8:16: http.routers.b: field \"service\""), "{err}");
     assert!(errors[2].contains("/routes.yaml:13:19: http.services.app: field \"servers[0].url\""), "{err}");
 }
+
+#[test]
+fn config_check_refuses_an_unusable_cluster_key() {
+    let dir = Scratch::new("fail-closed-key");
+    dir.write("routes.yaml", &protected_routes("http://127.0.0.1:9").replace("      middlewares: [auth]\n", ""));
+    let gossip = "[gossip]\naddress = \"127.0.0.1:1\"\nkey_file = \"cluster.key\"\n";
+    dir.write("agent.toml", &format!("{}{gossip}", agent_toml("routes.yaml")));
+    let file = dir.path("agent.toml");
+    // Missing, malformed (not hex), too short: each is exit 78 naming the key.
+    for key in [None, Some("this is not a key\n"), Some("abcd\n")] {
+        let path = dir.path("cluster.key");
+        let _ = std::fs::remove_file(&path);
+        if let Some(k) = key {
+            dir.write("cluster.key", k);
+        }
+        let (code, out, err) = run(&["config", "check", file.to_str().unwrap()], &dir.0);
+        assert_eq!(code, EX_CONFIG, "key {key:?}: {out}\n{err}");
+        assert!(err.contains("agent.toml:9:12: gossip.key_file"), "key {key:?}: {err}");
+        if let Some(k) = key {
+            assert!(!err.contains(k.trim()), "the key text must not be echoed: {err}");
+        }
+    }
+    let (code, _, err) = run(&["keygen", "--force", "--out", dir.path("cluster.key").to_str().unwrap()], &dir.0);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&["config", "check", file.to_str().unwrap()], &dir.0);
+    assert_eq!(code, 0, "a good key passes: {out}\n{err}");
+}

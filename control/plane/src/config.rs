@@ -596,6 +596,12 @@ pub fn validate(
                                 .into(),
                         )),
                     };
+                // A key that cannot be used is a configuration error now, not a node
+                // that quietly runs alone later.
+                if let Err(e) = constellation_cluster::Keyring::parse(&keyring_text) {
+                    let key = if keyring_origin.starts_with("environment") { "gossip.key" } else { "gossip.key_file" };
+                    return Err(bad(key, format!("the cluster key is unusable: {e} (read from {keyring_origin})")));
+                }
                 Some(ResolvedGossip { bind, advertise, cluster_bind, seeds, keyring_text, keyring_origin })
             }
         };
