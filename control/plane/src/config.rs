@@ -747,6 +747,10 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("proxy.threads", "Worker threads of the proxy."),
     ("proxy.grace_period_secs", "After SIGTERM: seconds before the listeners close."),
     ("proxy.graceful_shutdown_timeout_secs", "Then: seconds in-flight requests get to finish."),
+    (
+        "proxy.allow_unsupported",
+        "Serve routers needing unapplied features (e.g. basicAuth) WITHOUT them instead of 503. Unsafe.",
+    ),
     ("proxy.breaker.consecutive_failures", "Consecutive gateway failures that open an upstream's breaker (0 = off)."),
     ("proxy.breaker.failure_rate_threshold", "Failure share over the window that opens it (0 = off)."),
     ("proxy.breaker.window_ms", "Sliding window of the failure rate."),
