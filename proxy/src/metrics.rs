@@ -32,6 +32,13 @@ pub struct ProxyMetrics {
     pub config_reloads: IntCounterVec,
     /// Time to compile a route table.
     pub compile_seconds: Histogram,
+    /// Clients that closed their connection mid-request, by stage: `headers` (before
+    /// the request head was complete), `body` (while sending the request body),
+    /// `response` (while the response was being written).
+    pub downstream_disconnects: IntCounterVec,
+    /// Requests answered 400 for their framing before routing, by reason:
+    /// `content_length`, `missing_host`.
+    pub requests_rejected: IntCounterVec,
 }
 
 impl ProxyMetrics {
@@ -111,6 +118,20 @@ impl ProxyMetrics {
                 "constellation_config_compile_seconds",
                 "Time to validate and compile a route table.",
             ))?,
+            downstream_disconnects: IntCounterVec::new(
+                Opts::new(
+                    "constellation_downstream_disconnects_total",
+                    "Clients that closed the connection mid-request, by stage: headers, body, response.",
+                ),
+                &["stage"],
+            )?,
+            requests_rejected: IntCounterVec::new(
+                Opts::new(
+                    "constellation_requests_rejected_total",
+                    "Requests answered 400 for their framing before routing, by reason: content_length, missing_host.",
+                ),
+                &["reason"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
@@ -124,6 +145,8 @@ impl ProxyMetrics {
         registry.register(Box::new(m.config_generation.clone()))?;
         registry.register(Box::new(m.config_reloads.clone()))?;
         registry.register(Box::new(m.compile_seconds.clone()))?;
+        registry.register(Box::new(m.downstream_disconnects.clone()))?;
+        registry.register(Box::new(m.requests_rejected.clone()))?;
         Ok(m)
     }
 
