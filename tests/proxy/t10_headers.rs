@@ -181,6 +181,15 @@ async fn clients_leaving_mid_headers_are_counted_not_logged_as_errors() {
     // A normal request still works, and nothing reached the backend before it.
     assert!(backend.received().is_empty());
     assert_eq!(send(&agent, "GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n").await.status, 200);
+
+    tracing::info!("a client leaving mid-body is counted at stage body");
+    let mut s = tokio::net::TcpStream::connect(agent.web).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: app\r\nContent-Length: 100\r\n\r\n0123456789").await.unwrap();
+    s.shutdown().await.unwrap();
+    wait_for("the mid-body disconnect counted", LIMIT, || async {
+        agent.metric(metric, &["stage=\"body\""]).await == 1.0
+    })
+    .await;
     let log = agent.log();
     let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
     assert!(errors.is_empty(), "{} ERROR lines, first: {:?}", errors.len(), errors.first());
