@@ -12,6 +12,7 @@ mod agent;
 mod check;
 mod cli;
 mod demo;
+mod pingora_log;
 mod welcome;
 
 #[global_allocator]
@@ -166,10 +167,15 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONSTELLATION_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .finish()
+        // Pingora's ERROR line for a client leaving mid-headers becomes a debug line and a count.
+        .with(pingora_log::ClientNoise)
         .try_init();
 }
 

@@ -186,6 +186,26 @@ pub struct NodeConfig {
 pub struct EntrypointConfig {
     /// Listen address, `ip:port`.
     pub address: String,
+    /// Whom this entry point believes about `X-Forwarded-*` headers (Traefik's entry
+    /// point `forwardedHeaders`). Default: nobody.
+    #[serde(default, alias = "forwardedHeaders")]
+    pub forwarded_headers: ForwardedHeadersConfig,
+}
+
+/// `[entrypoints.<name>.forwarded_headers]`, Traefik's entry point `forwardedHeaders`.
+/// From a peer it does not trust, the entry point removes every `X-Forwarded-*`,
+/// `X-Real-Ip` and `Forwarded` header and sets its own; a trusted peer's are kept and
+/// its address is appended to `X-Forwarded-For`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardedHeadersConfig {
+    /// Peers whose forwarding headers are kept: CIDR networks or single addresses, IPv4
+    /// or IPv6, e.g. `["10.0.0.0/8", "192.168.1.7"]` (Traefik's `trustedIPs`). Default:
+    /// none, loopback included.
+    #[serde(alias = "trustedIPs")]
+    pub trusted_ips: Vec<String>,
+    /// Keep forwarding headers from every peer (Traefik's `insecure`). Default false.
+    pub insecure: bool,
 }
 
 /// `[admin]`.
@@ -240,7 +260,13 @@ impl Default for RoutesConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         let mut entrypoints = BTreeMap::new();
-        entrypoints.insert("web".to_string(), EntrypointConfig { address: DEFAULT_WEB_ADDRESS.into() });
+        entrypoints.insert(
+            "web".to_string(),
+            EntrypointConfig {
+                address: DEFAULT_WEB_ADDRESS.into(),
+                forwarded_headers: ForwardedHeadersConfig::default(),
+            },
+        );
         Self {
             node: NodeConfig::default(),
             entrypoints,
@@ -324,6 +350,8 @@ pub struct LoadedConfig {
     pub origin: String,
     /// Parsed listen addresses of the entrypoints.
     pub entrypoints: Vec<(String, SocketAddr)>,
+    /// The same entrypoints with their scheme and forwarded-headers policy, for the proxy.
+    pub entrypoint_policies: Vec<constellation_proxy::EntryPoint>,
     /// Parsed admin address.
     pub admin_addr: SocketAddr,
     /// Admin bearer token, if any (never logged).
@@ -505,8 +533,20 @@ pub fn validate(
         ));
     }
     let mut entrypoints = Vec::new();
+    let mut entrypoint_policies = Vec::new();
     for (name, ep) in &config.entrypoints {
-        entrypoints.push((name.clone(), addr(&format!("entrypoints.{name}.address"), &ep.address)?));
+        let address = addr(&format!("entrypoints.{name}.address"), &ep.address)?;
+        entrypoints.push((name.clone(), address));
+        let fh = &ep.forwarded_headers;
+        let forwarded = constellation_proxy::ForwardedPolicy::parse(&fh.trusted_ips, fh.insecure)
+            .map_err(|e| bad(&format!("entrypoints.{name}.forwarded_headers.trusted_ips"), e.to_string()))?;
+        entrypoint_policies.push(constellation_proxy::EntryPoint {
+            name: name.clone(),
+            address,
+            // TLS entrypoints do not exist yet; when they do, they say `https` here.
+            scheme: constellation_proxy::Scheme::Http,
+            forwarded,
+        });
     }
     let admin_addr = addr("admin.address", &config.admin.address)?;
     if let Some(w) = &config.welcome {
@@ -664,6 +704,7 @@ pub fn validate(
         base_dir: base_dir.to_path_buf(),
         origin: origin.to_string(),
         entrypoints,
+        entrypoint_policies,
         admin_addr,
         admin_token,
         gossip,
@@ -720,6 +761,14 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("raft.lb_lease", "Front-door lease, contended by nodes with role \"lb\"."),
     ("raft.dns_lease", "DNS-writer lease, contended by nodes with role \"dns\"."),
     ("entrypoints.web.address", "Where the proxy listens (ip:port). Add [entrypoints.<name>] for more."),
+    (
+        "entrypoints.web.forwarded_headers.trusted_ips",
+        "Peers whose X-Forwarded-* headers are kept (CIDRs or IPs; Traefik's forwardedHeaders.trustedIPs).",
+    ),
+    (
+        "entrypoints.web.forwarded_headers.insecure",
+        "Keep X-Forwarded-* headers from every peer (Traefik's forwardedHeaders.insecure).",
+    ),
     ("admin.address", "Admin API (metrics, status, Traefik provider). Keep it on loopback or the mesh."),
     ("admin.token_file", "File with a bearer token required on all admin endpoints but /healthz."),
     ("routes.files", "Traefik dynamic-configuration files (YAML, TOML, JSON), relative to this file."),
@@ -870,6 +919,33 @@ mod tests {
         let c = parse("[proxy]\nretry_budget_percent = 150\n", "a.toml").unwrap();
         let e = validate(c, "a.toml", Path::new("."), None).unwrap_err();
         assert_eq!(e.key, "proxy.retry_budget_percent");
+    }
+
+    #[test]
+    fn forwarded_headers_parse_and_bad_entries_name_the_key() {
+        let text = "[entrypoints.web]\naddress = \"127.0.0.1:1\"\n\
+                    [entrypoints.web.forwarded_headers]\ntrusted_ips = [\"10.0.0.0/8\", \"::1\"]\n";
+        let v = validate(parse(text, "a.toml").unwrap(), "a.toml", Path::new("."), Some(text)).unwrap();
+        let web = &v.entrypoint_policies[0];
+        assert_eq!(web.name, "web");
+        assert!(web.forwarded.trusts(Some("10.1.2.3".parse().unwrap())));
+        assert!(!web.forwarded.trusts(Some("127.0.0.1".parse().unwrap())));
+        // Traefik's spelling is accepted too.
+        let c = parse(
+            "[entrypoints.web]\naddress = \"127.0.0.1:1\"\nforwardedHeaders = { trustedIPs = [\"1.2.3.4\"], insecure = true }\n",
+            "a.toml",
+        )
+        .unwrap();
+        assert!(c.entrypoints["web"].forwarded_headers.insecure);
+        let text = "[entrypoints.web]\naddress = \"127.0.0.1:1\"\n\
+                    [entrypoints.web.forwarded_headers]\ntrusted_ips = [\"10.0.0.0/33\"]\n";
+        let e = validate(parse(text, "a.toml").unwrap(), "a.toml", Path::new("."), Some(text)).unwrap_err();
+        assert_eq!(e.key, "entrypoints.web.forwarded_headers.trusted_ips");
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.message.contains("10.0.0.0/33"), "{e}");
+        // The default trusts nobody.
+        let v = validate(AgentConfig::default(), "d", Path::new("."), None).unwrap();
+        assert_eq!(v.entrypoint_policies[0].forwarded, constellation_proxy::ForwardedPolicy::default());
     }
 
     #[test]
