@@ -11,12 +11,9 @@ use crate::{agent, EX_CONFIG};
 
 /// Check `file` and the route files it names; exit 78 when anything is wrong.
 pub fn run(file: &Path, allow_unsupported: bool) -> ExitCode {
-    let mut cfg = match config::load(Some(file)) {
+    let mut cfg = match config::load_all(Some(file)) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EX_CONFIG);
-        }
+        Err(errors) => return fail(&errors.iter().map(ToString::to_string).collect::<Vec<_>>()),
     };
     cfg.config.proxy.allow_unsupported |= allow_unsupported;
     let dynamic = match constellation_plane::load_sources(&agent::route_sources(&cfg)) {

@@ -180,8 +180,10 @@ fn init_tracing() {
 }
 
 fn load(path: Option<&std::path::Path>) -> Result<config::LoadedConfig, ExitCode> {
-    config::load(path).map_err(|e| {
-        eprintln!("error: {e}");
+    config::load_all(path).map_err(|errors| {
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
         ExitCode::from(EX_CONFIG)
     })
 }
