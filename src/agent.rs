@@ -131,6 +131,7 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
     let registry = prometheus::Registry::new();
     let metrics = ProxyMetrics::register(&registry).map_err(|e| StartError::Runtime(e.to_string()))?;
     let downstream = DownstreamMetrics::register(&registry).map_err(|e| StartError::Runtime(e.to_string()))?;
+    crate::pingora_log::count_into(metrics.downstream_disconnects.clone());
     let settings = cfg.config.proxy.clone();
     let table: constellation_proxy::TableHandle = Arc::new(ArcSwap::from_pointee(RouteTable::empty(settings.clone())));
     let admin = Arc::new(AdminState::new(&cfg.config.node.name, table.clone(), registry, cfg.admin_token.clone()));
@@ -199,6 +200,7 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
     let proxy_app = pingora_proxy::http_proxy(
         &server.configuration,
         SmartFailoverProxy::new(table.clone(), metrics.clone())
+            .with_entrypoints(cfg.entrypoint_policies.clone())
             .with_events(events_tx)
             .with_connect_failures(connect_failures),
     );

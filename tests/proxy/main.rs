@@ -12,6 +12,8 @@ mod t06_resolver;
 mod t07_https_health;
 mod t08_bodies;
 mod t09_limits;
+mod t10_headers;
+mod t12_fail_closed;
 
 /// The shared kit, plus what only this suite needs.
 mod support {
