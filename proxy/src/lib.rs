@@ -13,6 +13,7 @@
 pub mod address;
 pub mod breaker;
 pub mod compile;
+pub mod downstream;
 pub mod dynamic;
 pub mod forwarded;
 pub mod framing;
@@ -28,6 +29,7 @@ pub mod upstream;
 pub use address::{host_names, AddressMap, HostPort};
 pub use breaker::{Breaker, BreakerConfig, BreakerState, EjectionBudget};
 pub use compile::{compile, CompileError};
+pub use downstream::{DownstreamMetrics, Entrypoint, LimitedApp, TransportConfig};
 pub use dynamic::DynamicConfig;
 pub use forwarded::{EntryPoint, ForwardedPolicy, IpNet, Scheme};
 pub use health::HealthSupervisor;

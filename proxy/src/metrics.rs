@@ -66,7 +66,7 @@ impl ProxyMetrics {
             attempts: IntCounterVec::new(
                 Opts::new(
                     "constellation_upstream_attempts_total",
-                    "Attempts to upstreams by outcome: ok, connect_error, timeout, reset, status_gateway, breaker_rejected.",
+                    "Attempts to upstreams by outcome: ok, connect_error, timeout, reset, status_gateway, breaker_rejected, client_timeout.",
                 ),
                 &["service", "outcome"],
             )?,

@@ -7,8 +7,10 @@
 //! - `upstream_response_filter`: a gateway status, retried only for idempotent methods
 //!   with a replayable body, otherwise passed through untouched;
 //! - `error_while_proxy`: a timeout, reset or close, retried only before any response
-//!   byte reached the client and under the same idempotency rule.
+//!   byte reached the client and under the same idempotency rule; a request whose client
+//!   stopped sending its body is the client's fault (408), never the upstream's.
 
+use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::breaker::{Admission, Outcome, Transition};
+use crate::downstream::Connection;
 use crate::forwarded::{self, EntryPoint, Origin};
 use crate::framing::{self, Refusal};
 use crate::metrics::{code_class, method_label, ProxyMetrics};
@@ -117,6 +120,10 @@ pub struct RequestCtx {
     counted_pool: Option<Arc<Pool>>,
     status: u16,
     client_ip: Option<std::net::IpAddr>,
+    /// The downstream connection's limits state (set when the head arrived).
+    connection: Option<Arc<Connection>>,
+    /// The client stopped sending the request body in time: answer 408, blame no one upstream.
+    client_stall: bool,
     /// What the forwarding headers going upstream will say.
     origin: Origin,
 }
@@ -174,6 +181,15 @@ impl SmartFailoverProxy {
             self.on_transition(&pool.name, &up, t, now);
         }
         ctx.last_failure = failure;
+    }
+
+    /// End the current attempt without a verdict (the client, not the upstream, failed):
+    /// its breaker admission is released, the attempt counted under `label`.
+    fn release_attempt(&self, ctx: &mut RequestCtx, label: &str) {
+        let Some((up, admission, pool)) = ctx.current.take() else { return };
+        up.in_flight.fetch_sub(1, Ordering::Relaxed);
+        up.breaker.release(admission);
+        self.metrics.attempts.with_label_values(&[&pool.name, label]).inc();
     }
 
     fn on_transition(&self, service: &str, up: &Upstream, t: Transition, now: Instant) {
@@ -340,6 +356,17 @@ fn classify(e: &Error) -> FailureKind {
     }
 }
 
+/// Whether `e` means the client stopped sending its request body in time: a downstream
+/// read timed out, or the upstream timed out while the body was still incomplete (it
+/// cannot answer a request it has not received).
+fn client_stalled(session: &mut Session, e: &Error) -> bool {
+    match (e.etype(), e.esource()) {
+        (ErrorType::ReadTimedout, ErrorSource::Downstream) => true,
+        (ErrorType::ReadTimedout, ErrorSource::Upstream) => !session.is_body_done(),
+        _ => false,
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for SmartFailoverProxy {
     type CTX = RequestCtx;
@@ -364,8 +391,15 @@ impl ProxyHttp for SmartFailoverProxy {
             counted_pool: None,
             status: 0,
             client_ip: None,
+            connection: None,
+            client_stall: false,
             origin: Origin::default(),
         }
+    }
+
+    fn on_connection_reuse(&self, _session: &mut Session, ctx: &mut RequestCtx, prev_ctx: Box<dyn Any + Send + Sync>) {
+        // The request head is complete: stop the connection's head deadline.
+        ctx.connection = crate::downstream::head_received(prev_ctx);
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -649,6 +683,17 @@ impl ProxyHttp for SmartFailoverProxy {
         if std::mem::take(&mut ctx.decided) {
             return e;
         }
+        if client_stalled(session, &e) {
+            // The client stopped sending its body: the upstream was only waiting for it.
+            self.release_attempt(ctx, "client_timeout");
+            ctx.client_stall = true;
+            if let Some(c) = &ctx.connection {
+                c.count_body_timeout();
+            }
+            tracing::debug!(error = %e, "request body not received in time");
+            e.set_retry(false);
+            return e;
+        }
         let upstream_fault = *e.esource() == ErrorSource::Upstream;
         if !upstream_fault {
             // The client went away or sent garbage: nothing to fail over.
@@ -667,7 +712,9 @@ impl ProxyHttp for SmartFailoverProxy {
         ctx.decided = false;
         tracing::debug!(error = %e, source = ?e.esource(), written = session.response_written().is_some(), "request failed");
         let retry_after = ctx.table.as_ref().map(|t| t.settings.retry_after_secs).unwrap_or(5);
-        let code = if ctx.no_upstream {
+        let code = if ctx.client_stall {
+            408
+        } else if ctx.no_upstream {
             503
         } else {
             match e.etype() {
@@ -702,6 +749,7 @@ impl ProxyHttp for SmartFailoverProxy {
                     "503 no upstream available\n"
                 }
                 504 => "504 upstream timed out\n",
+                408 => "408 request body not received in time\n",
                 502 => "502 upstream failed\n",
                 _ => "",
             };

@@ -11,6 +11,7 @@ mod t05_admin;
 mod t06_resolver;
 mod t07_https_health;
 mod t08_bodies;
+mod t09_limits;
 mod t10_headers;
 mod t12_fail_closed;
 

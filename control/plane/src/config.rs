@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use constellation_proxy::ProxySettings;
+use constellation_proxy::{ProxySettings, TransportConfig};
 use serde::{Deserialize, Serialize};
 
 /// Default web entrypoint of the embedded config.
@@ -186,6 +186,10 @@ pub struct NodeConfig {
 pub struct EntrypointConfig {
     /// Listen address, `ip:port`.
     pub address: String,
+    /// Limits on this entry point's client connections (Traefik's `transport`:
+    /// `respondingTimeouts`, plus connection caps). Every key has a default.
+    #[serde(default)]
+    pub transport: TransportConfig,
     /// Whom this entry point believes about `X-Forwarded-*` headers (Traefik's entry
     /// point `forwardedHeaders`). Default: nobody.
     #[serde(default, alias = "forwardedHeaders")]
@@ -264,6 +268,7 @@ impl Default for AgentConfig {
             "web".to_string(),
             EntrypointConfig {
                 address: DEFAULT_WEB_ADDRESS.into(),
+                transport: TransportConfig::default(),
                 forwarded_headers: ForwardedHeadersConfig::default(),
             },
         );
@@ -556,6 +561,9 @@ pub fn validate_all(
         let mut entrypoint_policies = Vec::new();
         for (name, ep) in &config.entrypoints {
             let address = addr(&format!("entrypoints.{name}.address"), &ep.address)?;
+            if let Err((key, message)) = ep.transport.validate() {
+                return Err(bad(&format!("entrypoints.{name}.transport.{key}"), message));
+            }
             entrypoints.push((name.clone(), address));
             let fh = &ep.forwarded_headers;
             let forwarded = constellation_proxy::ForwardedPolicy::parse(&fh.trusted_ips, fh.insecure)
@@ -830,6 +838,24 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("raft.dns_lease", "DNS-writer lease, contended by nodes with role \"dns\"."),
     ("entrypoints.web.address", "Where the proxy listens (ip:port). Add [entrypoints.<name>] for more."),
     (
+        "entrypoints.web.transport.read_timeout_ms",
+        "Deadline for a whole request head, from accept or its first byte (Traefik readTimeout).",
+    ),
+    (
+        "entrypoints.web.transport.idle_timeout_ms",
+        "Keep-alive connections idle this long are closed (Traefik idleTimeout).",
+    ),
+    ("entrypoints.web.transport.body_read_timeout_ms", "A request body stalled this long is answered 408."),
+    (
+        "entrypoints.web.transport.write_timeout_ms",
+        "A response write the client does not take this long closes the connection; 0 = none.",
+    ),
+    (
+        "entrypoints.web.transport.max_connections",
+        "Connections held at once; more are closed at accept. Default: sized from the file limit.",
+    ),
+    ("entrypoints.web.transport.max_connections_per_ip", "Connections one client IP may hold at once."),
+    (
         "entrypoints.web.forwarded_headers.trusted_ips",
         "Peers whose X-Forwarded-* headers are kept (CIDRs or IPs; Traefik's forwardedHeaders.trustedIPs).",
     ),
@@ -897,6 +923,9 @@ pub fn default_toml() -> String {
     cfg.gossip.tailscale_tag = Some("tag:constellation".into());
     cfg.cluster.address = Some("127.0.0.1:7947".into());
     cfg.resolver.hosts_file = Some(PathBuf::from("hosts"));
+    if let Some(web) = cfg.entrypoints.get_mut("web") {
+        web.transport.max_connections = Some(10_000);
+    }
     let rendered = match toml::to_string_pretty(&cfg) {
         Ok(s) => s,
         Err(e) => return format!("{out}# could not render defaults: {e}\n"),
@@ -920,6 +949,7 @@ pub fn default_toml() -> String {
                     | "gossip.tailscale_tag"
                     | "cluster.address"
                     | "resolver.hosts_file"
+                    | "entrypoints.web.transport.max_connections"
             ) {
                 out.push_str(&format!("# {line}\n"));
                 continue;
@@ -987,6 +1017,54 @@ mod tests {
         let c = parse("[proxy]\nretry_budget_percent = 150\n", "a.toml").unwrap();
         let e = validate(c, "a.toml", Path::new("."), None).unwrap_err();
         assert_eq!(e.key, "proxy.retry_budget_percent");
+    }
+
+    #[test]
+    fn entrypoint_transport_defaults_and_keys() {
+        let c = parse(EMBEDDED_DEFAULT, "embedded").unwrap();
+        assert_eq!(c.entrypoints["web"].transport, TransportConfig::default());
+        let t = &c.entrypoints["web"].transport;
+        assert_eq!((t.read_timeout_ms, t.idle_timeout_ms), (60_000, 180_000));
+        assert_eq!((t.max_connections, t.max_connections_per_ip), (None, 1_000));
+        let text = "[entrypoints.web]\naddress = \"127.0.0.1:1\"\n[entrypoints.web.transport]\n\
+                    read_timeout_ms = 2000\nidle_timeout_ms = 3000\nbody_read_timeout_ms = 4000\n\
+                    write_timeout_ms = 0\nmax_connections = 50\nmax_connections_per_ip = 5\n";
+        let t = parse(text, "a.toml").unwrap().entrypoints["web"].transport.clone();
+        assert_eq!(
+            t,
+            TransportConfig {
+                read_timeout_ms: 2000,
+                idle_timeout_ms: 3000,
+                body_read_timeout_ms: 4000,
+                write_timeout_ms: 0,
+                max_connections: Some(50),
+                max_connections_per_ip: 5,
+            }
+        );
+        let e = parse(
+            "[entrypoints.web]\naddress = \"127.0.0.1:1\"\n[entrypoints.web.transport]\nread_timeout = 5\n",
+            "a.toml",
+        )
+        .unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("entrypoints.web.transport.read_timeout", 4), "{e}");
+        let text =
+            "[entrypoints.web]\naddress = \"127.0.0.1:1\"\n[entrypoints.web.transport]\nmax_connections_per_ip = 0\n";
+        let e = validate(parse(text, "a.toml").unwrap(), "a.toml", Path::new("."), Some(text)).unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.line, e.column),
+            ("entrypoints.web.transport.max_connections_per_ip", 4, 26),
+            "{e}"
+        );
+        let c = apply_env(
+            AgentConfig::default(),
+            vec![("CONSTELLATION_ENTRYPOINTS__WEB__TRANSPORT__MAX_CONNECTIONS".to_string(), "77".to_string())],
+        )
+        .unwrap();
+        assert_eq!(c.entrypoints["web"].transport.max_connections, Some(77));
+        let text = default_toml();
+        assert!(text.contains("[entrypoints.web.transport]\n"), "{text}");
+        assert!(text.contains("read_timeout_ms = 60000"), "{text}");
+        assert!(text.contains("# max_connections = 10000"), "{text}");
     }
 
     #[test]
