@@ -9,8 +9,10 @@ use async_trait::async_trait;
 use constellation_plane::config::{LoadedConfig, EMBEDDED_ROUTES};
 use constellation_plane::plane::{Lifecycle, Phase};
 use constellation_plane::{AdminApp, AdminState, Reloader, Resolver, RouteSource};
+use constellation_proxy::downstream::auto_max_connections;
 use constellation_proxy::{
-    CertPolicy, ConnectFailures, HealthSupervisor, Prober, ProxyMetrics, RouteTable, SmartFailoverProxy,
+    CertPolicy, ConnectFailures, DownstreamMetrics, Entrypoint, HealthSupervisor, LimitedApp, Prober, ProxyMetrics,
+    RouteTable, SmartFailoverProxy,
 };
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownWatch};
@@ -111,11 +113,42 @@ impl BackgroundService for ControlLoop {
     }
 }
 
+/// The most descriptors the automatic connection caps are sized for, whatever the limit.
+const MAX_NOFILE_BUDGET: u64 = 1 << 20;
+
+/// Raise the soft file limit to the hard one (a connection flood must meet our caps,
+/// not EMFILE); returns the soft limit in force.
+fn raise_nofile_limit() -> u64 {
+    match rlimit::increase_nofile_limit(MAX_NOFILE_BUDGET) {
+        Ok(n) => n,
+        Err(e) => {
+            let soft = rlimit::Resource::NOFILE.get().map(|(s, _)| s).unwrap_or(1024);
+            tracing::warn!(error = %e, soft, "cannot raise the file limit");
+            soft
+        }
+    }
+}
+
+/// Each entry point with its limits (automatic caps share the file limit).
+fn entrypoint_limits(cfg: &LoadedConfig, metrics: &DownstreamMetrics) -> Vec<Arc<Entrypoint>> {
+    let nofile = raise_nofile_limit().min(MAX_NOFILE_BUDGET);
+    let transport = |name: &str| cfg.config.entrypoints.get(name).map(|e| e.transport.clone()).unwrap_or_default();
+    let unset = cfg.entrypoints.iter().filter(|(n, _)| transport(n).max_connections.is_none()).count();
+    let auto = auto_max_connections(nofile, unset);
+    tracing::debug!(nofile, auto_max_connections = auto, "file limit");
+    cfg.entrypoints
+        .iter()
+        .map(|(name, addr)| Arc::new(Entrypoint::new(name, *addr, transport(name).limits(auto), metrics)))
+        .collect()
+}
+
 /// Build the server for `cfg` and run it until a shutdown signal. Never returns on
 /// success (Pingora exits the process).
 pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
     let registry = prometheus::Registry::new();
     let metrics = ProxyMetrics::register(&registry).map_err(|e| StartError::Runtime(e.to_string()))?;
+    let downstream = DownstreamMetrics::register(&registry).map_err(|e| StartError::Runtime(e.to_string()))?;
+    crate::pingora_log::count_into(metrics.downstream_disconnects.clone());
     let settings = cfg.config.proxy.clone();
     let table: constellation_proxy::TableHandle = Arc::new(ArcSwap::from_pointee(RouteTable::empty(settings.clone())));
     let admin = Arc::new(AdminState::new(&cfg.config.node.name, table.clone(), registry, cfg.admin_token.clone()));
@@ -185,16 +218,29 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
     server.bootstrap();
 
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+    let proxy_app = pingora_proxy::http_proxy(
         &server.configuration,
         SmartFailoverProxy::new(table.clone(), metrics.clone())
+            .with_entrypoints(cfg.entrypoint_policies.clone())
             .with_events(events_tx)
             .with_connect_failures(connect_failures),
-        "SmartFailoverProxy",
     );
-    for (name, addr) in &cfg.entrypoints {
-        tracing::info!(entrypoint = %name, %addr, "proxy listening");
-        proxy.add_tcp(&addr.to_string());
+    let entrypoints = entrypoint_limits(&cfg, &downstream);
+    let mut proxy = Service::new("SmartFailoverProxy".to_string(), LimitedApp::new(proxy_app, entrypoints.clone()));
+    for e in &entrypoints {
+        let (name, l) = (e.name(), e.limits());
+        let addr = cfg.entrypoints.iter().find(|(n, _)| n == name).map(|(_, a)| *a);
+        let Some(addr) = addr else { continue };
+        tracing::info!(
+            entrypoint = %name,
+            %addr,
+            max_connections = l.max_connections,
+            max_connections_per_ip = l.max_connections_per_ip,
+            read_timeout_ms = l.read_timeout.as_millis() as u64,
+            idle_timeout_ms = l.idle_timeout.as_millis() as u64,
+            "proxy listening"
+        );
+        proxy.add_listener(constellation_proxy::downstream::listener(&addr.to_string()));
     }
     server.add_service(proxy);
 

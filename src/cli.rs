@@ -110,6 +110,10 @@ pub async fn status(admin: &str, json: bool, token: Option<&str>) -> anyhow::Res
     println!("  {:<20} {:>8}  {:<20} RULE", "NAME", "PRIORITY", "SERVICE");
     for r in &s.routes {
         println!("  {:<20} {:>8}  {:<20} {}", r.name, r.priority, r.service.name, r.rule);
+        if !r.unapplied.is_empty() {
+            let verdict = if r.refused { "REFUSED (503): needs" } else { "served WITHOUT" };
+            println!("    {verdict} {}", r.unapplied.join("; "));
+        }
     }
     println!("\nUPSTREAMS");
     println!(

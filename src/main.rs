@@ -9,8 +9,10 @@ use clap::{Parser, Subcommand};
 use constellation_plane::config;
 
 mod agent;
+mod check;
 mod cli;
 mod demo;
+mod pingora_log;
 mod shutdown;
 mod welcome;
 
@@ -36,6 +38,11 @@ enum Command {
         /// Configuration file; without it the embedded single-node default runs on loopback.
         #[arg(short = 'c', long = "config")]
         config: Option<PathBuf>,
+        /// Serve routers that need features Constellation does not apply, without them
+        /// (unsafe: e.g. a basicAuth-protected page is served unprotected), instead of
+        /// refusing their requests with 503. Same as `[proxy] allow_unsupported = true`.
+        #[arg(long)]
+        allow_unsupported: bool,
     },
     /// A self-contained failover demonstration on loopback.
     Demo {
@@ -138,6 +145,10 @@ enum ConfigCommand {
     Check {
         /// The file.
         file: PathBuf,
+        /// Accept routers that need features Constellation does not apply (reported as
+        /// warnings; exit 0). Without it they are errors (exit 78).
+        #[arg(long)]
+        allow_unsupported: bool,
     },
     /// Print the default configuration with every key documented.
     Default,
@@ -162,16 +173,23 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONSTELLATION_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .finish()
+        // Pingora's ERROR line for a client leaving mid-headers becomes a debug line and a count.
+        .with(pingora_log::ClientNoise)
         .try_init();
 }
 
 fn load(path: Option<&std::path::Path>) -> Result<config::LoadedConfig, ExitCode> {
-    config::load(path).map_err(|e| {
-        eprintln!("error: {e}");
+    config::load_all(path).map_err(|errors| {
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
         ExitCode::from(EX_CONFIG)
     })
 }
@@ -186,12 +204,13 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Agent { config } => {
+        Command::Agent { config, allow_unsupported } => {
             init_tracing();
-            let cfg = match load(config.as_deref()) {
+            let mut cfg = match load(config.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            cfg.config.proxy.allow_unsupported |= allow_unsupported;
             match agent::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e @ agent::StartError::Routes(_)) => {
@@ -209,51 +228,8 @@ fn main() -> ExitCode {
             print!("{}", config::default_toml());
             ExitCode::SUCCESS
         }
-        Command::Config { command: ConfigCommand::Check { file } } => {
-            let cfg = match load(Some(&file)) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let sources = agent::route_sources(&cfg);
-            match constellation_plane::load_sources(&sources) {
-                Ok(dynamic) => {
-                    let registry = constellation_proxy::UpstreamRegistry::default();
-                    match constellation_proxy::compile(
-                        &dynamic,
-                        &cfg.config.proxy,
-                        &cfg.entrypoints,
-                        &registry,
-                        &constellation_proxy::AddressMap::new(),
-                        1,
-                    ) {
-                        Ok((table, warnings)) => {
-                            for w in dynamic.unsupported().iter().chain(&warnings) {
-                                println!("warning: {w}");
-                            }
-                            println!(
-                                "{}: ok ({} entrypoints, {} routes, {} services)",
-                                file.display(),
-                                cfg.entrypoints.len(),
-                                table.routes.len(),
-                                table.pools.len()
-                            );
-                            ExitCode::SUCCESS
-                        }
-                        Err(errs) => {
-                            for e in errs {
-                                eprintln!("error: {e}");
-                            }
-                            ExitCode::from(EX_CONFIG)
-                        }
-                    }
-                }
-                Err(errs) => {
-                    for e in errs {
-                        eprintln!("error: {e}");
-                    }
-                    ExitCode::from(EX_CONFIG)
-                }
-            }
+        Command::Config { command: ConfigCommand::Check { file, allow_unsupported } } => {
+            check::run(&file, allow_unsupported)
         }
         Command::Traefik { command: TraefikCommand::Dump { config, show_secrets } } => {
             let cfg = match load(config.as_deref()) {

@@ -4,7 +4,7 @@
 //! the caller resolved beforehand. The result is an immutable snapshot the proxy swaps
 //! in whole.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicUsize};
 use std::sync::Arc;
@@ -29,7 +29,7 @@ const MAX_WEIGHT: u32 = 100;
 
 /// Why a configuration could not be compiled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}{object}: field \"{field}\": {message}", if origin.is_empty() { String::new() } else { format!("{origin}: ") })]
+#[error("{}{object}: field \"{field}\": {message}", where_(origin, position))]
 pub struct CompileError {
     /// File that defined the object (empty when unknown).
     pub origin: String,
@@ -39,6 +39,17 @@ pub struct CompileError {
     pub field: String,
     /// What is wrong.
     pub message: String,
+    /// Where the field is written in `origin`, when it can be found.
+    pub position: Option<dynamic::Position>,
+}
+
+/// `file:line:column: `, `file: ` or nothing.
+fn where_(origin: &str, position: &Option<dynamic::Position>) -> String {
+    match (origin.is_empty(), position) {
+        (true, _) => String::new(),
+        (false, Some(p)) => format!("{origin}:{}:{}: ", p.line, p.column),
+        (false, None) => format!("{origin}: "),
+    }
 }
 
 fn bare(name: &str) -> &str {
@@ -60,9 +71,18 @@ struct Compiler<'a> {
     live: Vec<UpstreamKey>,
     warnings: Vec<String>,
     errors: Vec<CompileError>,
+    /// Object → features it sets that are not applied.
+    unapplied: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Compiler<'_> {
+    /// Record that `object` sets `feature`, which is not applied.
+    fn not_applied(&mut self, object: &str, feature: &str) {
+        if self.unapplied.entry(object.to_string()).or_default().insert(feature.to_string()) {
+            self.warnings.push(format!("{object}: {feature} is not supported (parsed, not applied)"));
+        }
+    }
+
     fn target(&mut self, service: &str, depth: usize) -> Option<Target> {
         let name = bare(service);
         let object = format!("http.services.{name}");
@@ -72,6 +92,7 @@ impl Compiler<'_> {
                 object,
                 field: "service".into(),
                 message: "services nest too deep (cycle?)".into(),
+                position: None,
             });
             return None;
         }
@@ -81,6 +102,7 @@ impl Compiler<'_> {
                 object,
                 field: "service".into(),
                 message: "is not defined".into(),
+                position: None,
             });
             return None;
         };
@@ -109,6 +131,7 @@ impl Compiler<'_> {
                         object,
                         field: "failover".into(),
                         message: "needs both service and fallback".into(),
+                        position: None,
                     });
                     return None;
                 };
@@ -117,9 +140,8 @@ impl Compiler<'_> {
                 Some(Target::Failover { name: name.to_string(), primary, fallback })
             }
             HttpService::Mirroring(m) => {
-                self.warnings.push(format!(
-                    "{object}: mirroring: requests go to the main service only; mirrors are not applied"
-                ));
+                // Listed by `DynamicConfig::unsupported`; compiled to its main service so
+                // that `allow_unsupported` can serve it.
                 let main = m.service.clone().unwrap_or_default();
                 self.target(&main, depth + 1)
             }
@@ -129,6 +151,7 @@ impl Compiler<'_> {
                     object,
                     field: kind.clone(),
                     message: format!("service kind {kind} is not supported; routers cannot use it"),
+                    position: None,
                 });
                 None
             }
@@ -138,10 +161,10 @@ impl Compiler<'_> {
     fn pool(&mut self, name: &str, lb: &dynamic::LoadBalancer) -> Option<Arc<Pool>> {
         let object = format!("http.services.{name}");
         if lb.sticky.is_some() {
-            self.warnings.push(format!("{object}: loadBalancer.sticky is not supported (parsed, not applied)"));
+            self.not_applied(&object, "loadBalancer.sticky");
         }
         if lb.servers_transport.is_some() {
-            self.warnings.push(format!("{object}: loadBalancer.serversTransport is not supported (parsed, not applied); proxy-wide timeouts apply"));
+            self.not_applied(&object, "loadBalancer.serversTransport");
         }
         let breaker = self.breaker_overrides.get(name).cloned().unwrap_or_else(|| self.default_breaker.clone());
         let budget = self.registry.budget(name, lb.servers.len(), self.settings.max_ejection_percent);
@@ -156,6 +179,7 @@ impl Compiler<'_> {
                         object: object.clone(),
                         field: format!("loadBalancer.servers[{i}].url"),
                         message,
+                        position: None,
                     });
                     continue;
                 }
@@ -210,6 +234,51 @@ impl Compiler<'_> {
         }))
     }
 
+    /// Every service reachable from `service` (itself included), in visiting order.
+    fn services_under(&self, service: &str, out: &mut Vec<String>, depth: usize) {
+        let name = bare(service);
+        if depth > 16 || out.iter().any(|s| s == name) {
+            return;
+        }
+        out.push(name.to_string());
+        match self.cfg.http.services.get(name) {
+            Some(HttpService::Weighted(w)) => {
+                for ws in &w.services {
+                    self.services_under(&ws.name, out, depth + 1);
+                }
+            }
+            Some(HttpService::Failover(f)) => {
+                for s in f.service.iter().chain(&f.fallback) {
+                    self.services_under(s, out, depth + 1);
+                }
+            }
+            Some(HttpService::Mirroring(m)) => {
+                for s in m.service.iter().chain(m.mirrors.iter().map(|x| &x.name)) {
+                    self.services_under(s, out, depth + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// What `router` needs that is not applied, as `middleware auth: basicAuth`.
+    fn router_needs(&self, rname: &str, router: &dynamic::HttpRouter) -> Vec<String> {
+        let mut objects = vec![format!("http.routers.{rname}")];
+        objects.extend(router.middlewares.iter().map(|m| format!("http.middlewares.{}", bare(m))));
+        let mut services = Vec::new();
+        if let Some(s) = router.service.as_deref() {
+            self.services_under(s, &mut services, 0);
+        }
+        objects.extend(services.iter().map(|s| format!("http.services.{s}")));
+        let mut needs = Vec::new();
+        for object in &objects {
+            for feature in self.unapplied.get(object).into_iter().flatten() {
+                needs.push(format!("{} {feature}", describe(object)));
+            }
+        }
+        needs
+    }
+
     /// Load-balancer services reachable from `service`.
     fn leaf_services(&self, service: &str, out: &mut Vec<String>, depth: usize) {
         let name = bare(service);
@@ -238,6 +307,14 @@ impl Compiler<'_> {
     }
 }
 
+/// `http.middlewares.auth` → `middleware auth:`, for messages people read.
+fn describe(object: &str) -> String {
+    let mut parts = object.splitn(3, '.');
+    let (_, kind, name) = (parts.next(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let kind = kind.strip_suffix('s').unwrap_or(kind);
+    format!("{kind} {name}:")
+}
+
 /// Map a Traefik `circuitBreaker` middleware onto our breaker settings. Traefik trips a
 /// whole service on an expression; we keep per-upstream breakers and take the ratio as
 /// the failure-rate threshold and `fallbackDuration` as the base ejection time.
@@ -245,13 +322,14 @@ fn breaker_from_middleware(
     object: &str,
     cb: &dynamic::CircuitBreaker,
     base: &BreakerConfig,
-    warnings: &mut Vec<String>,
+    unapplied: &mut Vec<String>,
 ) -> Result<BreakerConfig, CompileError> {
     let err = |message: String| CompileError {
         origin: String::new(),
         object: object.to_string(),
         field: "circuitBreaker.expression".into(),
         message,
+        position: None,
     };
     let expr = cb.expression.clone().unwrap_or_default();
     let mut out = base.clone();
@@ -272,9 +350,7 @@ fn breaker_from_middleware(
             }
             out.failure_rate_threshold = threshold;
         } else if lhs.starts_with("LatencyAtQuantileMS(") {
-            warnings.push(format!(
-                "{object}: circuitBreaker term {term:?}: latency-based tripping is not supported (ignored)"
-            ));
+            unapplied.push(format!("circuitBreaker.expression term {term:?} (latency-based tripping)"));
         } else {
             return Err(err(format!(
                 "unknown metric in {term:?} (expected NetworkErrorRatio, ResponseCodeRatio or LatencyAtQuantileMS)"
@@ -285,8 +361,14 @@ fn breaker_from_middleware(
         out.base_ejection_ms = d.as_millis() as u64;
         out.max_ejection_ms = out.max_ejection_ms.max(out.base_ejection_ms);
     }
-    if cb.check_period.is_some() || cb.recovery_duration.is_some() || cb.response_code.is_some() {
-        warnings.push(format!("{object}: circuitBreaker checkPeriod/recoveryDuration/responseCode are not applied; the breaker's own window and half-open probing are used"));
+    for (set, field) in [
+        (cb.check_period.is_some(), "checkPeriod"),
+        (cb.recovery_duration.is_some(), "recoveryDuration"),
+        (cb.response_code.is_some(), "responseCode"),
+    ] {
+        if set {
+            unapplied.push(format!("circuitBreaker.{field}"));
+        }
     }
     Ok(out)
 }
@@ -303,6 +385,7 @@ fn header_list(
                 object: object.to_string(),
                 field: format!("headers.{field}.{k}"),
                 message: m,
+                position: None,
             };
             let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| err(format!("invalid header name: {e}")))?;
             // Traefik: an empty value removes the header.
@@ -338,14 +421,23 @@ pub fn compile(
         live: Vec::new(),
         warnings: Vec::new(),
         errors: Vec::new(),
+        unapplied: BTreeMap::new(),
     };
+    for item in cfg.unsupported_items() {
+        c.unapplied.entry(item.object).or_default().insert(item.feature);
+    }
     // Breaker overrides from circuitBreaker middlewares, per reachable service.
     for (rname, router) in &cfg.http.routers {
         for m in &router.middlewares {
             let mname = bare(m);
             if let Some(dynamic::Middleware::CircuitBreaker(cb)) = cfg.http.middlewares.get(mname) {
                 let object = format!("http.middlewares.{mname}");
-                match breaker_from_middleware(&object, cb, &settings.breaker, &mut c.warnings) {
+                let mut notes = Vec::new();
+                let breaker = breaker_from_middleware(&object, cb, &settings.breaker, &mut notes);
+                for note in notes {
+                    c.not_applied(&object, &note);
+                }
+                match breaker {
                     Ok(b) => {
                         let mut leaves = Vec::new();
                         c.leaf_services(router.service.as_deref().unwrap_or(""), &mut leaves, 0);
@@ -369,8 +461,7 @@ pub fn compile(
     for (rname, router) in &cfg.http.routers {
         let object = format!("http.routers.{rname}");
         if router.tls.is_some() {
-            c.warnings
-                .push(format!("{object}: tls is not supported yet (router served on plain HTTP entrypoints only)"));
+            c.not_applied(&object, "tls");
         }
         let rule_text = router.rule.clone().unwrap_or_default();
         let rule = match Rule::parse(&rule_text) {
@@ -381,6 +472,7 @@ pub fn compile(
                     object: object.clone(),
                     field: "rule".into(),
                     message: format!("{e} in {rule_text:?}"),
+                    position: None,
                 });
                 continue;
             }
@@ -406,6 +498,7 @@ pub fn compile(
                         object: object.clone(),
                         field: "middlewares".into(),
                         message: format!("middleware {m:?} is not defined"),
+                        position: None,
                     });
                 }
                 continue;
@@ -450,10 +543,12 @@ pub fn compile(
                 object,
                 field: "service".into(),
                 message: "is missing".into(),
+                position: None,
             });
             continue;
         };
         let Some(target) = c.target(service, 0) else { continue };
+        let unapplied = c.router_needs(rname, router);
         let priority = match router.priority {
             Some(p) if p != 0 => p,
             _ => rule.default_priority() as i64,
@@ -467,6 +562,8 @@ pub fn compile(
             target,
             max_attempts,
             retry_interval,
+            refused: !unapplied.is_empty() && !settings.allow_unsupported,
+            unapplied,
         });
     }
     if !cfg.tcp.routers.is_empty() || !cfg.udp.routers.is_empty() {
@@ -479,6 +576,7 @@ pub fn compile(
         let mut errors = c.errors;
         for e in &mut errors {
             e.origin = cfg.origin_of(&e.object).unwrap_or_default().to_string();
+            e.position = cfg.position(&e.object, &e.field).map(|(_, p)| p);
         }
         return Err(errors);
     }
@@ -579,6 +677,26 @@ mod tests {
         assert!(w.iter().any(|w| w.contains("entryPoints [\"websecure\"] are not configured")), "{w:?}");
         assert!(w.iter().any(|w| w.contains("tls is not supported")), "{w:?}");
         assert!(w.iter().any(|w| w.contains("https upstreams need TLS")), "{w:?}");
+    }
+
+    #[test]
+    fn routers_needing_unapplied_features_are_refused_unless_allowed() {
+        let reg = UpstreamRegistry::default();
+        // `guarded` uses a basicAuth middleware; `sticky` reaches a sticky load balancer
+        // through a weighted service; `plain` needs nothing missing.
+        let yaml = "http:\n  routers:\n    guarded:\n      rule: \"Path(`/g`)\"\n      service: s\n      middlewares: [auth, strip]\n    sticky:\n      rule: \"Path(`/w`)\"\n      service: w\n    plain:\n      rule: \"Path(`/p`)\"\n      service: s\n  middlewares:\n    auth:\n      basicAuth:\n        users: [\"u:h\"]\n    strip:\n      stripPrefix:\n        prefixes: [\"/g\"]\n  services:\n    w:\n      weighted:\n        services:\n          - name: s\n          - name: t\n    s:\n      loadBalancer:\n        servers:\n          - url: \"http://127.0.0.1:9001\"\n    t:\n      loadBalancer:\n        sticky:\n          cookie: {}\n        servers:\n          - url: \"http://127.0.0.1:9002\"\n";
+        let (t, _) = compile(&cfg(yaml), &ProxySettings::default(), &[], &reg, &AddressMap::new(), 1).unwrap();
+        let route = |name: &str| t.routes.iter().find(|r| r.name == name).unwrap();
+        assert_eq!(route("guarded").unapplied, ["middleware auth: basicAuth"]);
+        assert!(route("guarded").refused);
+        assert_eq!(route("sticky").unapplied, ["service t: loadBalancer.sticky"]);
+        assert!(route("sticky").refused);
+        assert!(route("plain").unapplied.is_empty() && !route("plain").refused);
+
+        let allow = ProxySettings { allow_unsupported: true, ..ProxySettings::default() };
+        let (t, _) = compile(&cfg(yaml), &allow, &[], &reg, &AddressMap::new(), 2).unwrap();
+        let guarded = t.routes.iter().find(|r| r.name == "guarded").unwrap();
+        assert_eq!((guarded.refused, guarded.unapplied.len()), (false, 1));
     }
 
     #[test]

@@ -32,12 +32,14 @@ use serde_json::Value;
 
 mod de;
 mod duration;
+mod locate;
 mod validate;
 
 #[cfg(test)]
 mod tests;
 
 pub use duration::{parse_duration, TraefikDuration};
+pub use locate::{locate, Position};
 pub use validate::ValidationError;
 
 use de::{lenient_opt_string, lenient_opt_string_map, lenient_string_map, one_of, present, unique_map, OneOf};
@@ -68,6 +70,9 @@ pub struct DynamicConfig {
     /// Object path (`http.routers.api`) → origin (file) that defined it.
     #[serde(skip)]
     provenance: BTreeMap<String, String>,
+    /// Origin → the text it was parsed from, to place errors found after parsing.
+    #[serde(skip)]
+    texts: BTreeMap<String, std::sync::Arc<str>>,
 }
 
 impl PartialEq for DynamicConfig {
@@ -1175,6 +1180,7 @@ pub fn parse_str(text: &str, format: Format, origin: &str) -> Result<DynamicConf
     };
     let names = config.object_names();
     config.provenance = names.into_iter().map(|name| (name, origin.to_string())).collect();
+    config.texts.insert(origin.to_string(), text.into());
     Ok(config)
 }
 
@@ -1346,6 +1352,15 @@ impl DynamicConfig {
         self.provenance.get(object).map(String::as_str)
     }
 
+    /// The file that defined `object` and where its `field` (`rule`,
+    /// `loadBalancer.servers[0].url`; empty for the object itself) is written there,
+    /// when the text is known and the key can be found (see [`locate`]).
+    pub fn position(&self, object: &str, field: &str) -> Option<(&str, Position)> {
+        let origin = self.origin_of(object)?;
+        let text = self.texts.get(origin)?;
+        locate(text, object, field).or_else(|| locate(text, object, "")).map(|p| (origin, p))
+    }
+
     /// Add everything `other` defines (from `origin`, used for objects whose origin
     /// `other` did not record). A name that both define is an error naming both
     /// origins; then nothing is merged. TLS certificates are concatenated.
@@ -1369,7 +1384,10 @@ impl DynamicConfig {
             let from = origin_in_other(name);
             self.provenance.insert(name.clone(), from);
         }
-        let DynamicConfig { http, tcp, udp, tls, .. } = other;
+        let DynamicConfig { http, tcp, udp, tls, texts, .. } = other;
+        for (origin, text) in texts {
+            self.texts.entry(origin).or_insert(text);
+        }
         self.http.routers.extend(http.routers);
         self.http.services.extend(http.services);
         self.http.middlewares.extend(http.middlewares);
@@ -1393,9 +1411,15 @@ impl DynamicConfig {
     /// item, e.g. `http.middlewares.auth: basicAuth is not supported (parsed, not applied)`.
     /// Such parts are still served back to Traefik unchanged.
     pub fn unsupported(&self) -> Vec<String> {
+        self.unsupported_items().iter().map(ToString::to_string).collect()
+    }
+
+    /// [`DynamicConfig::unsupported`] as data: which object sets which feature. A router
+    /// that uses such an object refuses traffic (see `compile`).
+    pub fn unsupported_items(&self) -> Vec<Unsupported> {
         let mut out = Vec::new();
         let mut note = |object: String, what: &str| {
-            out.push(format!("{object}: {what} is not supported (parsed, not applied)"));
+            out.push(Unsupported { object, feature: what.to_string() });
         };
         for (name, router) in &self.http.routers {
             if router.parent_refs.is_some() {
@@ -1448,6 +1472,21 @@ impl DynamicConfig {
             }
         }
         out
+    }
+}
+
+/// A part of a configuration that is parsed but not applied: `feature` of `object`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Unsupported {
+    /// The object that sets it, e.g. `http.middlewares.auth`.
+    pub object: String,
+    /// What is not applied, e.g. `basicAuth` or `headers.stsSeconds`.
+    pub feature: String,
+}
+
+impl fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} is not supported (parsed, not applied)", self.object, self.feature)
     }
 }
 

@@ -32,6 +32,16 @@ pub struct ProxyMetrics {
     pub config_reloads: IntCounterVec,
     /// Time to compile a route table.
     pub compile_seconds: Histogram,
+    /// 1 per router and feature it needs that is not applied; value 1 while the
+    /// router refuses traffic for it, 0 while it is served anyway (allow_unsupported).
+    pub router_unapplied: IntGaugeVec,
+    /// Clients that closed their connection mid-request, by stage: `headers` (before
+    /// the request head was complete), `body` (while sending the request body),
+    /// `response` (while the response was being written).
+    pub downstream_disconnects: IntCounterVec,
+    /// Requests answered 400 for their framing before routing, by reason:
+    /// `content_length`, `missing_host`.
+    pub requests_rejected: IntCounterVec,
 }
 
 impl ProxyMetrics {
@@ -56,7 +66,7 @@ impl ProxyMetrics {
             attempts: IntCounterVec::new(
                 Opts::new(
                     "constellation_upstream_attempts_total",
-                    "Attempts to upstreams by outcome: ok, connect_error, timeout, reset, status_gateway, breaker_rejected.",
+                    "Attempts to upstreams by outcome: ok, connect_error, timeout, reset, status_gateway, breaker_rejected, client_timeout.",
                 ),
                 &["service", "outcome"],
             )?,
@@ -111,6 +121,27 @@ impl ProxyMetrics {
                 "constellation_config_compile_seconds",
                 "Time to validate and compile a route table.",
             ))?,
+            router_unapplied: IntGaugeVec::new(
+                Opts::new(
+                    "constellation_router_unapplied",
+                    "Routers needing a feature that is not applied: 1 refused (503), 0 served without it.",
+                ),
+                &["router", "feature"],
+            )?,
+            downstream_disconnects: IntCounterVec::new(
+                Opts::new(
+                    "constellation_downstream_disconnects_total",
+                    "Clients that closed the connection mid-request, by stage: headers, body, response.",
+                ),
+                &["stage"],
+            )?,
+            requests_rejected: IntCounterVec::new(
+                Opts::new(
+                    "constellation_requests_rejected_total",
+                    "Requests answered 400 for their framing before routing, by reason: content_length, missing_host.",
+                ),
+                &["reason"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
@@ -124,6 +155,9 @@ impl ProxyMetrics {
         registry.register(Box::new(m.config_generation.clone()))?;
         registry.register(Box::new(m.config_reloads.clone()))?;
         registry.register(Box::new(m.compile_seconds.clone()))?;
+        registry.register(Box::new(m.router_unapplied.clone()))?;
+        registry.register(Box::new(m.downstream_disconnects.clone()))?;
+        registry.register(Box::new(m.requests_rejected.clone()))?;
         Ok(m)
     }
 

@@ -84,6 +84,11 @@ pub struct ProxySettings {
     /// Seconds requests in flight get after the listeners closed; the process exits as
     /// soon as none is left (Traefik's `lifeCycle.graceTimeOut`). Default 10.
     pub graceful_shutdown_timeout_secs: u64,
+    /// Serve routers that need a feature Constellation does not apply (a `basicAuth`
+    /// middleware, a `sticky` load balancer…) as if the feature were absent, instead of
+    /// refusing their requests with 503. Unsafe: a protected page is then served
+    /// unprotected. `--allow-unsupported` on the command line sets it. Default false.
+    pub allow_unsupported: bool,
     /// Circuit breaker settings, per upstream.
     pub breaker: BreakerConfig,
 }
@@ -107,6 +112,7 @@ impl Default for ProxySettings {
             threads: DEFAULT_THREADS,
             grace_period_secs: DEFAULT_GRACE_PERIOD_SECS,
             graceful_shutdown_timeout_secs: DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECS,
+            allow_unsupported: false,
             breaker: BreakerConfig::default(),
         }
     }

@@ -7,8 +7,10 @@
 //! - `upstream_response_filter`: a gateway status, retried only for idempotent methods
 //!   with a replayable body, otherwise passed through untouched;
 //! - `error_while_proxy`: a timeout, reset or close, retried only before any response
-//!   byte reached the client and under the same idempotency rule.
+//!   byte reached the client and under the same idempotency rule; a request whose client
+//!   stopped sending its body is the client's fault (408), never the upstream's.
 
+use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +25,9 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::breaker::{Admission, Outcome, Transition};
+use crate::downstream::Connection;
+use crate::forwarded::{self, EntryPoint, Origin};
+use crate::framing::{self, Refusal};
 use crate::metrics::{code_class, method_label, ProxyMetrics};
 use crate::rule::RequestInfo;
 use crate::table::{Middleware, Pick, Pool, Route, RouteTable};
@@ -34,6 +39,7 @@ pub struct SmartFailoverProxy {
     metrics: ProxyMetrics,
     events: Option<tokio::sync::mpsc::UnboundedSender<BreakerEvent>>,
     connect_failures: Option<Arc<ConnectFailures>>,
+    entrypoints: Arc<[EntryPoint]>,
 }
 
 /// Failed upstream connects, counted and signalled without blocking, so whoever
@@ -114,12 +120,26 @@ pub struct RequestCtx {
     counted_pool: Option<Arc<Pool>>,
     status: u16,
     client_ip: Option<std::net::IpAddr>,
+    /// The downstream connection's limits state (set when the head arrived).
+    connection: Option<Arc<Connection>>,
+    /// The client stopped sending the request body in time: answer 408, blame no one upstream.
+    client_stall: bool,
+    /// What the forwarding headers going upstream will say.
+    origin: Origin,
 }
 
 impl SmartFailoverProxy {
     /// A proxy reading snapshots from `table` and reporting into `metrics`.
     pub fn new(table: Arc<ArcSwap<RouteTable>>, metrics: ProxyMetrics) -> Self {
-        Self { table, metrics, events: None, connect_failures: None }
+        Self { table, metrics, events: None, connect_failures: None, entrypoints: Arc::from([]) }
+    }
+
+    /// The entry points the proxy listens on, with their scheme and forwarded-headers
+    /// policy. A connection on an address not listed is treated as plain HTTP from an
+    /// untrusted peer.
+    pub fn with_entrypoints(mut self, entrypoints: Vec<EntryPoint>) -> Self {
+        self.entrypoints = entrypoints.into();
+        self
     }
 
     /// Also record every failed upstream connect on `failures`.
@@ -161,6 +181,15 @@ impl SmartFailoverProxy {
             self.on_transition(&pool.name, &up, t, now);
         }
         ctx.last_failure = failure;
+    }
+
+    /// End the current attempt without a verdict (the client, not the upstream, failed):
+    /// its breaker admission is released, the attempt counted under `label`.
+    fn release_attempt(&self, ctx: &mut RequestCtx, label: &str) {
+        let Some((up, admission, pool)) = ctx.current.take() else { return };
+        up.in_flight.fetch_sub(1, Ordering::Relaxed);
+        up.breaker.release(admission);
+        self.metrics.attempts.with_label_values(&[&pool.name, label]).inc();
     }
 
     fn on_transition(&self, service: &str, up: &Upstream, t: Transition, now: Instant) {
@@ -235,6 +264,56 @@ impl SmartFailoverProxy {
         session.write_response_body(Some(Bytes::copy_from_slice(body.as_bytes())), true).await?;
         Ok(())
     }
+
+    /// Framing checks before anything routes on the request: a refused request gets
+    /// 400 and its connection closed (its body, if any, was never read). Returns
+    /// whether a response was sent.
+    async fn refuse_bad_framing(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let refusal: Refusal = match framing::check_request(session.req_header_mut()) {
+            Ok(()) => return Ok(false),
+            Err(r) => r,
+        };
+        self.metrics.requests_rejected.with_label_values(&[refusal.label()]).inc();
+        let client = inet(session.client_addr());
+        tracing::debug!(reason = %refusal, client = ?client, "request refused");
+        ctx.status = 400;
+        session.set_keepalive(None);
+        self.respond(session, 400, &[], refusal.body()).await?;
+        Ok(true)
+    }
+
+    /// Find the entry point the request came in on, note what the forwarding headers
+    /// will say, and drop those an untrusted peer sent, before routing sees them.
+    fn forwarded_origin(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        let peer = inet(session.client_addr()).map(|a| a.ip());
+        let local = inet(session.server_addr());
+        let entrypoint = EntryPoint::find(&self.entrypoints, local);
+        ctx.origin = Origin {
+            peer,
+            scheme: entrypoint.map(|e| e.scheme).unwrap_or_default(),
+            port: local.map(|l| l.port()),
+            websocket: forwarded::is_websocket(session.req_header()),
+        };
+        let trusted = entrypoint.is_some_and(|e| e.forwarded.trusts(peer));
+        if !trusted {
+            forwarded::strip(session.req_header_mut());
+        }
+    }
+
+    /// Count a client that went away mid-request (the head stage is counted where
+    /// Pingora logs it, see the binary's log filter).
+    fn count_disconnect(&self, session: &Session, e: Option<&Error>) {
+        let Some(e) = e else { return };
+        if *e.esource() != ErrorSource::Downstream {
+            return;
+        }
+        let stage = match e.etype() {
+            ErrorType::ConnectionClosed | ErrorType::ReadError if session.response_written().is_none() => "body",
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => "response",
+            _ => return,
+        };
+        self.metrics.downstream_disconnects.with_label_values(&[stage]).inc();
+    }
 }
 
 fn split_host(host: &str) -> &str {
@@ -277,6 +356,17 @@ fn classify(e: &Error) -> FailureKind {
     }
 }
 
+/// Whether `e` means the client stopped sending its request body in time: a downstream
+/// read timed out, or the upstream timed out while the body was still incomplete (it
+/// cannot answer a request it has not received).
+fn client_stalled(session: &mut Session, e: &Error) -> bool {
+    match (e.etype(), e.esource()) {
+        (ErrorType::ReadTimedout, ErrorSource::Downstream) => true,
+        (ErrorType::ReadTimedout, ErrorSource::Upstream) => !session.is_body_done(),
+        _ => false,
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for SmartFailoverProxy {
     type CTX = RequestCtx;
@@ -301,10 +391,22 @@ impl ProxyHttp for SmartFailoverProxy {
             counted_pool: None,
             status: 0,
             client_ip: None,
+            connection: None,
+            client_stall: false,
+            origin: Origin::default(),
         }
     }
 
+    fn on_connection_reuse(&self, _session: &mut Session, ctx: &mut RequestCtx, prev_ctx: Box<dyn Any + Send + Sync>) {
+        // The request head is complete: stop the connection's head deadline.
+        ctx.connection = crate::downstream::head_received(prev_ctx);
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self.refuse_bad_framing(session, ctx).await? {
+            return Ok(true);
+        }
+        self.forwarded_origin(session, ctx);
         let table = self.table.load_full();
         ctx.deadline = ctx.start + table.settings.request_timeout();
         ctx.client_ip = inet(session.client_addr()).map(|a| a.ip());
@@ -332,6 +434,18 @@ impl ProxyHttp for SmartFailoverProxy {
             Some(r) => r,
             None => return Ok(false),
         };
+        if route.refused {
+            // Fail closed: never serve a router without a feature it asks for (an
+            // authentication middleware, say), and never fall through to another one.
+            let body = format!(
+                "503 router {:?} refused: it needs what Constellation does not apply: {}\n",
+                route.name,
+                route.unapplied.join("; ")
+            );
+            ctx.status = 503;
+            self.respond(session, 503, &[], &body).await?;
+            return Ok(true);
+        }
         for mw in &route.middlewares {
             if let Middleware::RedirectScheme { scheme, port, permanent } = &**mw {
                 let req = session.req_header();
@@ -438,6 +552,9 @@ impl ProxyHttp for SmartFailoverProxy {
     ) -> Result<()> {
         let Some(route) = self.route(ctx) else { return Ok(()) };
         let Some((up, _, pool)) = ctx.current.as_ref() else { return Ok(()) };
+        // Forwarding headers first, so a `headers` middleware can still override them,
+        // as in Traefik (where the entry point sets them before any middleware).
+        forwarded::apply(upstream_request, &ctx.origin, request_host(session.req_header()))?;
         // Path rewriting: middlewares first, then the server URL's own path prefix.
         let original = upstream_request.uri.clone();
         let mut path = original.path().to_string();
@@ -479,21 +596,6 @@ impl ProxyHttp for SmartFailoverProxy {
                 .map_err(|e| Error::because(ErrorType::InternalError, "rewritten path is invalid", e))?;
             upstream_request.set_uri(uri);
         }
-        // Forwarding headers.
-        let client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
-        let xff = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) if !client.is_empty() => format!("{prev}, {client}"),
-            Some(prev) => prev.to_string(),
-            None => client,
-        };
-        if !xff.is_empty() {
-            upstream_request.insert_header("x-forwarded-for", xff)?;
-        }
-        let host = request_host(session.req_header()).to_string();
-        if !host.is_empty() {
-            upstream_request.insert_header("x-forwarded-host", host.as_str())?;
-        }
-        upstream_request.insert_header("x-forwarded-proto", "http")?;
         if !pool.pass_host_header {
             upstream_request.insert_header(http::header::HOST, up.authority.as_str())?;
         }
@@ -535,6 +637,7 @@ impl ProxyHttp for SmartFailoverProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.status = upstream_response.status.as_u16();
+        framing::clean_response(upstream_response);
         if let Some(route) = self.route(ctx) {
             for mw in &route.middlewares {
                 if let Middleware::Headers { response, .. } = &**mw {
@@ -580,6 +683,17 @@ impl ProxyHttp for SmartFailoverProxy {
         if std::mem::take(&mut ctx.decided) {
             return e;
         }
+        if client_stalled(session, &e) {
+            // The client stopped sending its body: the upstream was only waiting for it.
+            self.release_attempt(ctx, "client_timeout");
+            ctx.client_stall = true;
+            if let Some(c) = &ctx.connection {
+                c.count_body_timeout();
+            }
+            tracing::debug!(error = %e, "request body not received in time");
+            e.set_retry(false);
+            return e;
+        }
         let upstream_fault = *e.esource() == ErrorSource::Upstream;
         if !upstream_fault {
             // The client went away or sent garbage: nothing to fail over.
@@ -598,7 +712,9 @@ impl ProxyHttp for SmartFailoverProxy {
         ctx.decided = false;
         tracing::debug!(error = %e, source = ?e.esource(), written = session.response_written().is_some(), "request failed");
         let retry_after = ctx.table.as_ref().map(|t| t.settings.retry_after_secs).unwrap_or(5);
-        let code = if ctx.no_upstream {
+        let code = if ctx.client_stall {
+            408
+        } else if ctx.no_upstream {
             503
         } else {
             match e.etype() {
@@ -633,6 +749,7 @@ impl ProxyHttp for SmartFailoverProxy {
                     "503 no upstream available\n"
                 }
                 504 => "504 upstream timed out\n",
+                408 => "408 request body not received in time\n",
                 502 => "502 upstream failed\n",
                 _ => "",
             };
@@ -649,7 +766,8 @@ impl ProxyHttp for SmartFailoverProxy {
         true
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.count_disconnect(session, e);
         // An attempt still open here ended without a verdict (e.g. the client left):
         // release its breaker probe slot without blaming the upstream.
         if let Some((up, admission, _)) = ctx.current.take() {

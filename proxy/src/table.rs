@@ -50,6 +50,12 @@ pub struct Route {
     pub max_attempts: u32,
     /// Backoff before a retry (from a `retry` middleware's `initialInterval`).
     pub retry_interval: Duration,
+    /// Features this router needs that are not applied, as `middleware auth: basicAuth`
+    /// (its own options, its middlewares', and those of every service it reaches).
+    pub unapplied: Vec<String>,
+    /// Whether requests matching it are refused (503 naming the router and the
+    /// features) because of `unapplied`, rather than served without them.
+    pub refused: bool,
 }
 
 /// A compiled middleware.

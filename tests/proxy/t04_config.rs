@@ -136,18 +136,18 @@ fn check_reports_bad_route_files_by_file_object_and_field() {
         (
             "missing service",
             routes("app", "PathPrefix(`/`)", &server, "").replace("service: app\n  services", "service: nope\n  services"),
-            vec![format!("{routes_path}: http.routers.app: field \"service\": service \"nope\" is not defined")],
+            vec![format!("{routes_path}:5:16: http.routers.app: field \"service\": service \"nope\" is not defined")],
         ),
         (
             "empty servers",
             "http:\n  routers:\n    app:\n      rule: \"PathPrefix(`/`)\"\n      service: app\n  services:\n    app:\n      loadBalancer:\n        servers: []\n".into(),
-            vec![format!("{routes_path}: http.services.app: field \"servers\":"), "no servers".into()],
+            vec![format!("{routes_path}:9:18: http.services.app: field \"servers\":"), "no servers".into()],
         ),
         (
             "bad URL",
             routes("app", "PathPrefix(`/`)", &["127.0.0.1:9".to_string()], ""),
             vec![
-                format!("{routes_path}: http.services.app: field \"servers[0].url\":"),
+                format!("{routes_path}:10:19: http.services.app: field \"servers[0].url\":"),
                 "\"127.0.0.1:9\" is not an absolute http:// or https:// URL".into(),
             ],
         ),
@@ -162,8 +162,9 @@ fn check_reports_bad_route_files_by_file_object_and_field() {
             vec![
                 "http.routers.app: field \"rule\": column 15:".into(),
                 "PathPrefix(`/`".into(),
-                // Like every other route error, it must say which file.
-                routes_path.clone(),
+                // Like every other route error, it must say which file, and the line
+                // and column of the problem inside the rule.
+                format!("{routes_path}:4:28: http.routers.app"),
             ],
         ),
     ];

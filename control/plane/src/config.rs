@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use constellation_proxy::ProxySettings;
+use constellation_proxy::{ProxySettings, TransportConfig};
 use serde::{Deserialize, Serialize};
 
 /// Default web entrypoint of the embedded config.
@@ -186,6 +186,30 @@ pub struct NodeConfig {
 pub struct EntrypointConfig {
     /// Listen address, `ip:port`.
     pub address: String,
+    /// Limits on this entry point's client connections (Traefik's `transport`:
+    /// `respondingTimeouts`, plus connection caps). Every key has a default.
+    #[serde(default)]
+    pub transport: TransportConfig,
+    /// Whom this entry point believes about `X-Forwarded-*` headers (Traefik's entry
+    /// point `forwardedHeaders`). Default: nobody.
+    #[serde(default, alias = "forwardedHeaders")]
+    pub forwarded_headers: ForwardedHeadersConfig,
+}
+
+/// `[entrypoints.<name>.forwarded_headers]`, Traefik's entry point `forwardedHeaders`.
+/// From a peer it does not trust, the entry point removes every `X-Forwarded-*`,
+/// `X-Real-Ip` and `Forwarded` header and sets its own; a trusted peer's are kept and
+/// its address is appended to `X-Forwarded-For`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardedHeadersConfig {
+    /// Peers whose forwarding headers are kept: CIDR networks or single addresses, IPv4
+    /// or IPv6, e.g. `["10.0.0.0/8", "192.168.1.7"]` (Traefik's `trustedIPs`). Default:
+    /// none, loopback included.
+    #[serde(alias = "trustedIPs")]
+    pub trusted_ips: Vec<String>,
+    /// Keep forwarding headers from every peer (Traefik's `insecure`). Default false.
+    pub insecure: bool,
 }
 
 /// `[admin]`.
@@ -244,7 +268,14 @@ impl Default for RoutesConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         let mut entrypoints = BTreeMap::new();
-        entrypoints.insert("web".to_string(), EntrypointConfig { address: DEFAULT_WEB_ADDRESS.into() });
+        entrypoints.insert(
+            "web".to_string(),
+            EntrypointConfig {
+                address: DEFAULT_WEB_ADDRESS.into(),
+                transport: TransportConfig::default(),
+                forwarded_headers: ForwardedHeadersConfig::default(),
+            },
+        );
         Self {
             node: NodeConfig::default(),
             entrypoints,
@@ -328,6 +359,8 @@ pub struct LoadedConfig {
     pub origin: String,
     /// Parsed listen addresses of the entrypoints.
     pub entrypoints: Vec<(String, SocketAddr)>,
+    /// The same entrypoints with their scheme and forwarded-headers policy, for the proxy.
+    pub entrypoint_policies: Vec<constellation_proxy::EntryPoint>,
     /// Parsed admin address.
     pub admin_addr: SocketAddr,
     /// Admin bearer token, if any (never logged).
@@ -497,13 +530,32 @@ fn cfg_has_no_leases(voters: &[(String, SocketAddr)]) -> bool {
 }
 
 /// Check values that parse but make no sense, and resolve addresses and secrets.
-/// `text` is the file's content, used to point errors at the line and column.
+/// `text` is the file's content, used to point errors at the line and column. Returns
+/// the first problem; [`validate_all`] returns every one.
 pub fn validate(
     config: AgentConfig,
     origin: &str,
     base_dir: &Path,
     text: Option<&str>,
 ) -> Result<LoadedConfig, ConfigError> {
+    validate_all(config, origin, base_dir, text).map_err(|mut errors| errors.remove(0))
+}
+
+/// The value of a section's check, or `None` with its error recorded.
+fn keep<T>(errors: &mut Vec<ConfigError>, checked: Result<T, ConfigError>) -> Option<T> {
+    checked.map_err(|e| errors.push(e)).ok()
+}
+
+/// Like [`validate`], but each section (entrypoints, admin, proxy, resolver, routes,
+/// instances, gossip, raft, dns) is checked even when an earlier one failed, so every
+/// problem is reported at once (never an empty list on `Err`).
+pub fn validate_all(
+    config: AgentConfig,
+    origin: &str,
+    base_dir: &Path,
+    text: Option<&str>,
+) -> Result<LoadedConfig, Vec<ConfigError>> {
+    let mut errors = Vec::new();
     let bad = |key: &str, message: String| {
         // A value from the environment has no place in the file.
         let (line, column) = text.and_then(|t| locate(t, key)).unwrap_or((0, 0));
@@ -512,56 +564,82 @@ pub fn validate(
     let addr = |key: &str, s: &str| -> Result<SocketAddr, ConfigError> {
         s.parse().map_err(|e| bad(key, format!("{s:?} is not an ip:port address ({e})")))
     };
-    if config.entrypoints.is_empty() {
-        return Err(bad(
-            "entrypoints",
-            "at least one entrypoint is needed, e.g. [entrypoints.web] address = \"127.0.0.1:8080\"".into(),
-        ));
-    }
-    let mut entrypoints = Vec::new();
-    for (name, ep) in &config.entrypoints {
-        entrypoints.push((name.clone(), addr(&format!("entrypoints.{name}.address"), &ep.address)?));
-    }
-    let admin_addr = addr("admin.address", &config.admin.address)?;
+    let entrypoint_section = || {
+        if config.entrypoints.is_empty() {
+            return Err(bad(
+                "entrypoints",
+                "at least one entrypoint is needed, e.g. [entrypoints.web] address = \"127.0.0.1:8080\"".into(),
+            ));
+        }
+        let mut entrypoints = Vec::new();
+        let mut entrypoint_policies = Vec::new();
+        for (name, ep) in &config.entrypoints {
+            let address = addr(&format!("entrypoints.{name}.address"), &ep.address)?;
+            if let Err((key, message)) = ep.transport.validate() {
+                return Err(bad(&format!("entrypoints.{name}.transport.{key}"), message));
+            }
+            entrypoints.push((name.clone(), address));
+            let fh = &ep.forwarded_headers;
+            let forwarded = constellation_proxy::ForwardedPolicy::parse(&fh.trusted_ips, fh.insecure)
+                .map_err(|e| bad(&format!("entrypoints.{name}.forwarded_headers.trusted_ips"), e.to_string()))?;
+            entrypoint_policies.push(constellation_proxy::EntryPoint {
+                name: name.clone(),
+                address,
+                // TLS entrypoints do not exist yet; when they do, they say `https` here.
+                scheme: constellation_proxy::Scheme::Http,
+                forwarded,
+            });
+        }
+        Ok((entrypoints, entrypoint_policies))
+    };
+    let eps = keep(&mut errors, entrypoint_section());
+    let admin_addr = keep(&mut errors, addr("admin.address", &config.admin.address));
     if let Some(w) = &config.welcome {
-        addr("welcome.address", &w.address)?;
+        keep(&mut errors, addr("welcome.address", &w.address));
     }
     if let Err((key, message)) = config.proxy.validate() {
-        return Err(bad(&format!("proxy.{key}"), message));
+        errors.push(bad(&format!("proxy.{key}"), message));
     }
     if let Err((key, message)) = config.resolver.validate() {
-        return Err(bad(&format!("resolver.{key}"), message));
+        errors.push(bad(&format!("resolver.{key}"), message));
     }
     if config.routes.watch_interval_ms == 0 {
-        return Err(bad("routes.watch_interval_ms", "must be greater than 0".into()));
+        errors.push(bad("routes.watch_interval_ms", "must be greater than 0".into()));
     }
-    let admin_token = match (&config.admin.token_file, std::env::var("CONSTELLATION_ADMIN__TOKEN")) {
-        (_, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
-        (Some(f), _) => {
-            let path = base_dir.join(f);
-            let t = std::fs::read_to_string(&path)
-                .map_err(|e| bad("admin.token_file", format!("cannot read {}: {e}", path.display())))?;
-            let t = t.trim().to_string();
-            if t.is_empty() {
-                return Err(bad("admin.token_file", format!("{} is empty", path.display())));
+    let admin_section = || -> Result<Option<String>, ConfigError> {
+        Ok(match (&config.admin.token_file, std::env::var("CONSTELLATION_ADMIN__TOKEN")) {
+            (_, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            (Some(f), _) => {
+                let path = base_dir.join(f);
+                let t = std::fs::read_to_string(&path)
+                    .map_err(|e| bad("admin.token_file", format!("cannot read {}: {e}", path.display())))?;
+                let t = t.trim().to_string();
+                if t.is_empty() {
+                    return Err(bad("admin.token_file", format!("{} is empty", path.display())));
+                }
+                Some(t)
             }
-            Some(t)
-        }
-        _ => None,
+            _ => None,
+        })
     };
-    if admin_token.is_none() && !admin_addr.ip().to_canonical().is_loopback() {
-        return Err(bad("admin.address", admin_needs_token(admin_addr)));
+    let admin_token = keep(&mut errors, admin_section());
+    // An admin address off loopback needs a token (an unreadable token file is reported
+    // above instead).
+    if let (Some(addr), Some(None)) = (admin_addr, &admin_token) {
+        if !addr.ip().to_canonical().is_loopback() {
+            errors.push(bad("admin.address", admin_needs_token(addr)));
+        }
     }
     for (i, inst) in config.instances.iter().enumerate() {
         if inst.service.trim().is_empty() || inst.service.contains(['@', ' ', '/']) {
-            return Err(bad(&format!("instances[{i}].service"), format!("{:?} is not a service name", inst.service)));
+            errors.push(bad(&format!("instances[{i}].service"), format!("{:?} is not a service name", inst.service)));
         }
         if let Err(e) = constellation_proxy::upstream::parse_server_url(&inst.url) {
-            return Err(bad(&format!("instances[{i}].url"), e));
+            errors.push(bad(&format!("instances[{i}].url"), e));
         }
     }
-    let gossip =
-        match &config.gossip.address {
+    let gossip_section = || -> Result<Option<ResolvedGossip>, ConfigError> {
+        Ok(match &config.gossip.address {
             None => {
                 if !config.gossip.seeds.is_empty() {
                     return Err(bad("gossip.seeds", "seeds need gossip.address to be set".into()));
@@ -613,68 +691,109 @@ pub fn validate(
                                 .into(),
                         )),
                     };
+                // A key that cannot be used is a configuration error now, not a node
+                // that quietly runs alone later.
+                if let Err(e) = constellation_cluster::Keyring::parse(&keyring_text) {
+                    let key = if keyring_origin.starts_with("environment") { "gossip.key" } else { "gossip.key_file" };
+                    return Err(bad(key, format!("the cluster key is unusable: {e} (read from {keyring_origin})")));
+                }
                 Some(ResolvedGossip { bind, advertise, cluster_bind, seeds, keyring_text, keyring_origin })
             }
-        };
-    let mut raft_voters = Vec::new();
-    for v in &config.raft.voters {
-        let (name, a) = v
-            .split_once('=')
-            .ok_or_else(|| bad("raft.voters", format!("{v:?} is not name=ip:port (e.g. n1=127.0.0.1:7947)")))?;
-        let cluster: SocketAddr = addr("raft.voters", a.trim())?;
-        let raft = SocketAddr::new(cluster.ip(), cluster.port().wrapping_add(1));
-        if raft_voters.iter().any(|(n, _): &(String, SocketAddr)| n == name.trim()) {
-            return Err(bad("raft.voters", format!("voter {name:?} is listed twice")));
+        })
+    };
+    let gossip = keep(&mut errors, gossip_section());
+    let raft_section = || -> Result<Vec<(String, SocketAddr)>, ConfigError> {
+        let mut raft_voters = Vec::new();
+        for v in &config.raft.voters {
+            let (name, a) = v
+                .split_once('=')
+                .ok_or_else(|| bad("raft.voters", format!("{v:?} is not name=ip:port (e.g. n1=127.0.0.1:7947)")))?;
+            let cluster: SocketAddr = addr("raft.voters", a.trim())?;
+            let raft = SocketAddr::new(cluster.ip(), cluster.port().wrapping_add(1));
+            if raft_voters.iter().any(|(n, _): &(String, SocketAddr)| n == name.trim()) {
+                return Err(bad("raft.voters", format!("voter {name:?} is listed twice")));
+            }
+            raft_voters.push((name.trim().to_string(), raft));
         }
-        raft_voters.push((name.trim().to_string(), raft));
-    }
-    if !raft_voters.is_empty() {
-        if gossip.is_none() {
-            return Err(bad("raft.voters", "leases need the cluster key: set [gossip] address and key_file".into()));
-        }
-        if raft_voters.len() % 2 == 0 {
-            return Err(bad("raft.voters", format!("{} voters cannot outvote a split; use 3 or 5", raft_voters.len())));
-        }
-        for (key, v) in [
-            ("raft.lease_ttl_ms", config.raft.lease_ttl_ms),
-            ("raft.election_timeout_ms", config.raft.election_timeout_ms),
-            ("raft.heartbeat_ms", config.raft.heartbeat_ms),
-        ] {
-            if v == 0 {
-                return Err(bad(key, "must be greater than 0".into()));
+        if !raft_voters.is_empty() {
+            if matches!(gossip, Some(None)) {
+                return Err(bad(
+                    "raft.voters",
+                    "leases need the cluster key: set [gossip] address and key_file".into(),
+                ));
+            }
+            if raft_voters.len() % 2 == 0 {
+                return Err(bad(
+                    "raft.voters",
+                    format!("{} voters cannot outvote a split; use 3 or 5", raft_voters.len()),
+                ));
+            }
+            for (key, v) in [
+                ("raft.lease_ttl_ms", config.raft.lease_ttl_ms),
+                ("raft.election_timeout_ms", config.raft.election_timeout_ms),
+                ("raft.heartbeat_ms", config.raft.heartbeat_ms),
+            ] {
+                if v == 0 {
+                    return Err(bad(key, "must be greater than 0".into()));
+                }
+            }
+            if config.raft.heartbeat_ms * 3 > config.raft.election_timeout_ms {
+                return Err(bad("raft.heartbeat_ms", "must be at most a third of election_timeout_ms".into()));
+            }
+            if config.raft.lease_ttl_ms < 2 * config.raft.election_timeout_ms {
+                return Err(bad("raft.lease_ttl_ms", "must be at least twice election_timeout_ms".into()));
             }
         }
-        if config.raft.heartbeat_ms * 3 > config.raft.election_timeout_ms {
-            return Err(bad("raft.heartbeat_ms", "must be at most a third of election_timeout_ms".into()));
-        }
-        if config.raft.lease_ttl_ms < 2 * config.raft.election_timeout_ms {
-            return Err(bad("raft.lease_ttl_ms", "must be at least twice election_timeout_ms".into()));
-        }
-    }
+        Ok(raft_voters)
+    };
+    let raft_voters = keep(&mut errors, raft_section());
     let mut config = config;
-    if let Some(dns) = config.dns.as_mut() {
-        dns.token = match (std::env::var("CONSTELLATION_DNS__API_TOKEN"), &dns.api_token_file) {
-            (Ok(t), _) if !t.trim().is_empty() => Some(t.trim().to_string()),
-            (_, Some(f)) => {
-                let path = base_dir.join(f);
-                let t = std::fs::read_to_string(&path)
-                    .map_err(|e| bad("dns.api_token_file", format!("cannot read {}: {e}", path.display())))?;
-                Some(t.trim().to_string())
+    let no_leases = raft_voters.as_deref().is_some_and(cfg_has_no_leases);
+    let dns_section = |config: &mut AgentConfig| -> Result<(), ConfigError> {
+        if let Some(dns) = config.dns.as_mut() {
+            dns.token = match (std::env::var("CONSTELLATION_DNS__API_TOKEN"), &dns.api_token_file) {
+                (Ok(t), _) if !t.trim().is_empty() => Some(t.trim().to_string()),
+                (_, Some(f)) => {
+                    let path = base_dir.join(f);
+                    let t = std::fs::read_to_string(&path)
+                        .map_err(|e| bad("dns.api_token_file", format!("cannot read {}: {e}", path.display())))?;
+                    Some(t.trim().to_string())
+                }
+                _ => None,
+            };
+            if let Err(e) = dns.validate() {
+                return Err(bad("dns", e.to_string()));
             }
-            _ => None,
-        };
-        if let Err(e) = dns.validate() {
-            return Err(bad("dns", e.to_string()));
+            if no_leases {
+                return Err(bad(
+                    "dns",
+                    "DNS writes are fenced by the dns-writer lease: configure [raft] voters".into(),
+                ));
+            }
         }
-        if cfg_has_no_leases(&raft_voters) {
-            return Err(bad("dns", "DNS writes are fenced by the dns-writer lease: configure [raft] voters".into()));
-        }
+        Ok(())
+    };
+    let dns = dns_section(&mut config);
+    keep(&mut errors, dns);
+    let (
+        Some((entrypoints, entrypoint_policies)),
+        Some(admin_addr),
+        Some(admin_token),
+        Some(gossip),
+        Some(raft_voters),
+    ) = (eps, admin_addr, admin_token, gossip, raft_voters)
+    else {
+        return Err(errors);
+    };
+    if !errors.is_empty() {
+        return Err(errors);
     }
     Ok(LoadedConfig {
         config,
         base_dir: base_dir.to_path_buf(),
         origin: origin.to_string(),
         entrypoints,
+        entrypoint_policies,
         admin_addr,
         admin_token,
         gossip,
@@ -683,25 +802,33 @@ pub fn validate(
 }
 
 /// Load a config file (or the embedded default when `path` is `None`), apply the
-/// environment, validate.
+/// environment, validate. Returns the first problem; [`load_all`] returns every one.
 pub fn load(path: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
+    load_all(path).map_err(|mut errors| errors.remove(0))
+}
+
+/// Like [`load`], reporting every validation problem at once (a file that does not
+/// parse is one problem: the parser stops there).
+pub fn load_all(path: Option<&Path>) -> Result<LoadedConfig, Vec<ConfigError>> {
     let (text, origin, base) = match path {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
-                file: p.display().to_string(),
-                line: 0,
-                column: 0,
-                key: String::new(),
-                message: format!("cannot read: {e}"),
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                vec![ConfigError {
+                    file: p.display().to_string(),
+                    line: 0,
+                    column: 0,
+                    key: String::new(),
+                    message: format!("cannot read: {e}"),
+                }]
             })?;
             let base = p.parent().map(Path::to_path_buf).unwrap_or_default();
             (text, p.display().to_string(), base)
         }
         None => (EMBEDDED_DEFAULT.to_string(), "embedded default".to_string(), PathBuf::from(".")),
     };
-    let config = parse(&text, &origin)?;
-    let config = apply_env(config, std::env::vars())?;
-    validate(config, &origin, &base, Some(&text))
+    let config = parse(&text, &origin).map_err(|e| vec![e])?;
+    let config = apply_env(config, std::env::vars()).map_err(|e| vec![e])?;
+    validate_all(config, &origin, &base, Some(&text))
 }
 
 /// One line of documentation per key of the default config (unit and default are in
@@ -731,6 +858,32 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("raft.lb_lease", "Front-door lease, contended by nodes with role \"lb\"."),
     ("raft.dns_lease", "DNS-writer lease, contended by nodes with role \"dns\"."),
     ("entrypoints.web.address", "Where the proxy listens (ip:port). Add [entrypoints.<name>] for more."),
+    (
+        "entrypoints.web.transport.read_timeout_ms",
+        "Deadline for a whole request head, from accept or its first byte (Traefik readTimeout).",
+    ),
+    (
+        "entrypoints.web.transport.idle_timeout_ms",
+        "Keep-alive connections idle this long are closed (Traefik idleTimeout).",
+    ),
+    ("entrypoints.web.transport.body_read_timeout_ms", "A request body stalled this long is answered 408."),
+    (
+        "entrypoints.web.transport.write_timeout_ms",
+        "A response write the client does not take this long closes the connection; 0 = none.",
+    ),
+    (
+        "entrypoints.web.transport.max_connections",
+        "Connections held at once; more are closed at accept. Default: sized from the file limit.",
+    ),
+    ("entrypoints.web.transport.max_connections_per_ip", "Connections one client IP may hold at once."),
+    (
+        "entrypoints.web.forwarded_headers.trusted_ips",
+        "Peers whose X-Forwarded-* headers are kept (CIDRs or IPs; Traefik's forwardedHeaders.trustedIPs).",
+    ),
+    (
+        "entrypoints.web.forwarded_headers.insecure",
+        "Keep X-Forwarded-* headers from every peer (Traefik's forwardedHeaders.insecure).",
+    ),
     ("admin.address", "Admin API (metrics, status, Traefik provider). Not loopback = a token is required."),
     (
         "admin.token_file",
@@ -761,6 +914,10 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("proxy.threads", "Worker threads of the proxy."),
     ("proxy.grace_period_secs", "After SIGTERM and the lease hand-over: seconds the listeners stay open."),
     ("proxy.graceful_shutdown_timeout_secs", "Then: at most this many seconds for requests in flight to finish."),
+    (
+        "proxy.allow_unsupported",
+        "Serve routers needing unapplied features (e.g. basicAuth) WITHOUT them instead of 503. Unsafe.",
+    ),
     ("proxy.breaker.consecutive_failures", "Consecutive gateway failures that open an upstream's breaker (0 = off)."),
     ("proxy.breaker.failure_rate_threshold", "Failure share over the window that opens it (0 = off)."),
     ("proxy.breaker.window_ms", "Sliding window of the failure rate."),
@@ -790,6 +947,9 @@ pub fn default_toml() -> String {
     cfg.gossip.tailscale_tag = Some("tag:constellation".into());
     cfg.cluster.address = Some("127.0.0.1:7947".into());
     cfg.resolver.hosts_file = Some(PathBuf::from("hosts"));
+    if let Some(web) = cfg.entrypoints.get_mut("web") {
+        web.transport.max_connections = Some(10_000);
+    }
     let rendered = match toml::to_string_pretty(&cfg) {
         Ok(s) => s,
         Err(e) => return format!("{out}# could not render defaults: {e}\n"),
@@ -813,6 +973,7 @@ pub fn default_toml() -> String {
                     | "gossip.tailscale_tag"
                     | "cluster.address"
                     | "resolver.hosts_file"
+                    | "entrypoints.web.transport.max_connections"
             ) {
                 out.push_str(&format!("# {line}\n"));
                 continue;
@@ -898,6 +1059,81 @@ mod tests {
         let text = "[admin]\naddress = \"[::1]:9180\"\n";
         assert!(validate(parse(text, "a.toml").unwrap(), "a.toml", Path::new("."), Some(text)).is_ok());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn entrypoint_transport_defaults_and_keys() {
+        let c = parse(EMBEDDED_DEFAULT, "embedded").unwrap();
+        assert_eq!(c.entrypoints["web"].transport, TransportConfig::default());
+        let t = &c.entrypoints["web"].transport;
+        assert_eq!((t.read_timeout_ms, t.idle_timeout_ms), (60_000, 180_000));
+        assert_eq!((t.max_connections, t.max_connections_per_ip), (None, 1_000));
+        let text = "[entrypoints.web]\naddress = \"127.0.0.1:1\"\n[entrypoints.web.transport]\n\
+                    read_timeout_ms = 2000\nidle_timeout_ms = 3000\nbody_read_timeout_ms = 4000\n\
+                    write_timeout_ms = 0\nmax_connections = 50\nmax_connections_per_ip = 5\n";
+        let t = parse(text, "a.toml").unwrap().entrypoints["web"].transport.clone();
+        assert_eq!(
+            t,
+            TransportConfig {
+                read_timeout_ms: 2000,
+                idle_timeout_ms: 3000,
+                body_read_timeout_ms: 4000,
+                write_timeout_ms: 0,
+                max_connections: Some(50),
+                max_connections_per_ip: 5,
+            }
+        );
+        let e = parse(
+            "[entrypoints.web]\naddress = \"127.0.0.1:1\"\n[entrypoints.web.transport]\nread_timeout = 5\n",
+            "a.toml",
+        )
+        .unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("entrypoints.web.transport.read_timeout", 4), "{e}");
+        let text =
+            "[entrypoints.web]\naddress = \"127.0.0.1:1\"\n[entrypoints.web.transport]\nmax_connections_per_ip = 0\n";
+        let e = validate(parse(text, "a.toml").unwrap(), "a.toml", Path::new("."), Some(text)).unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.line, e.column),
+            ("entrypoints.web.transport.max_connections_per_ip", 4, 26),
+            "{e}"
+        );
+        let c = apply_env(
+            AgentConfig::default(),
+            vec![("CONSTELLATION_ENTRYPOINTS__WEB__TRANSPORT__MAX_CONNECTIONS".to_string(), "77".to_string())],
+        )
+        .unwrap();
+        assert_eq!(c.entrypoints["web"].transport.max_connections, Some(77));
+        let text = default_toml();
+        assert!(text.contains("[entrypoints.web.transport]\n"), "{text}");
+        assert!(text.contains("read_timeout_ms = 60000"), "{text}");
+        assert!(text.contains("# max_connections = 10000"), "{text}");
+    }
+
+    #[test]
+    fn forwarded_headers_parse_and_bad_entries_name_the_key() {
+        let text = "[entrypoints.web]\naddress = \"127.0.0.1:1\"\n\
+                    [entrypoints.web.forwarded_headers]\ntrusted_ips = [\"10.0.0.0/8\", \"::1\"]\n";
+        let v = validate(parse(text, "a.toml").unwrap(), "a.toml", Path::new("."), Some(text)).unwrap();
+        let web = &v.entrypoint_policies[0];
+        assert_eq!(web.name, "web");
+        assert!(web.forwarded.trusts(Some("10.1.2.3".parse().unwrap())));
+        assert!(!web.forwarded.trusts(Some("127.0.0.1".parse().unwrap())));
+        // Traefik's spelling is accepted too.
+        let c = parse(
+            "[entrypoints.web]\naddress = \"127.0.0.1:1\"\nforwardedHeaders = { trustedIPs = [\"1.2.3.4\"], insecure = true }\n",
+            "a.toml",
+        )
+        .unwrap();
+        assert!(c.entrypoints["web"].forwarded_headers.insecure);
+        let text = "[entrypoints.web]\naddress = \"127.0.0.1:1\"\n\
+                    [entrypoints.web.forwarded_headers]\ntrusted_ips = [\"10.0.0.0/33\"]\n";
+        let e = validate(parse(text, "a.toml").unwrap(), "a.toml", Path::new("."), Some(text)).unwrap_err();
+        assert_eq!(e.key, "entrypoints.web.forwarded_headers.trusted_ips");
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.message.contains("10.0.0.0/33"), "{e}");
+        // The default trusts nobody.
+        let v = validate(AgentConfig::default(), "d", Path::new("."), None).unwrap();
+        assert_eq!(v.entrypoint_policies[0].forwarded, constellation_proxy::ForwardedPolicy::default());
     }
 
     #[test]

@@ -251,6 +251,15 @@ impl Reloader {
                         tracing::warn!(service = %p.name, upstream = u.label(), reason, "upstream unavailable: no address");
                     }
                 }
+                self.metrics.router_unapplied.reset();
+                for r in &table.routes {
+                    for feature in &r.unapplied {
+                        self.metrics.router_unapplied.with_label_values(&[&r.name, feature]).set(i64::from(r.refused));
+                    }
+                    if r.refused {
+                        tracing::warn!(router = %r.name, needs = %r.unapplied.join("; "), "router refuses traffic: it needs features that are not applied");
+                    }
+                }
                 let routes = table.routes.len();
                 let live: Vec<_> = table.pools.iter().flat_map(|p| p.upstreams.iter().map(|u| u.key.clone())).collect();
                 let now = Instant::now();

@@ -191,6 +191,12 @@ pub struct RouteStatus {
     pub service: TargetStatus,
     /// Attempts cap for one request.
     pub max_attempts: u32,
+    /// Features it needs that are not applied (`middleware auth: basicAuth`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unapplied: Vec<String>,
+    /// Whether its requests are refused (503) because of `unapplied`.
+    #[serde(default)]
+    pub refused: bool,
 }
 
 /// A route's target.
@@ -322,6 +328,8 @@ pub fn routes_of(table: &RouteTable) -> Vec<RouteStatus> {
             entry_points: r.entry_points.clone(),
             service: TargetStatus::of(&r.target),
             max_attempts: r.max_attempts,
+            unapplied: r.unapplied.clone(),
+            refused: r.refused,
         })
         .collect()
 }

@@ -578,28 +578,28 @@ fn validation_errors_have_exact_messages() {
     assert_eq!(
         validation_errors(&config),
         [
-            r#"routes.yaml: http.routers.api: field "service": service "missing" is not defined (defined: a, b, f, lonely, w)"#,
-            r#"routes.yaml: http.routers.api: field "middlewares[1]": middleware "nope@file" is not defined (defined: add, auth, cb, r, to)"#,
-            r#"routes.yaml: http.routers.norule: field "rule": router has no rule"#,
-            r#"routes.yaml: http.routers.norule: field "priority": must not be negative"#,
-            r#"routes.yaml: http.services.a: field "servers[0].url": "foobar" is not an absolute http:// or https:// URL with a host"#,
-            r#"routes.yaml: http.services.a: field "servers[1].url": "ftp://files.example.com" has scheme "ftp"; only http and https are supported"#,
-            r#"routes.yaml: http.services.a: field "servers[3].url": "http://bad-port.example.com:http" has an invalid port "http""#,
-            r#"routes.yaml: http.services.a: field "healthCheck.interval": invalid duration "10x": unknown unit "x" (valid: ns, us, µs, ms, s, m, h)"#,
-            r#"routes.yaml: http.services.a: field "healthCheck.rise": must be at least 1"#,
-            r#"routes.yaml: http.services.a: field "serversTransport": serversTransport "nowhere" is not defined (defined: none)"#,
-            r#"routes.yaml: http.services.b: field "servers": loadBalancer has no servers"#,
-            r#"routes.yaml: http.services.lonely: field "fallback": failover has no fallback"#,
-            r#"routes.yaml: http.services.w: field "services[0].name": service "ghost" is not defined (defined: a, b, f, lonely, w)"#,
-            r#"routes.yaml: http.services.f: field "service": service reference cycle: f -> w -> f"#,
-            r#"routes.yaml: http.middlewares.add: field "addPrefix.prefix": must be set and not empty"#,
-            r#"routes.yaml: http.middlewares.cb: field "circuitBreaker.expression": must be set and not empty"#,
-            r#"routes.yaml: http.middlewares.cb: field "circuitBreaker.checkPeriod": invalid duration "1x": unknown unit "x" (valid: ns, us, µs, ms, s, m, h)"#,
-            r#"routes.yaml: http.middlewares.cb: field "circuitBreaker.responseCode": must be an HTTP status code (100-599)"#,
-            r#"routes.yaml: http.middlewares.r: field "retry.attempts": must be at least 1"#,
-            r#"routes.yaml: http.middlewares.r: field "retry.initialInterval": invalid duration "soon": expected a number"#,
-            r#"routes.yaml: http.middlewares.to: field "redirectScheme.scheme": must be set and not empty"#,
-            r#"routes.yaml: http.middlewares.to: field "redirectScheme.port": "https" is not a port number"#,
+            r#"routes.yaml:6:16: http.routers.api: field "service": service "missing" is not defined (defined: a, b, f, lonely, w)"#,
+            r#"routes.yaml:7:20: http.routers.api: field "middlewares[1]": middleware "nope@file" is not defined (defined: add, auth, cb, r, to)"#,
+            r#"routes.yaml:11:5: http.routers.norule: field "rule": router has no rule"#,
+            r#"routes.yaml:13:17: http.routers.norule: field "priority": must not be negative"#,
+            r#"routes.yaml:18:18: http.services.a: field "servers[0].url": "foobar" is not an absolute http:// or https:// URL with a host"#,
+            r#"routes.yaml:19:18: http.services.a: field "servers[1].url": "ftp://files.example.com" has scheme "ftp"; only http and https are supported"#,
+            r#"routes.yaml:21:18: http.services.a: field "servers[3].url": "http://bad-port.example.com:http" has an invalid port "http""#,
+            r#"routes.yaml:23:21: http.services.a: field "healthCheck.interval": invalid duration "10x": unknown unit "x" (valid: ns, us, µs, ms, s, m, h)"#,
+            r#"routes.yaml:24:17: http.services.a: field "healthCheck.rise": must be at least 1"#,
+            r#"routes.yaml:25:27: http.services.a: field "serversTransport": serversTransport "nowhere" is not defined (defined: none)"#,
+            r#"routes.yaml:26:5: http.services.b: field "servers": loadBalancer has no servers"#,
+            r#"routes.yaml:32:5: http.services.lonely: field "fallback": failover has no fallback"#,
+            r#"routes.yaml:38:19: http.services.w: field "services[0].name": service "ghost" is not defined (defined: a, b, f, lonely, w)"#,
+            r#"routes.yaml:30:18: http.services.f: field "service": service reference cycle: f -> w -> f"#,
+            r#"routes.yaml:55:5: http.middlewares.add: field "addPrefix.prefix": must be set and not empty"#,
+            r#"routes.yaml:48:5: http.middlewares.cb: field "circuitBreaker.expression": must be set and not empty"#,
+            r#"routes.yaml:50:22: http.middlewares.cb: field "circuitBreaker.checkPeriod": invalid duration "1x": unknown unit "x" (valid: ns, us, µs, ms, s, m, h)"#,
+            r#"routes.yaml:51:23: http.middlewares.cb: field "circuitBreaker.responseCode": must be an HTTP status code (100-599)"#,
+            r#"routes.yaml:46:19: http.middlewares.r: field "retry.attempts": must be at least 1"#,
+            r#"routes.yaml:47:26: http.middlewares.r: field "retry.initialInterval": invalid duration "soon": expected a number"#,
+            r#"routes.yaml:52:5: http.middlewares.to: field "redirectScheme.scheme": must be set and not empty"#,
+            r#"routes.yaml:54:16: http.middlewares.to: field "redirectScheme.port": "https" is not a port number"#,
         ]
     );
 }
@@ -616,6 +616,7 @@ fn validation_error_fields_are_structured() {
             object: "http.routers.api".into(),
             field: "service".into(),
             message: r#"service "missing" is not defined (defined: a, b, f, lonely, w)"#.into(),
+            position: Some(Position { line: 6, column: 16 }),
         }
     );
     // A configuration built in code has no recorded origin: the fallback is used.
@@ -684,8 +685,8 @@ http:
     assert_eq!(
         validation_errors(&config),
         [
-            r#"routes.yaml: http.services.a: field "service": service reference cycle: a -> b -> c -> a"#,
-            r#"routes.yaml: http.services.self: field "services[0].name": service reference cycle: self -> self"#,
+            r#"routes.yaml:8:27: http.services.a: field "service": service reference cycle: a -> b -> c -> a"#,
+            r#"routes.yaml:6:27: http.services.self: field "services[0].name": service reference cycle: self -> self"#,
         ]
     );
 }
@@ -720,13 +721,13 @@ udp:
     assert_eq!(
         validation_errors(&config),
         [
-            r#"routes.yaml: tcp.routers.db: field "rule": router has no rule"#,
-            r#"routes.yaml: tcp.routers.db: field "middlewares[0]": middleware "limit" is not defined (defined: none)"#,
-            r#"routes.yaml: tcp.routers.nosvc: field "service": router has no service"#,
-            r#"routes.yaml: tcp.services.pg: field "servers[0].address": "10.0.0.1" is not a host:port address"#,
-            r#"routes.yaml: tcp.services.w: field "services[0].name": service reference cycle: w -> w"#,
-            r#"routes.yaml: udp.routers.dns: field "service": service "resolver" is not defined (defined: empty)"#,
-            r#"routes.yaml: udp.services.empty: field "servers": loadBalancer has no servers"#,
+            r#"routes.yaml:4:5: tcp.routers.db: field "rule": router has no rule"#,
+            r#"routes.yaml:6:20: tcp.routers.db: field "middlewares[0]": middleware "limit" is not defined (defined: none)"#,
+            r#"routes.yaml:7:5: tcp.routers.nosvc: field "service": router has no service"#,
+            r#"routes.yaml:12:30: tcp.services.pg: field "servers[0].address": "10.0.0.1" is not a host:port address"#,
+            r#"routes.yaml:15:27: tcp.services.w: field "services[0].name": service reference cycle: w -> w"#,
+            r#"routes.yaml:19:16: udp.routers.dns: field "service": service "resolver" is not defined (defined: empty)"#,
+            r#"routes.yaml:21:5: udp.services.empty: field "servers": loadBalancer has no servers"#,
         ]
     );
 }
@@ -740,7 +741,7 @@ fn defined_list_is_capped() {
     assert_eq!(
         validation_errors(&yaml(&text)),
         [
-            r#"routes.yaml: http.routers.r: field "service": service "nope" is not defined (defined: s00, s01, s02, s03, s04, s05, s06, s07, s08, s09, … (12 in all))"#
+            r#"routes.yaml:5:16: http.routers.r: field "service": service "nope" is not defined (defined: s00, s01, s02, s03, s04, s05, s06, s07, s08, s09, … (12 in all))"#
         ]
     );
 }
@@ -835,7 +836,7 @@ fn merge_combines_files_and_remembers_origins() {
     // Validation names the file that defined the faulty object.
     assert_eq!(
         validation_errors(&all),
-        [r#"b.toml: http.routers.web: field "service": service "svc2" is not defined (defined: svc)"#]
+        [r#"b.toml:3:12: http.routers.web: field "service": service "svc2" is not defined (defined: svc)"#]
     );
 }
 

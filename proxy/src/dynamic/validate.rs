@@ -1,10 +1,12 @@
 //! Semantic checks of a (merged) dynamic configuration: references, servers, durations,
-//! cycles. Rule syntax is checked elsewhere (`crate::rule`).
+//! cycles, rule syntax (parsed by `crate::rule`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use super::{parse_duration, DynamicConfig, HttpService, Middleware, TcpService, TraefikDuration, UdpService};
+use super::{
+    parse_duration, DynamicConfig, HttpService, Middleware, Position, TcpService, TraefikDuration, UdpService,
+};
 
 /// One problem found by [`DynamicConfig::validate`].
 ///
@@ -20,11 +22,17 @@ pub struct ValidationError {
     pub field: String,
     /// What is wrong.
     pub message: String,
+    /// Where the field is written in the origin, when it can be found.
+    pub position: Option<Position>,
 }
 
 impl fmt::Display for ValidationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: field {:?}: {}", self.origin, self.object, self.field, self.message)
+        write!(f, "{}", self.origin)?;
+        if let Some(p) = self.position {
+            write!(f, ":{}:{}", p.line, p.column)?;
+        }
+        write!(f, ": {}: field {:?}: {}", self.object, self.field, self.message)
     }
 }
 
@@ -37,7 +45,7 @@ impl DynamicConfig {
     /// servers with absolute `http`/`https` URLs (TCP/UDP: `host:port` addresses), that
     /// there is no service reference cycle, that durations parse, that every HTTP/TCP
     /// router has a rule and a service, and the required settings of the supported
-    /// middlewares. Rule syntax is not checked here.
+    /// middlewares, and that every rule parses.
     ///
     /// Each error names the file that defined the object, or `origin` when none was
     /// recorded. All problems are returned, in a deterministic order.
@@ -173,6 +181,7 @@ impl Checker<'_> {
             object: object.to_string(),
             field: field.to_string(),
             message: message.into(),
+            position: self.config.position(object, field).map(|(_, p)| p),
         });
     }
 
@@ -235,8 +244,17 @@ impl Checker<'_> {
         let http = &config.http;
         for (name, router) in &http.routers {
             let object = format!("http.routers.{name}");
-            if router.rule.as_deref().is_none_or(|r| r.trim().is_empty()) {
-                self.push(&object, "rule", "router has no rule");
+            match router.rule.as_deref() {
+                Some(rule) if !rule.trim().is_empty() => {
+                    if let Err(e) = crate::rule::Rule::parse(rule) {
+                        self.push(&object, "rule", format!("{e} in {rule:?}"));
+                        // Point into the rule, when it is written on one line.
+                        if let Some(p) = self.errors.last_mut().and_then(|e| e.position.as_mut()) {
+                            p.column += e.column.saturating_sub(1);
+                        }
+                    }
+                }
+                _ => self.push(&object, "rule", "router has no rule"),
             }
             self.required_reference(
                 &object,

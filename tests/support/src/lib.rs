@@ -9,6 +9,8 @@
 //! - [`eventually`]: polling with deadlines instead of sleeps.
 //! - [`Backend`] and [`Client`]: a controllable HTTP/1.1 backend and a client that never
 //!   resends, both on hyper, with chunked and slowly streamed bodies.
+//! - [`RawBackend`] and [`raw_exchange`]: raw-socket HTTP/1.1 peers for framing tests; the
+//!   backend records every byte it receives.
 //! - [`FakeCloudflare`]: a Cloudflare v4 API on a real socket.
 //! - [`report`]: the helpers benchmarks use to write their results.
 //!
@@ -25,6 +27,7 @@ pub mod cloudflare;
 mod fleet;
 mod node;
 mod partition;
+mod raw;
 pub mod report;
 mod scratch;
 mod status;
@@ -38,6 +41,7 @@ pub use cloudflare::FakeCloudflare;
 pub use fleet::{Fleet, FleetSpec, NodeSpec, Settled, Timings};
 pub use node::{Event, Node};
 pub use partition::{Partition, Plane};
+pub use raw::{raw_exchange, RawBackend, RawReply, RawRequest};
 pub use scratch::{dead_addr, free_port, non_loopback_ip, take_cluster_port, take_port, Scratch};
 pub use status::{
     identities, lease_seen, member, member_states, members, metric_value, raft_leader, raft_term, service_status,

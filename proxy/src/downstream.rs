@@ -1,0 +1,562 @@
+//! Downstream connection limits per entry point: a cap on connections (in total and per
+//! client IP), one deadline for the whole request head, a keep-alive idle timeout, and
+//! stall timeouts for request-body reads and response writes.
+//!
+//! Pingora times each read on its own (a byte now and then keeps a request head open
+//! forever) and counts no connections, so [`LimitedApp`] wraps the HTTP proxy app: it
+//! admits or refuses each accepted connection (an RAII [`Admission`] held for its
+//! lifetime), then runs the HTTP/1.x keep-alive loop itself, racing each request head
+//! against its deadline. The proxy's `on_connection_reuse` hook, which Pingora calls as
+//! soon as a head is parsed, stops the clock through [`head_received`].
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::server::ShutdownWatch;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use serde::{Deserialize, Serialize};
+
+/// Default deadline for a whole request head (ms), as Traefik's
+/// `respondingTimeouts.readTimeout` (60 s).
+pub const DEFAULT_READ_TIMEOUT_MS: u64 = 60_000;
+/// Default keep-alive idle timeout (ms), as Traefik's `respondingTimeouts.idleTimeout` (180 s).
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 180_000;
+/// Default stall timeout of each request-body read (ms).
+pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 60_000;
+/// Default stall timeout of each response write to the client (ms).
+pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 60_000;
+/// Default cap on connections from one client IP.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 1_000;
+/// File descriptors kept out of the automatic connection budget: the admin port, route
+/// and data files, the cluster ports, logs.
+pub const RESERVED_FDS: u64 = 1_024;
+/// The automatic cap never goes below this many connections per entry point.
+pub const MIN_AUTO_MAX_CONNECTIONS: u32 = 32;
+
+/// `[entrypoints.<name>.transport]`: limits on the connections of one entry point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportConfig {
+    /// Deadline for the whole request head, in milliseconds: from the accept for a
+    /// connection's first request, from the first byte of each later one. Bytes that
+    /// trickle in do not extend it; past it the connection is closed. Mirrors Traefik's
+    /// `respondingTimeouts.readTimeout` (which also covers the body; here the body has
+    /// `body_read_timeout_ms`). Default 60000.
+    pub read_timeout_ms: u64,
+    /// A keep-alive connection waiting for its next request is closed after this many
+    /// milliseconds. Mirrors Traefik's `respondingTimeouts.idleTimeout`. Default 180000.
+    pub idle_timeout_ms: u64,
+    /// A request body read that gets no byte for this many milliseconds ends the request
+    /// with 408 (a client error, never charged to the upstream). It also bounds the
+    /// silence of an upgraded connection (WebSocket), as Pingora's own 60 s did.
+    /// Default 60000.
+    pub body_read_timeout_ms: u64,
+    /// A response write the client does not take for this many milliseconds closes the
+    /// connection; 0 = no limit. Traefik's `respondingTimeouts.writeTimeout` is a deadline
+    /// for the whole response (hence its default 0); this is a stall timeout per write,
+    /// which a client that reads never hits. Default 60000.
+    pub write_timeout_ms: u64,
+    /// Connections this entry point holds at once; more are closed at accept. Default:
+    /// sized from the file limit (half of it less 1024 reserved, shared by the entry
+    /// points that leave it unset), as the agent raises its soft limit to the hard one.
+    pub max_connections: Option<u32>,
+    /// Connections one client IP may hold on this entry point at once. Default 1000.
+    pub max_connections_per_ip: u32,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            read_timeout_ms: DEFAULT_READ_TIMEOUT_MS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
+            write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
+            max_connections: None,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+        }
+    }
+}
+
+impl TransportConfig {
+    /// Check ranges; returns `(key, message)` for the first bad value.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, v) in [
+            ("read_timeout_ms", self.read_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err((key, "must be greater than 0".into()));
+            }
+        }
+        if self.max_connections == Some(0) {
+            return Err(("max_connections", "must be greater than 0 (leave it unset for the automatic size)".into()));
+        }
+        if self.max_connections_per_ip == 0 {
+            return Err(("max_connections_per_ip", "must be greater than 0".into()));
+        }
+        Ok(())
+    }
+
+    /// The limits in force, with `auto_max_connections` where `max_connections` is unset.
+    pub fn limits(&self, auto_max_connections: u32) -> Limits {
+        let ms = Duration::from_millis;
+        Limits {
+            read_timeout: ms(self.read_timeout_ms),
+            idle_timeout: ms(self.idle_timeout_ms),
+            body_read_timeout: ms(self.body_read_timeout_ms),
+            write_timeout: (self.write_timeout_ms > 0).then(|| ms(self.write_timeout_ms)),
+            max_connections: self.max_connections.unwrap_or(auto_max_connections) as usize,
+            max_connections_per_ip: self.max_connections_per_ip as usize,
+        }
+    }
+}
+
+/// The automatic `max_connections` of each of `unset` entry points when the process may
+/// hold `nofile` descriptors: every proxied connection may need an upstream one too, so
+/// half of what is left after [`RESERVED_FDS`], shared equally.
+pub fn auto_max_connections(nofile: u64, unset: usize) -> u32 {
+    let budget = nofile.saturating_sub(RESERVED_FDS) / 2 / (unset.max(1) as u64);
+    u32::try_from(budget).unwrap_or(u32::MAX).max(MIN_AUTO_MAX_CONNECTIONS)
+}
+
+/// Read buffer of each client connection, in bytes. Pingora's default (64 KiB, zeroed
+/// at accept) made every idle connection cost ~90 kB of resident memory (~27 kB now). A small one
+/// still holds a whole ordinary request head, so the 1-byte peek that ends a keep-alive
+/// wait costs no extra read; larger body reads bypass it.
+pub const CLIENT_READ_BUFFER: usize = 4 * 1024;
+
+/// The listener of an entry point on `addr`, with the client buffer sizes above.
+pub fn listener(addr: &str) -> ListenerConfig {
+    ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::new(CLIENT_READ_BUFFER, DEFAULT_L4_WRITE_BUFFER_SIZE))
+}
+
+/// Resolved limits of one entry point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Deadline of a whole request head.
+    pub read_timeout: Duration,
+    /// Keep-alive idle timeout.
+    pub idle_timeout: Duration,
+    /// Stall timeout of each request-body read.
+    pub body_read_timeout: Duration,
+    /// Stall timeout of each response write; `None` = no limit.
+    pub write_timeout: Option<Duration>,
+    /// Connections held at once.
+    pub max_connections: usize,
+    /// Connections held at once per client IP.
+    pub max_connections_per_ip: usize,
+}
+
+/// Downstream connection metrics, labelled by entry point.
+#[derive(Clone)]
+pub struct DownstreamMetrics {
+    /// Connections open now.
+    pub connections: IntGaugeVec,
+    /// Connections closed at accept, by reason.
+    pub refused: IntCounterVec,
+    /// Connections or requests cut by a timeout, by kind.
+    pub timeouts: IntCounterVec,
+}
+
+impl DownstreamMetrics {
+    /// Create the metrics and register them in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            connections: IntGaugeVec::new(
+                Opts::new("constellation_downstream_connections", "Client connections open now, per entry point."),
+                &["entrypoint"],
+            )?,
+            refused: IntCounterVec::new(
+                Opts::new(
+                    "constellation_downstream_refused_total",
+                    "Client connections closed at accept, by reason: max_connections, max_connections_per_ip.",
+                ),
+                &["entrypoint", "reason"],
+            )?,
+            timeouts: IntCounterVec::new(
+                Opts::new(
+                    "constellation_downstream_timeouts_total",
+                    "Client connections or requests cut by a timeout, by kind: head (request head not complete \
+                     in time), idle (keep-alive), body (request body stalled; answered 408).",
+                ),
+                &["entrypoint", "kind"],
+            )?,
+        };
+        registry.register(Box::new(m.connections.clone()))?;
+        registry.register(Box::new(m.refused.clone()))?;
+        registry.register(Box::new(m.timeouts.clone()))?;
+        Ok(m)
+    }
+}
+
+/// One entry point: where it listens, its limits, its counts.
+pub struct Entrypoint {
+    name: String,
+    listen: SocketAddr,
+    limits: Limits,
+    open: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    gauge: IntGauge,
+    refused_total: IntCounter,
+    refused_per_ip: IntCounter,
+    head_timeouts: IntCounter,
+    idle_timeouts: IntCounter,
+    body_timeouts: IntCounter,
+}
+
+impl std::fmt::Debug for Entrypoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entrypoint")
+            .field("name", &self.name)
+            .field("listen", &self.listen)
+            .field("limits", &self.limits)
+            .field("open", &self.open.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Entrypoint {
+    /// The entry point `name` listening on `listen` with `limits`, counting into `metrics`.
+    pub fn new(name: &str, listen: SocketAddr, limits: Limits, metrics: &DownstreamMetrics) -> Self {
+        Self {
+            name: name.to_string(),
+            listen,
+            limits,
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            gauge: metrics.connections.with_label_values(&[name]),
+            refused_total: metrics.refused.with_label_values(&[name, "max_connections"]),
+            refused_per_ip: metrics.refused.with_label_values(&[name, "max_connections_per_ip"]),
+            head_timeouts: metrics.timeouts.with_label_values(&[name, "head"]),
+            idle_timeouts: metrics.timeouts.with_label_values(&[name, "idle"]),
+            body_timeouts: metrics.timeouts.with_label_values(&[name, "body"]),
+        }
+    }
+
+    /// The entry point's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Admit one connection from `ip`, or refuse it (counted) when a cap is reached.
+    pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Option<Admission> {
+        let total = self.open.fetch_add(1, Ordering::AcqRel);
+        if total >= self.limits.max_connections {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            self.refused_total.inc();
+            return None;
+        }
+        let ip = ip.map(|ip| ip.to_canonical());
+        if let Some(ip) = ip {
+            let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(ip).or_insert(0);
+            if *n >= self.limits.max_connections_per_ip {
+                drop(map);
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                self.refused_per_ip.inc();
+                return None;
+            }
+            *n += 1;
+        }
+        self.gauge.inc();
+        Some(Admission { entry: self.clone(), ip })
+    }
+
+    fn matches(&self, local: SocketAddr) -> bool {
+        self.listen.port() == local.port()
+            && (self.listen.ip().is_unspecified() || self.listen.ip().to_canonical() == local.ip().to_canonical())
+    }
+}
+
+/// One admitted connection; dropping it gives the slot back.
+#[derive(Debug)]
+pub struct Admission {
+    entry: Arc<Entrypoint>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip {
+            let mut map = self.entry.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+        self.entry.open.fetch_sub(1, Ordering::AcqRel);
+        self.entry.gauge.dec();
+    }
+}
+
+/// The per-connection state the proxy sees: whether the current head is complete, and
+/// the entry point to count a body stall on.
+#[derive(Debug)]
+pub struct Connection {
+    entry: Arc<Entrypoint>,
+    head_done: AtomicBool,
+}
+
+impl Connection {
+    /// Count a request ended because its body stalled (answered 408).
+    pub fn count_body_timeout(&self) {
+        self.entry.body_timeouts.inc();
+    }
+
+    /// The entry point this connection came in on.
+    pub fn entrypoint(&self) -> &str {
+        &self.entry.name
+    }
+}
+
+/// Handed to Pingora as the connection's user context before each request; it comes
+/// back through `ProxyHttp::on_connection_reuse` once the head is parsed.
+struct HeadSignal(Arc<Connection>);
+
+/// Call from `ProxyHttp::on_connection_reuse` with its `prev_ctx`: stops the head clock
+/// of the connection, and returns its state when the context came from [`LimitedApp`].
+pub fn head_received(prev_ctx: Box<dyn Any + Send + Sync>) -> Option<Arc<Connection>> {
+    let signal = prev_ctx.downcast::<HeadSignal>().ok()?;
+    signal.0.head_done.store(true, Ordering::Release);
+    Some(signal.0)
+}
+
+/// Resolves when `deadline` passes while the head is still incomplete; never otherwise.
+async fn head_expired(conn: &Connection, deadline: Instant) {
+    tokio::time::sleep_until(deadline.into()).await;
+    if conn.head_done.load(Ordering::Acquire) {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Pingora's keep-alive setting is in whole seconds and times each read of a head; the
+/// head deadline and idle wait here are the real limits, so it is set a second longer
+/// than either (a tie would close the connection quietly, uncounted).
+fn keepalive_secs(limits: &Limits) -> u64 {
+    limits.idle_timeout.max(limits.read_timeout).as_millis().div_ceil(1000) as u64 + 1
+}
+
+/// The HTTP app `A` (the proxy) behind the limits of its entry points.
+pub struct LimitedApp<A> {
+    app: Arc<A>,
+    entrypoints: Vec<Arc<Entrypoint>>,
+}
+
+impl<A> LimitedApp<A> {
+    /// `app` behind `entrypoints`; a connection is matched to the entry point by its
+    /// local address (the first one when none matches).
+    pub fn new(app: A, entrypoints: Vec<Arc<Entrypoint>>) -> Self {
+        Self { app: Arc::new(app), entrypoints }
+    }
+
+    /// The entry points, for status.
+    pub fn entrypoints(&self) -> &[Arc<Entrypoint>] {
+        &self.entrypoints
+    }
+
+    fn entrypoint_for(&self, local: Option<SocketAddr>) -> Option<&Arc<Entrypoint>> {
+        local
+            .and_then(|l| {
+                // An exact address wins over a wildcard listener on the same port.
+                self.entrypoints
+                    .iter()
+                    .find(|e| e.listen.ip() == l.ip() && e.listen.port() == l.port())
+                    .or_else(|| self.entrypoints.iter().find(|e| e.matches(l)))
+            })
+            .or_else(|| self.entrypoints.first())
+    }
+
+    fn prepare(session: &mut ServerSession, limits: &Limits, conn: &Arc<Connection>) {
+        conn.head_done.store(false, Ordering::Release);
+        session.set_keepalive(Some(keepalive_secs(limits)));
+        session.set_read_timeout(Some(limits.body_read_timeout));
+        session.set_write_timeout(limits.write_timeout);
+        session.set_connection_user_context(Some(Box::new(HeadSignal(conn.clone()))));
+    }
+}
+
+fn inet(addr: Option<&pingora_core::protocols::l4::socket::SocketAddr>) -> Option<SocketAddr> {
+    addr.and_then(|a| a.as_inet()).copied()
+}
+
+#[async_trait]
+impl<A> ServerApp for LimitedApp<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let accepted = Instant::now();
+        let digest = stream.get_socket_digest();
+        let local = inet(digest.as_ref().and_then(|d| d.local_addr()));
+        let peer = inet(digest.as_ref().and_then(|d| d.peer_addr()));
+        let entry = self.entrypoint_for(local)?.clone();
+        // Dropping the stream closes the connection: nothing is read or written.
+        let _admission = entry.admit(peer.map(|p| p.ip()))?;
+        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
+            || self.app.server_options().is_some_and(|o| o.h2c || o.force_custom);
+        if h2 {
+            // HTTP/2 and custom protocols keep Pingora's own loop; only the caps apply.
+            return ServerApp::process_new(&self.app, stream, shutdown).await;
+        }
+        let limits = entry.limits.clone();
+        let conn = Arc::new(Connection { entry: entry.clone(), head_done: AtomicBool::new(false) });
+        let mut session = ServerSession::new_http1(stream);
+        Self::prepare(&mut session, &limits, &conn);
+        if *shutdown.borrow() {
+            // Shutting down: answer this request, then close.
+            session.set_keepalive(None);
+        }
+        let mut deadline = accepted + limits.read_timeout;
+        loop {
+            let served = tokio::select! {
+                biased;
+                served = self.app.process_new_http(session, shutdown) => served,
+                _ = head_expired(&conn, deadline) => {
+                    entry.head_timeouts.inc();
+                    tracing::debug!(entrypoint = %entry.name, peer = ?peer, "request head not complete in time; connection closed");
+                    return None;
+                }
+            };
+            let (mut stream, persistent) = served?.consume();
+            // Idle until the next request's first byte (or the client closes).
+            let mut first = [0u8; 1];
+            let mut stopping = shutdown.clone();
+            tokio::select! {
+                peeked = tokio::time::timeout(limits.idle_timeout, stream.try_peek(&mut first)) => match peeked {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => return None,
+                    Err(_) => {
+                        entry.idle_timeouts.inc();
+                        return None;
+                    }
+                },
+                _ = stopping.wait_for(|s| *s) => return None,
+            }
+            deadline = Instant::now() + limits.read_timeout;
+            session = ServerSession::new_http1(stream);
+            if let Some(p) = persistent {
+                p.apply_to_session(&mut session);
+            }
+            Self::prepare(&mut session, &limits, &conn);
+        }
+    }
+
+    async fn cleanup(&self) {
+        ServerApp::cleanup(&*self.app).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults_mirror_traefik_and_validate() {
+        let t = TransportConfig::default();
+        assert_eq!(t.read_timeout_ms, 60_000, "Traefik's readTimeout");
+        assert_eq!(t.idle_timeout_ms, 180_000, "Traefik's idleTimeout");
+        assert_eq!(t.body_read_timeout_ms, 60_000);
+        assert_eq!(t.write_timeout_ms, 60_000);
+        assert_eq!(t.max_connections, None);
+        assert!(t.max_connections_per_ip >= 1_000, "a load test from one address must work");
+        assert_eq!(t.validate(), Ok(()));
+        let l = t.limits(5_000);
+        assert_eq!(l.max_connections, 5_000);
+        assert_eq!(l.read_timeout, Duration::from_secs(60));
+        assert_eq!(l.write_timeout, Some(Duration::from_secs(60)));
+        let none = TransportConfig { write_timeout_ms: 0, max_connections: Some(7), ..t.clone() }.limits(5_000);
+        assert_eq!((none.write_timeout, none.max_connections), (None, 7));
+        for bad in [
+            TransportConfig { read_timeout_ms: 0, ..t.clone() },
+            TransportConfig { idle_timeout_ms: 0, ..t.clone() },
+            TransportConfig { body_read_timeout_ms: 0, ..t.clone() },
+            TransportConfig { max_connections: Some(0), ..t.clone() },
+            TransportConfig { max_connections_per_ip: 0, ..t.clone() },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn automatic_cap_leaves_room_for_upstreams_and_files() {
+        assert_eq!(auto_max_connections(20_000, 1), (20_000 - 1_024) / 2);
+        assert_eq!(auto_max_connections(1_048_576, 2), (1_048_576 - 1_024) / 4);
+        assert_eq!(auto_max_connections(1_024, 1), MIN_AUTO_MAX_CONNECTIONS);
+        assert_eq!(auto_max_connections(20_000, 0), auto_max_connections(20_000, 1));
+    }
+
+    fn entry(max: u32, per_ip: u32) -> Arc<Entrypoint> {
+        let metrics = DownstreamMetrics::register(&Registry::new()).unwrap();
+        let cfg = TransportConfig { max_connections: Some(max), max_connections_per_ip: per_ip, ..Default::default() };
+        Arc::new(Entrypoint::new("web", "127.0.0.1:80".parse().unwrap(), cfg.limits(0), &metrics))
+    }
+
+    #[test]
+    fn caps_refuse_and_slots_come_back() {
+        let e = entry(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a1 = e.admit(Some(a)).unwrap();
+        let _a2 = e.admit(Some(a)).unwrap();
+        assert!(e.admit(Some(a)).is_none(), "third from one IP");
+        assert_eq!(e.refused_per_ip.get(), 1);
+        let _b1 = e.admit(Some(b)).unwrap();
+        assert!(e.admit(Some(b)).is_none(), "fourth in total");
+        assert_eq!(e.refused_total.get(), 1);
+        assert_eq!((e.open(), e.gauge.get()), (3, 3));
+        drop(a1);
+        assert_eq!((e.open(), e.gauge.get()), (2, 2));
+        let _a3 = e.admit(Some("::ffff:10.0.0.1".parse().unwrap())).unwrap();
+        assert!(e.admit(Some(a)).is_none(), "a mapped address is the same IP");
+    }
+
+    #[test]
+    fn entrypoint_by_local_address() {
+        let metrics = DownstreamMetrics::register(&Registry::new()).unwrap();
+        let l = TransportConfig::default().limits(10);
+        let app = LimitedApp::new(
+            (),
+            vec![
+                Arc::new(Entrypoint::new("any", "0.0.0.0:80".parse().unwrap(), l.clone(), &metrics)),
+                Arc::new(Entrypoint::new("mesh", "10.0.0.1:80".parse().unwrap(), l.clone(), &metrics)),
+                Arc::new(Entrypoint::new("alt", "127.0.0.1:81".parse().unwrap(), l, &metrics)),
+            ],
+        );
+        let name = |a: &str| app.entrypoint_for(Some(a.parse().unwrap())).unwrap().name().to_string();
+        assert_eq!(name("10.0.0.1:80"), "mesh");
+        assert_eq!(name("192.168.1.1:80"), "any");
+        assert_eq!(name("127.0.0.1:81"), "alt");
+        assert_eq!(name("127.0.0.1:82"), "any", "unknown: the first");
+    }
+
+    #[test]
+    fn keepalive_setting_outlasts_the_limits() {
+        let l = TransportConfig { read_timeout_ms: 2_500, idle_timeout_ms: 900, ..Default::default() }.limits(1);
+        assert_eq!(keepalive_secs(&l), 4);
+        let l = TransportConfig { read_timeout_ms: 100, idle_timeout_ms: 100, ..Default::default() }.limits(1);
+        assert_eq!(keepalive_secs(&l), 2);
+    }
+}

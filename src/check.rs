@@ -1,0 +1,72 @@
+//! `constellation config check FILE`: everything the agent would refuse or fail on at
+//! start, reported at once, each problem with its file, line, column and key.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use constellation_plane::config;
+use constellation_proxy::{AddressMap, UpstreamRegistry};
+
+use crate::{agent, EX_CONFIG};
+
+/// Check `file` and the route files it names; exit 78 when anything is wrong.
+pub fn run(file: &Path, allow_unsupported: bool) -> ExitCode {
+    let mut cfg = match config::load_all(Some(file)) {
+        Ok(c) => c,
+        Err(errors) => return fail(&errors.iter().map(ToString::to_string).collect::<Vec<_>>()),
+    };
+    cfg.config.proxy.allow_unsupported |= allow_unsupported;
+    let dynamic = match constellation_plane::load_sources(&agent::route_sources(&cfg)) {
+        Ok(d) => d,
+        Err(errors) => return fail(&errors),
+    };
+    let registry = UpstreamRegistry::default();
+    let compiled =
+        constellation_proxy::compile(&dynamic, &cfg.config.proxy, &cfg.entrypoints, &registry, &AddressMap::new(), 1);
+    let (table, warnings) = match compiled {
+        Ok(t) => t,
+        Err(errors) => return fail(&errors.iter().map(ToString::to_string).collect::<Vec<_>>()),
+    };
+    for w in dynamic.unsupported().iter().chain(&warnings) {
+        println!("warning: {w}");
+    }
+    let mut errors = Vec::new();
+    for r in &table.routes {
+        if r.unapplied.is_empty() {
+            continue;
+        }
+        let object = format!("http.routers.{}", r.name);
+        let place = match dynamic.position(&object, "") {
+            Some((origin, p)) => format!("{origin}:{}:{}: ", p.line, p.column),
+            None => dynamic.origin_of(&object).map(|o| format!("{o}: ")).unwrap_or_default(),
+        };
+        let needs = r.unapplied.join("; ");
+        if r.refused {
+            errors.push(format!(
+                "{place}{object}: refused: it needs what Constellation does not apply: {needs} \
+                 (its requests get 503; --allow-unsupported serves it without them)"
+            ));
+        } else {
+            println!("warning: {place}{object}: served WITHOUT {needs} (allow_unsupported is set)");
+        }
+    }
+    if !errors.is_empty() {
+        return fail(&errors);
+    }
+    println!(
+        "{}: ok ({} entrypoints, {} routes, {} services)",
+        file.display(),
+        cfg.entrypoints.len(),
+        table.routes.len(),
+        table.pools.len()
+    );
+    ExitCode::SUCCESS
+}
+
+fn fail(errors: &[String]) -> ExitCode {
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    eprintln!("{} error{} found", errors.len(), if errors.len() == 1 { "" } else { "s" });
+    ExitCode::from(EX_CONFIG)
+}
