@@ -7,6 +7,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use constellation_plane::config::{LoadedConfig, EMBEDDED_ROUTES};
+use constellation_plane::plane::{Lifecycle, Phase};
 use constellation_plane::{AdminApp, AdminState, Reloader, Resolver, RouteSource};
 use constellation_proxy::downstream::auto_max_connections;
 use constellation_proxy::{
@@ -14,7 +15,7 @@ use constellation_proxy::{
     RouteTable, SmartFailoverProxy,
 };
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::server::{RunArgs, Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 
@@ -48,6 +49,9 @@ struct ControlLoop {
     metrics: ProxyMetrics,
     prober: Arc<Prober>,
     interval: Duration,
+    lifecycle: Lifecycle,
+    /// How long requests in flight get after the listeners closed.
+    drain_timeout: Duration,
 }
 
 #[async_trait]
@@ -74,7 +78,7 @@ impl BackgroundService for ControlLoop {
                 self.admin.clone(),
                 self.registry.clone(),
                 events,
-                stopped(stop_rx.clone()),
+                self.lifecycle.clone(),
             ))
         });
         let watcher = tokio::spawn(self.reloader.clone().watch(
@@ -87,12 +91,25 @@ impl BackgroundService for ControlLoop {
             stopped(stop_rx),
         ));
         let _ = shutdown.changed().await;
+        // The listeners are closed now. After a SIGTERM drain (see `shutdown.rs`),
+        // requests in flight finish before the node leaves the cluster.
+        let planned = self.lifecycle.phase() >= Phase::Draining;
+        if planned {
+            let left = crate::shutdown::finish_requests(&self.metrics, self.drain_timeout).await;
+            tracing::info!(still_in_flight = left, "requests in flight finished; leaving the cluster");
+        }
+        self.lifecycle.advance(Phase::Stopping);
         let _ = stop_tx.send(true);
         // Let the control plane leave the cluster gracefully before the process ends.
         if let Some(p) = plane {
             let _ = tokio::time::timeout(Duration::from_secs(3), p).await;
         }
         watcher.abort();
+        if planned {
+            // Nothing is left to wait for: Pingora would sleep out its grace period.
+            tracing::info!("shutdown complete");
+            std::process::exit(0);
+        }
     }
 }
 
@@ -181,8 +198,11 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
 
     let conf = ServerConf {
         threads: settings.threads,
-        grace_period_seconds: Some(settings.grace_period_secs),
-        graceful_shutdown_timeout_seconds: Some(settings.graceful_shutdown_timeout_secs),
+        // Pingora closes the listeners when `PlannedStop` returns (after our own grace
+        // period), then sleeps this long for requests in flight, then stops its runtimes
+        // (ControlLoop exits earlier once nothing is in flight).
+        grace_period_seconds: Some(settings.graceful_shutdown_timeout_secs),
+        graceful_shutdown_timeout_seconds: Some(1),
         // Our own attempt cap is tighter; this only guards against a bug looping forever.
         max_retries: 16,
         upstream_keepalive_pool_size: 256,
@@ -193,6 +213,7 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
             .to_string(),
         ..ServerConf::default()
     };
+    let lifecycle = Lifecycle::default();
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
@@ -248,8 +269,12 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
             metrics,
             prober,
             interval: Duration::from_millis(cfg.config.routes.watch_interval_ms),
+            lifecycle: lifecycle.clone(),
+            drain_timeout: Duration::from_secs(settings.graceful_shutdown_timeout_secs),
         },
     ));
     tracing::info!(node = %cfg.config.node.name, config = %cfg.origin, "agent starting");
-    server.run_forever()
+    let grace = Duration::from_secs(settings.grace_period_secs);
+    server.run(RunArgs { shutdown_signal: Box::new(crate::shutdown::PlannedStop { lifecycle, grace }) });
+    std::process::exit(0)
 }

@@ -13,6 +13,7 @@ mod check;
 mod cli;
 mod demo;
 mod pingora_log;
+mod shutdown;
 mod welcome;
 
 #[global_allocator]
@@ -155,11 +156,16 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum TraefikCommand {
-    /// Print the Traefik dynamic configuration the agent would serve.
+    /// Print the Traefik dynamic configuration the agent would serve. Credentials
+    /// (credential header values, basicAuth/digestAuth users, URL user info, private keys)
+    /// are shown as REDACTED unless --show-secrets is given.
     Dump {
         /// Configuration file (default: the embedded default).
         #[arg(short = 'c', long = "config")]
         config: Option<PathBuf>,
+        /// Print credentials as they are (e.g. to feed Traefik's file provider).
+        #[arg(long)]
+        show_secrets: bool,
     },
 }
 
@@ -208,7 +214,8 @@ fn main() -> ExitCode {
             match agent::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e @ agent::StartError::Routes(_)) => {
-                    eprintln!("error: {e}");
+                    // Route errors quote URLs: their user info stays out of the log.
+                    eprintln!("error: {}", constellation_proxy::redact::redact_text(&e.to_string()));
                     ExitCode::from(EX_CONFIG)
                 }
                 Err(e) => {
@@ -224,15 +231,24 @@ fn main() -> ExitCode {
         Command::Config { command: ConfigCommand::Check { file, allow_unsupported } } => {
             check::run(&file, allow_unsupported)
         }
-        Command::Traefik { command: TraefikCommand::Dump { config } } => {
+        Command::Traefik { command: TraefikCommand::Dump { config, show_secrets } } => {
             let cfg = match load(config.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             match constellation_plane::load_sources(&agent::route_sources(&cfg)) {
-                Ok(d) => match serde_json::to_string_pretty(&d) {
-                    Ok(s) => {
+                Ok(d) => match serde_json::to_value(&d).and_then(|mut doc| {
+                    let real = doc.clone();
+                    if !show_secrets {
+                        constellation_proxy::redact::redact_value(&mut doc);
+                    }
+                    Ok((serde_json::to_string_pretty(&doc)?, doc != real))
+                }) {
+                    Ok((s, redacted)) => {
                         println!("{s}");
+                        if redacted {
+                            eprintln!("note: credentials are shown as REDACTED; --show-secrets prints them");
+                        }
                         ExitCode::SUCCESS
                     }
                     Err(e) => {

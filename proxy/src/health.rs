@@ -207,6 +207,7 @@ mod tests {
         let parsed = crate::upstream::parse_server_url(url).unwrap();
         Upstream {
             key: UpstreamKey { service: "s".into(), url: url.into() },
+            label: url.into(),
             addr,
             address_error: addr.is_none().then(|| "app.test:80: no such host".to_string()),
             authority: parsed.authority,

@@ -20,6 +20,7 @@ pub mod framing;
 pub mod health;
 pub mod metrics;
 pub mod probe;
+pub mod redact;
 pub mod rule;
 pub mod settings;
 pub mod smart;

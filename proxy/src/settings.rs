@@ -78,9 +78,11 @@ pub struct ProxySettings {
     pub health_fall: u32,
     /// Worker threads of the proxy service. Default 2.
     pub threads: usize,
-    /// Seconds between a shutdown signal and closing the listeners. Default 5.
+    /// Seconds the listeners stay open after SIGTERM, once the node released its leases
+    /// (Traefik's `lifeCycle.requestAcceptGraceTimeout`). Default 5.
     pub grace_period_secs: u64,
-    /// Seconds in-flight requests get after the listeners closed. Default 10.
+    /// Seconds requests in flight get after the listeners closed; the process exits as
+    /// soon as none is left (Traefik's `lifeCycle.graceTimeOut`). Default 10.
     pub graceful_shutdown_timeout_secs: u64,
     /// Serve routers that need a feature Constellation does not apply (a `basicAuth`
     /// middleware, a `sticky` load balancer…) as if the feature were absent, instead of

@@ -24,6 +24,9 @@ pub struct UpstreamKey {
 pub struct Upstream {
     /// Identity.
     pub key: UpstreamKey,
+    /// The URL with its user info hidden ([`crate::redact::redact_url`]): what metrics,
+    /// logs and status show.
+    pub label: String,
     /// Resolved socket address; `None` when the host name has no address (the
     /// upstream is then unavailable, never silently dropped).
     pub addr: Option<SocketAddr>,
@@ -85,9 +88,9 @@ impl Upstream {
         self.hint_until.store(epoch_nanos(until).max(1), Ordering::Relaxed);
     }
 
-    /// A short label for metrics and logs: the URL.
+    /// A short label for metrics and logs: the URL, user info hidden.
     pub fn label(&self) -> &str {
-        &self.key.url
+        &self.label
     }
 
     /// Breaker state as a gauge value: 0 closed, 1 open, 2 half-open.
@@ -178,6 +181,7 @@ impl UpstreamRegistry {
             }
         }
         let up = Arc::new(Upstream {
+            label: crate::redact::redact_url(&key.url),
             key: key.clone(),
             addr,
             address_error,

@@ -26,6 +26,7 @@ mod t05_random_faults;
 mod t06_wrong_key;
 mod t07_revoke_after_renewal;
 mod t08_history_checker;
+mod t09_sigterm_holder;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -56,12 +57,23 @@ pub struct Spec {
     pub isolatable: bool,
     /// (node index, key file name) of nodes that use another key than `cluster.key`.
     pub keys: Vec<(usize, String)>,
+    /// Per node (index − 1): the URL of an `app` instance it announces (none if absent).
+    pub apps: Vec<String>,
+    /// Appended to every node's config (e.g. a `[proxy]` section).
+    pub extra_toml: String,
 }
 
 impl Spec {
     /// `nodes` voters with [`Timings::FAST`], one key, not isolatable.
     pub fn new(nodes: usize) -> Spec {
-        Spec { nodes, timings: Timings::FAST, isolatable: false, keys: Vec::new() }
+        Spec {
+            nodes,
+            timings: Timings::FAST,
+            isolatable: false,
+            keys: Vec::new(),
+            apps: Vec::new(),
+            extra_toml: String::new(),
+        }
     }
 }
 
@@ -81,6 +93,8 @@ impl LeaseCluster {
         let nodes = (1..=spec.nodes)
             .map(|i| NodeSpec {
                 key_file: spec.keys.iter().find(|(k, _)| *k == i).map(|(_, f)| f.clone()),
+                instances: spec.apps.get(i - 1).map(|url| ("app".to_string(), url.clone())).into_iter().collect(),
+                extra_toml: spec.extra_toml.clone(),
                 ..NodeSpec::default()
             })
             .collect();

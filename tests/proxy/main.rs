@@ -13,6 +13,7 @@ mod t07_https_health;
 mod t08_bodies;
 mod t09_limits;
 mod t10_headers;
+mod t11_admin_safety;
 mod t12_fail_closed;
 
 /// The shared kit, plus what only this suite needs.

@@ -79,12 +79,15 @@ pub enum LostReason {
     Deadline,
     /// A renewal found the lease held by another node (or granted again with a new token).
     Superseded,
+    /// The holder gave it up ([`LeaseHolder::release`], e.g. on SIGTERM).
+    Released,
 }
 
 /// A running holder task. Dropping it stops the task (without releasing the lease; it
-/// then simply expires).
+/// then simply expires); [`LeaseHolder::release`] gives the lease up at once.
 pub struct LeaseHolder {
     held: watch::Receiver<Option<u64>>,
+    held_tx: Arc<watch::Sender<Option<u64>>>,
     history: Arc<Mutex<Vec<HolderEvent>>>,
     task: AbortHandle,
     node: LeaseNode,
@@ -95,10 +98,11 @@ impl LeaseHolder {
     /// Starts contending for `cfg.lease` on `node`.
     pub fn spawn(node: LeaseNode, cfg: HolderConfig) -> LeaseHolder {
         let (tx, rx) = watch::channel(None);
+        let tx = Arc::new(tx);
         let history = Arc::new(Mutex::new(Vec::new()));
         let lease = cfg.lease.clone();
-        let task = tokio::spawn(run(node.clone(), cfg, tx, Arc::clone(&history))).abort_handle();
-        LeaseHolder { held: rx, history, task, node, lease }
+        let task = tokio::spawn(run(node.clone(), cfg, Arc::clone(&tx), Arc::clone(&history))).abort_handle();
+        LeaseHolder { held: rx, held_tx: tx, history, task, node, lease }
     }
 
     /// The token held right now, `None` when not holding. Act on the lease only while this
@@ -114,13 +118,26 @@ impl LeaseHolder {
 
     /// Stops contending and releases the lease if held.
     pub async fn stop(self) {
+        self.release().await;
+    }
+
+    /// Stops contending and, if the lease is held, gives it up through the log (a
+    /// `Release` with its token), so a waiting contender can take it at once instead of
+    /// after the TTL. `held` turns `None` (and a `Lost { reason: Released }` event is
+    /// recorded) before the release is sent: nothing acts on the lease once it is
+    /// proposed. Returns the token released, if any.
+    pub async fn release(&self) -> Option<u64> {
         self.task.abort();
-        let token = *self.held.borrow();
-        if let Some(token) = token {
-            if let Err(e) = self.node.release(&self.lease, token).await {
-                tracing::debug!(lease = %self.lease, token, error = %e, "release on stop failed");
+        let token = self.held_tx.send_replace(None)?;
+        let at = Instant::now();
+        lock(&self.history).push(HolderEvent::Lost { token, at, deadline: at, reason: LostReason::Released });
+        match self.node.release(&self.lease, token).await {
+            Ok(()) => tracing::info!(lease = %self.lease, token, "lease released"),
+            Err(e) => {
+                tracing::warn!(lease = %self.lease, token, error = %e, "lease release failed; it expires instead")
             }
         }
+        Some(token)
     }
 }
 
@@ -139,7 +156,7 @@ enum Renewal {
 async fn run(
     node: LeaseNode,
     cfg: HolderConfig,
-    held: watch::Sender<Option<u64>>,
+    held: Arc<watch::Sender<Option<u64>>>,
     history: Arc<Mutex<Vec<HolderEvent>>>,
 ) {
     let metrics = Arc::clone(&node.inner.metrics);
@@ -181,9 +198,16 @@ async fn run(
                         }
                         // Otherwise the grant came too late to use: renew at once.
                     }
-                    Err(LeaseError::Refused { .. }) => {
+                    Err(LeaseError::Refused { token, .. }) => {
                         count("refused");
-                        tokio::time::sleep(cfg.retry).await;
+                        // Ask again as soon as this node's state machine shows the lease
+                        // vacant (released or revoked at that grant or later), else after
+                        // the retry pause.
+                        let mut view = node.view();
+                        let vacant = view.wait_for(|v| {
+                            v.leases.get(&cfg.lease).is_some_and(|l| l.holder.is_none() && l.token >= token)
+                        });
+                        let _ = tokio::time::timeout(cfg.retry, vacant).await;
                     }
                     Err(LeaseError::Shutdown) => return,
                     Err(e) => {

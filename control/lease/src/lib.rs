@@ -525,6 +525,66 @@ impl LeaseNode {
         let _ = tokio::time::timeout(self.inner.request_timeout, wait).await;
     }
 
+    /// Before a planned stop: this node stops standing for election and, if it leads,
+    /// hands the leadership over, so the group has a leader while this node still runs.
+    ///
+    /// openraft 0.9 has no leadership transfer. What it allows: the leader picks a voter
+    /// whose log matches its own, and asks it (`Request::Elect`) to stand for election at
+    /// once (`trigger().elect()`). That candidate's vote request reaches this leader, whose
+    /// own leader lease has run out once it has led for a maximum election timeout, so it
+    /// grants the vote and steps down; the candidate wins with two votes of three. If the
+    /// vote is refused (a leader younger than its lease), the candidate's higher term still
+    /// makes this node step down and the group elects within an election timeout, without
+    /// this node (it no longer campaigns).
+    ///
+    /// Waits at most `limit`; returns the leader this node then knows, if any.
+    pub async fn step_down(&self, limit: Duration) -> Option<String> {
+        let inner = &self.inner;
+        inner.raft.runtime_config().elect(false);
+        let deadline = Instant::now() + limit;
+        let leader_name = |m: &openraft::RaftMetrics<NodeId, PeerNode>| {
+            m.current_leader.and_then(|id| self.peer(m, id)).map(|(name, _)| name)
+        };
+        let m = inner.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            return leader_name(&m);
+        }
+        // A voter that has every entry of this leader's log (its vote request must not
+        // be refused for a shorter log).
+        let target = loop {
+            let m = inner.raft.metrics().borrow().clone();
+            let caught_up = m.membership_config.membership().voter_ids().filter(|id| *id != inner.id).find(|id| {
+                let matched = m.replication.as_ref().and_then(|r| r.get(id).copied().flatten()).map(|l| l.index);
+                matched.is_some() && matched == m.last_log_index
+            });
+            match caught_up.and_then(|id| self.peer(&m, id)) {
+                Some(peer) => break Some(peer),
+                None if Instant::now() >= deadline => break None,
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let Some((name, addr)) = target else {
+            tracing::warn!(
+                "no voter is up to date: leadership is not handed over; the group elects once this node stops"
+            );
+            return leader_name(&inner.raft.metrics().borrow());
+        };
+        let mut client = PeerClient::new(addr, Arc::clone(&inner.keyring));
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match client.call(&Request::Elect, remaining).await {
+            Ok(Response::Elect(Ok(()))) => {
+                tracing::info!(to = %name, "raft leadership: asked {name} to stand for election")
+            }
+            Ok(other) => tracing::warn!(to = %name, answer = ?other, "raft leadership hand-over refused"),
+            Err(e) => tracing::warn!(to = %name, error = %e, "raft leadership hand-over failed"),
+        }
+        let mut rx = inner.raft.metrics();
+        let moved = rx.wait_for(|m| m.current_leader.is_some_and(|id| id != inner.id));
+        let _ = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), moved).await;
+        let m = inner.raft.metrics().borrow().clone();
+        leader_name(&m)
+    }
+
     /// Stops openraft and every task of this node; the store file is closed once it
     /// returns (a restart on the same data directory may follow).
     pub async fn shutdown(&self) {

@@ -60,6 +60,9 @@ pub(crate) enum Request {
     RemoveVoter {
         name: String,
     },
+    /// From a leader about to stop: start an election now (openraft 0.9 has no leadership
+    /// transfer; the stopping leader votes for this node once its own lease ran out).
+    Elect,
 }
 
 /// The answer to a [`Request`].
@@ -71,6 +74,7 @@ pub(crate) enum Response {
     Write(Result<LeaseResponse, ForwardError>),
     Check(Result<bool, ForwardError>),
     Membership(Result<Outcome, ForwardError>),
+    Elect(Result<(), ForwardError>),
 }
 
 /// Why the leader did not carry out a forwarded command.
@@ -328,6 +332,10 @@ impl RaftHandler {
             }),
             Request::AddVoter { name, addr } => Response::Membership(self.membership.add_voter(&name, addr).await),
             Request::RemoveVoter { name } => Response::Membership(self.membership.remove_voter(&name).await),
+            Request::Elect => {
+                tracing::info!("the raft leader is stopping and asked this node to stand for election");
+                Response::Elect(self.raft.trigger().elect().await.map_err(|e| ForwardError::Failed(e.to_string())))
+            }
         }
     }
 }

@@ -334,6 +334,45 @@ async fn truncated_or_garbage_store_is_an_error_naming_the_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_lease_goes_to_the_waiting_contender_at_once_and_the_leader_hands_over() {
+    let c = TestCluster::start("release", 3).await;
+    let leader = c.leader().await;
+    let f = (leader + 1) % 3;
+    let holder = LeaseHolder::spawn(c.node(f).clone(), HolderConfig::new("lb-leader", TTL));
+    let token = holder.held().wait_for(|h| h.is_some()).await.unwrap().unwrap();
+    // The contender's retry pause is far longer than the test: only seeing the release
+    // in its state machine can make it ask again in time.
+    let cfg = HolderConfig { retry: Duration::from_secs(60), ..HolderConfig::new("lb-leader", TTL * 20) };
+    let contender = LeaseHolder::spawn(c.node(leader).clone(), cfg);
+    wait_for("the contender's refusal", || {
+        (c.metric(leader, "constellation_lease_renewals_total", Some(("result", "refused"))) >= 1.0).then_some(())
+    })
+    .await;
+
+    let released_at = Instant::now();
+    assert_eq!(holder.release().await, Some(token));
+    assert_eq!(*holder.held().borrow(), None, "not held once released");
+    let mut held = contender.held();
+    let new = tokio::time::timeout(Duration::from_secs(2), held.wait_for(|h| h.is_some()))
+        .await
+        .expect("the contender takes the released lease at once, not after its retry pause or the TTL")
+        .unwrap()
+        .unwrap();
+    let took = released_at.elapsed();
+    assert!(new > token, "tokens grow: {token} then {new}");
+    assert!(matches!(holder.history().last(), Some(HolderEvent::Lost { reason: LostReason::Released, .. })));
+    assert!(!c.node(f).check("lb-leader", token).await.unwrap());
+    tracing::info!(?took, "released lease taken");
+
+    // The leader (the new holder) hands Raft leadership to a caught-up voter.
+    let moved_to = c.node(leader).step_down(Duration::from_secs(5)).await;
+    let me = c.node(leader).name().to_string();
+    assert!(moved_to.is_some_and(|l| l != me), "leadership left {me}");
+    assert_ne!(c.leader().await, leader);
+    drop(contender);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holder_renews_and_steps_down_before_its_deadline_when_cut_off() {
     let mut c = TestCluster::start("stepdown", 3).await;
     let leader = c.leader().await;
@@ -595,6 +634,7 @@ fn every_raft_message_round_trips_through_the_frame_codec() {
         Request::Check { lease: "lb-leader".into(), node: "n1".into(), token: 7 },
         Request::AddVoter { name: "n4".into(), addr: "127.0.0.1:9".parse().unwrap() },
         Request::RemoveVoter { name: "n4".into() },
+        Request::Elect,
     ];
     let responses = vec![
         Response::AppendEntries(Ok(openraft::raft::AppendEntriesResponse::Success)),
@@ -617,6 +657,8 @@ fn every_raft_message_round_trips_through_the_frame_codec() {
         Response::Membership(Ok(Ok(vec![("n1".into(), "127.0.0.1:1".parse().unwrap(), true)]))),
         Response::Membership(Ok(Err(MembershipError::UnknownNode("n9".into())))),
         Response::Membership(Err(ForwardError::Failed("no leader".into()))),
+        Response::Elect(Ok(())),
+        Response::Elect(Err(ForwardError::Failed("raft is shut down".into()))),
     ];
     let frames = network::codec(Arc::new(Keyring::parse(&generate_key_hex()).unwrap()));
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();

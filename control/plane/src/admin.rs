@@ -1,9 +1,10 @@
 //! Admin HTTP API: metrics, health, status and the Traefik provider endpoint.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use async_trait::async_trait;
@@ -11,10 +12,11 @@ use constellation_proxy::TableHandle;
 use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 use serde_json::{json, Value};
 
 use constellation_lease::{LeaseNode, MembershipError};
+use constellation_proxy::redact;
 
 pub use crate::status::ReloadReport;
 use crate::status::{
@@ -24,6 +26,8 @@ use crate::status::{
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
+/// At most one log line about refused admin requests per this interval.
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// State the admin API reads. Everything is a snapshot or an atomic: handlers never
 /// block the control plane. Built by [`AdminState::new`]; the subsystems keep their
@@ -60,11 +64,17 @@ pub struct AdminState {
     pub lease_node: ArcSwapOption<LeaseNode>,
     /// DNS controller status (none when DNS is not configured).
     pub dns: Arc<ArcSwapOption<DnsStatus>>,
+    /// Set on SIGTERM: `/readyz` answers 503 while the node drains.
+    pub draining: AtomicBool,
+    /// Refused admin requests, counted and logged once per [`REFUSAL_LOG_EVERY`].
+    refusals: Refusals,
 }
 
 impl AdminState {
     /// Empty state for node `node`: no routes applied yet, not ready, not joined.
+    /// Registers `constellation_admin_refused_total` in `registry`.
     pub fn new(node: &str, table: TableHandle, registry: Registry, token: Option<String>) -> AdminState {
+        let refusals = Refusals::register(&registry);
         AdminState {
             node: node.to_string(),
             table,
@@ -81,6 +91,8 @@ impl AdminState {
             raft: ArcSwapOption::empty(),
             lease_node: ArcSwapOption::empty(),
             dns: Arc::new(ArcSwapOption::empty()),
+            draining: AtomicBool::new(false),
+            refusals,
         }
     }
 
@@ -140,6 +152,17 @@ fn json_reply(status: StatusCode, v: &impl serde::Serialize) -> Response<Vec<u8>
     reply(status, "application/json", body)
 }
 
+/// Anything but GET and HEAD changes state (voter changes today, more later): every such
+/// request goes through the write rule of [`AdminApp::refusal`].
+fn is_write(method: &http::Method) -> bool {
+    method != http::Method::GET && method != http::Method::HEAD
+}
+
+/// Whether `peer` is a loopback address (IPv4-mapped IPv6 included). Unknown peers are not.
+fn is_loopback(peer: Option<IpAddr>) -> bool {
+    peer.is_some_and(|ip| ip.to_canonical().is_loopback())
+}
+
 /// Constant-time comparison so the token cannot be guessed byte by byte from timing.
 fn token_matches(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
@@ -151,25 +174,14 @@ impl ServeHttp for AdminApp {
         let req = session.req_header();
         let path = req.uri.path().to_string();
         let method = req.method.clone();
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        if let Some(refused) = self.refusal(&req.headers, &method, &path, peer) {
+            return refused;
+        }
         let raft_write = (method == http::Method::POST && path == "/api/v1/raft/voters")
             || (method == http::Method::DELETE && path.starts_with("/api/v1/raft/voters/"));
-        if method != http::Method::GET && method != http::Method::HEAD && !raft_write {
+        if is_write(&method) && !raft_write {
             return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", b"only GET\n".to_vec());
-        }
-        if path != "/healthz" {
-            if let Some(token) = &self.state.token {
-                let given = req
-                    .headers
-                    .get(http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .unwrap_or("");
-                if !token_matches(given.as_bytes(), token.as_bytes()) {
-                    let mut r = reply(StatusCode::UNAUTHORIZED, "text/plain", b"bearer token required\n".to_vec());
-                    r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
-                    return r;
-                }
-            }
         }
         if raft_write {
             return self.raft_write(session, &method, &path).await;
@@ -177,7 +189,9 @@ impl ServeHttp for AdminApp {
         match path.as_str() {
             "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                if self.state.is_ready() {
+                if self.state.draining.load(Ordering::Relaxed) {
+                    reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"shutting down\n".to_vec())
+                } else if self.state.is_ready() {
                     reply(StatusCode::OK, "text/plain", b"ready\n".to_vec())
                 } else if !self.state.ready.load(Ordering::Relaxed) {
                     reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"route table not published yet\n".to_vec())
@@ -193,7 +207,14 @@ impl ServeHttp for AdminApp {
                 }
                 reply(StatusCode::OK, enc.format_type(), buf)
             }
-            "/api/v1/status" => json_reply(StatusCode::OK, &self.state.status()),
+            "/api/v1/status" => {
+                // Credentials (URL user info, header values in rules) never leave in it.
+                let mut doc = serde_json::to_value(self.state.status()).unwrap_or_default();
+                redact::redact_value(&mut doc);
+                json_reply(StatusCode::OK, &doc)
+            }
+            // The provider endpoint serves the real values: Traefik needs them. It takes
+            // the token whenever one is set (see `refusal`).
             "/api/v1/traefik" => json_reply(StatusCode::OK, &**self.state.traefik.load()),
             "/api/v1/raft" => match self.state.lease_node.load_full() {
                 Some(node) => json_reply(StatusCode::OK, &node.status()),
@@ -201,6 +222,121 @@ impl ServeHttp for AdminApp {
             },
             _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
         }
+    }
+}
+
+impl AdminApp {
+    /// The one access rule of the admin API, applied to every request before it is
+    /// routed:
+    /// - with a token configured, everything but a `GET`/`HEAD` of `/healthz` needs
+    ///   `Authorization: Bearer <token>` (401 otherwise);
+    /// - without one, reads are open (the admin address is then loopback, see
+    ///   `config::validate`) and writes (any method but `GET`/`HEAD`) are accepted only
+    ///   from a loopback peer (403 otherwise).
+    ///
+    /// Returns the refusal to send, `None` when the request may proceed. Refusals are
+    /// counted in `constellation_admin_refused_total{request, reason}` and logged at most
+    /// once per [`REFUSAL_LOG_EVERY`].
+    fn refusal(
+        &self,
+        headers: &http::HeaderMap,
+        method: &http::Method,
+        path: &str,
+        peer: Option<IpAddr>,
+    ) -> Option<Response<Vec<u8>>> {
+        let write = is_write(method);
+        let refused = |status: StatusCode, reason: &'static str, message: &str| {
+            self.state.refusals.refused(write, reason, peer, method, path);
+            let mut r = json_reply(status, &json!({"error": message}));
+            if status == StatusCode::UNAUTHORIZED {
+                r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+            }
+            r
+        };
+        match &self.state.token {
+            Some(token) => {
+                if path == "/healthz" && !write {
+                    return None;
+                }
+                let given = headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                if token_matches(given.as_bytes(), token.as_bytes()) {
+                    None
+                } else {
+                    Some(refused(
+                        StatusCode::UNAUTHORIZED,
+                        "token",
+                        "bearer token required: send Authorization: Bearer <the admin token>",
+                    ))
+                }
+            }
+            None if !write || is_loopback(peer) => None,
+            None => Some(refused(
+                StatusCode::FORBIDDEN,
+                "not_loopback",
+                "no admin token is configured, so changes are accepted only from loopback; set [admin] \
+                 token_file (or CONSTELLATION_ADMIN__TOKEN) and send the token to make them from elsewhere",
+            )),
+        }
+    }
+}
+
+/// Refused admin requests: a counter, and a log line at most once per interval.
+struct Refusals {
+    /// `None` only if the metric could not be made (never with these constant options).
+    counter: Option<IntCounterVec>,
+    last_log: Mutex<Option<Instant>>,
+    since_log: AtomicU64,
+}
+
+impl Refusals {
+    fn register(registry: &Registry) -> Refusals {
+        let opts = Opts::new(
+            "constellation_admin_refused_total",
+            "Admin API requests refused, by request kind (read, write) and reason (token, not_loopback)",
+        );
+        let counter = IntCounterVec::new(opts, &["request", "reason"]).and_then(|c| {
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        });
+        let counter = match counter {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "constellation_admin_refused_total is not exported");
+                None
+            }
+        };
+        Refusals { counter, last_log: Mutex::new(None), since_log: AtomicU64::new(0) }
+    }
+
+    fn refused(&self, write: bool, reason: &'static str, peer: Option<IpAddr>, method: &http::Method, path: &str) {
+        let request = if write { "write" } else { "read" };
+        if let Some(c) = &self.counter {
+            c.with_label_values(&[request, reason]).inc();
+        }
+        self.since_log.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut last = self.last_log.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY) {
+            return;
+        }
+        *last = Some(now);
+        let count = self.since_log.swap(0, Ordering::Relaxed);
+        // The path is the client's: cut it short, it is only a hint.
+        let path: String = path.chars().take(80).collect();
+        tracing::warn!(
+            peer = ?peer,
+            %method,
+            %path,
+            request,
+            reason,
+            refused = count,
+            "admin API request refused; further refusals are counted in constellation_admin_refused_total and \
+             logged at most once a minute"
+        );
     }
 }
 

@@ -217,10 +217,14 @@ pub struct ForwardedHeadersConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Listen address, `ip:port`. Default `127.0.0.1:9180`. Bind it to loopback or the
-    /// mesh address; it serves cluster internals.
+    /// mesh address; it serves cluster internals. An address that is not loopback
+    /// (`0.0.0.0`, a mesh address) needs a token: the agent refuses to start without one.
+    /// (Traefik's counterpart is the `traefik` entry point of `api`/`ping`.)
     pub address: String,
     /// File holding a bearer token required on every endpoint but `/healthz`.
     /// Default: none. The environment variable `CONSTELLATION_ADMIN__TOKEN` also works.
+    /// Without a token, reads are open (on loopback) and changes (any method but GET and
+    /// HEAD, e.g. Raft voter changes) are accepted only from loopback peers.
     pub token_file: Option<PathBuf>,
 }
 
@@ -511,6 +515,16 @@ pub fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
     None
 }
 
+/// Why a non-loopback admin address without a token is refused: the admin API serves the
+/// routes' credentials to Traefik and takes Raft voter changes.
+fn admin_needs_token(addr: SocketAddr) -> String {
+    format!(
+        "{addr} is not a loopback address, and the admin API there would serve route credentials and take raft \
+         voter changes from anyone who reaches it: set admin.token_file (or CONSTELLATION_ADMIN__TOKEN) to a \
+         bearer token, or listen on 127.0.0.1"
+    )
+}
+
 fn cfg_has_no_leases(voters: &[(String, SocketAddr)]) -> bool {
     voters.is_empty()
 }
@@ -609,6 +623,13 @@ pub fn validate_all(
         })
     };
     let admin_token = keep(&mut errors, admin_section());
+    // An admin address off loopback needs a token (an unreadable token file is reported
+    // above instead).
+    if let (Some(addr), Some(None)) = (admin_addr, &admin_token) {
+        if !addr.ip().to_canonical().is_loopback() {
+            errors.push(bad("admin.address", admin_needs_token(addr)));
+        }
+    }
     for (i, inst) in config.instances.iter().enumerate() {
         if inst.service.trim().is_empty() || inst.service.contains(['@', ' ', '/']) {
             errors.push(bad(&format!("instances[{i}].service"), format!("{:?} is not a service name", inst.service)));
@@ -863,8 +884,11 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "entrypoints.web.forwarded_headers.insecure",
         "Keep X-Forwarded-* headers from every peer (Traefik's forwardedHeaders.insecure).",
     ),
-    ("admin.address", "Admin API (metrics, status, Traefik provider). Keep it on loopback or the mesh."),
-    ("admin.token_file", "File with a bearer token required on all admin endpoints but /healthz."),
+    ("admin.address", "Admin API (metrics, status, Traefik provider). Not loopback = a token is required."),
+    (
+        "admin.token_file",
+        "Bearer token file for all admin endpoints but /healthz; without one, changes only from loopback.",
+    ),
     ("routes.files", "Traefik dynamic-configuration files (YAML, TOML, JSON), relative to this file."),
     ("routes.watch_interval_ms", "How often route files are checked for changes."),
     ("resolver.interval_ms", "Host names in server URLs are looked up again this often."),
@@ -888,8 +912,8 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("proxy.health_rise", "Health check passes to mark an upstream healthy (healthCheck.rise overrides)."),
     ("proxy.health_fall", "Health check failures to mark it unhealthy (healthCheck.fall overrides)."),
     ("proxy.threads", "Worker threads of the proxy."),
-    ("proxy.grace_period_secs", "After SIGTERM: seconds before the listeners close."),
-    ("proxy.graceful_shutdown_timeout_secs", "Then: seconds in-flight requests get to finish."),
+    ("proxy.grace_period_secs", "After SIGTERM and the lease hand-over: seconds the listeners stay open."),
+    ("proxy.graceful_shutdown_timeout_secs", "Then: at most this many seconds for requests in flight to finish."),
     (
         "proxy.allow_unsupported",
         "Serve routers needing unapplied features (e.g. basicAuth) WITHOUT them instead of 503. Unsafe.",
@@ -1017,6 +1041,24 @@ mod tests {
         let c = parse("[proxy]\nretry_budget_percent = 150\n", "a.toml").unwrap();
         let e = validate(c, "a.toml", Path::new("."), None).unwrap_err();
         assert_eq!(e.key, "proxy.retry_budget_percent");
+    }
+
+    #[test]
+    fn admin_off_loopback_needs_a_token() {
+        let text = "[admin]\naddress = \"0.0.0.0:9180\"\n";
+        let c = parse(text, "a.toml").unwrap();
+        let e = validate(c, "a.toml", Path::new("."), Some(text)).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line, e.column), ("admin.address", 2, 11), "{e}");
+        assert!(e.message.contains("admin.token_file"), "{e}");
+        let dir = std::env::temp_dir().join(format!("constellation-admin-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("admin.token"), "t0ken\n").unwrap();
+        let text = "[admin]\naddress = \"0.0.0.0:9180\"\ntoken_file = \"admin.token\"\n";
+        let v = validate(parse(text, "a.toml").unwrap(), "a.toml", &dir, Some(text)).unwrap();
+        assert_eq!(v.admin_token.as_deref(), Some("t0ken"));
+        let text = "[admin]\naddress = \"[::1]:9180\"\n";
+        assert!(validate(parse(text, "a.toml").unwrap(), "a.toml", Path::new("."), Some(text)).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

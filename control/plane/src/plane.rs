@@ -58,14 +58,141 @@ async fn check_instance(prober: &Prober, url: &str, path: &str, timeout: Duratio
     }
 }
 
-/// Run the control plane until `shutdown` resolves.
+/// Where the agent is in its life; the control plane acts on each step. Phases only
+/// move forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Normal operation.
+    Running,
+    /// SIGTERM arrived: release the leases this node holds (waiting contenders take them
+    /// at once), stop contending, hand Raft leadership over; `/readyz` answers 503.
+    Draining,
+    /// Set by the control plane when draining is done (or had nothing to do).
+    Drained,
+    /// Leave the cluster, stop Raft, end [`run`].
+    Stopping,
+}
+
+/// The agent's handle on the control plane's [`Phase`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Lifecycle {
+    tx: Arc<tokio::sync::watch::Sender<Phase>>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle { tx: Arc::new(tokio::sync::watch::channel(Phase::Running).0) }
+    }
+}
+
+impl Lifecycle {
+    /// Moves to `phase`, unless already there or past it.
+    pub fn advance(&self, phase: Phase) {
+        self.tx.send_if_modified(|p| {
+            let later = *p < phase;
+            if later {
+                *p = phase;
+            }
+            later
+        });
+    }
+
+    /// The phase now.
+    pub fn phase(&self) -> Phase {
+        *self.tx.borrow()
+    }
+
+    /// Waits until the phase is `phase` or later.
+    pub async fn reached(&self, phase: Phase) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|p| *p >= phase).await;
+    }
+}
+
+/// How long draining may take in all (releases, the contenders' acquisitions, the Raft
+/// hand-over) before the agent goes on without it.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// Draining on a node with nothing to hand over: say so and wait for the stop.
+async fn idle_until_stopped(lifecycle: &Lifecycle, admin: &AdminState) {
+    lifecycle.reached(Phase::Draining).await;
+    admin.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    lifecycle.advance(Phase::Drained);
+    lifecycle.reached(Phase::Stopping).await;
+}
+
+/// SIGTERM on a voter: release every lease held here through the log, wait (briefly)
+/// until other nodes hold them, then hand Raft leadership over; then [`Phase::Drained`].
+async fn drain(
+    node: LeaseNode,
+    holders: Vec<Arc<constellation_lease::LeaseHolder>>,
+    names: Vec<String>,
+    lifecycle: Lifecycle,
+    limit: Duration,
+) {
+    let started = Instant::now();
+    let deadline = started + limit;
+    let mut released = Vec::new();
+    for (h, name) in holders.iter().zip(&names) {
+        if let Some(token) = h.release().await {
+            released.push((name.clone(), token));
+        }
+    }
+    // Contenders take a released lease through the current leader: let them, before
+    // leadership moves. A renewal of ours still in flight when the holder stopped could
+    // land after the release and grant the lease to this node again: release that too.
+    let mut view = node.view();
+    let me = node.name().to_string();
+    let wait = async {
+        loop {
+            let mut taken = true;
+            let regranted: Vec<(String, u64)> = {
+                let v = view.borrow_and_update();
+                released
+                    .iter()
+                    .filter_map(|(lease, token)| {
+                        let st = v.leases.get(lease)?;
+                        if st.holder.as_deref() == Some(me.as_str()) && st.token > *token {
+                            return Some((lease.clone(), st.token));
+                        }
+                        if st.holder.is_none() || st.token <= *token {
+                            taken = false;
+                        }
+                        None
+                    })
+                    .collect()
+            };
+            for (lease, token) in regranted {
+                taken = false;
+                let _ = node.release(&lease, token).await;
+            }
+            if taken || view.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), wait).await;
+    let handed = started.elapsed();
+    let leader = node.step_down(deadline.saturating_duration_since(Instant::now())).await;
+    tracing::info!(
+        released = ?released,
+        leases_ms = handed.as_millis() as u64,
+        raft_leader = ?leader,
+        took_ms = started.elapsed().as_millis() as u64,
+        "drained: leases released and raft leadership elsewhere"
+    );
+    lifecycle.advance(Phase::Drained);
+}
+
+/// Run the control plane until `lifecycle` reaches [`Phase::Stopping`]; on
+/// [`Phase::Draining`] it gives up its leases and Raft leadership (see [`Phase`]).
 pub async fn run(
     cfg: LoadedConfig,
     reloader: Arc<Reloader>,
     admin: Arc<AdminState>,
     registry: prometheus::Registry,
     mut breaker_events: UnboundedReceiver<BreakerEvent>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    lifecycle: Lifecycle,
 ) {
     let local: Vec<Instance> = cfg
         .config
@@ -96,14 +223,14 @@ pub async fn run(
                 .map(|i| ClusterInstance { node: node.clone(), service: i.service.clone(), url: i.url.clone() })
                 .collect(),
         );
-        shutdown.await;
+        idle_until_stopped(&lifecycle, &admin).await;
         return;
     };
     let keyring = match Keyring::parse(&g.keyring_text) {
         Ok(k) => Arc::new(k),
         Err(e) => {
             tracing::error!(source = %g.keyring_origin, error = %e, "cluster key is unusable; gossip is off");
-            shutdown.await;
+            idle_until_stopped(&lifecycle, &admin).await;
             return;
         }
     };
@@ -124,11 +251,12 @@ pub async fn run(
     };
     let cluster_keyring = ccfg.keyring.clone();
     let mut lease_node: Option<constellation_lease::LeaseNode> = None;
+    let mut draining_holders: (Vec<Arc<constellation_lease::LeaseHolder>>, Vec<String>) = (Vec::new(), Vec::new());
     let cluster = match Cluster::start(ccfg, initial, &registry, cluster_stop).await {
         Ok(c) => Arc::new(c),
         Err(e) => {
             tracing::error!(error = %e, "cannot start gossip; this node runs alone");
-            shutdown.await;
+            idle_until_stopped(&lifecycle, &admin).await;
             return;
         }
     };
@@ -237,13 +365,13 @@ pub async fn run(
                     wanted.push(cfg.config.raft.dns_lease.clone());
                 }
                 let ttl = Duration::from_millis(cfg.config.raft.lease_ttl_ms);
-                let holders: Vec<constellation_lease::LeaseHolder> = wanted
+                let holders: Vec<Arc<constellation_lease::LeaseHolder>> = wanted
                     .iter()
                     .map(|l| {
-                        constellation_lease::LeaseHolder::spawn(
+                        Arc::new(constellation_lease::LeaseHolder::spawn(
                             node.clone(),
                             constellation_lease::HolderConfig::new(l, ttl),
-                        )
+                        ))
                     })
                     .collect();
                 // DNS follows the front door while this node holds the dns-writer lease.
@@ -282,8 +410,9 @@ pub async fn run(
                 }
                 let history = cfg.base_dir.join(&cfg.config.node.data_dir).join("lease-history.jsonl");
                 let leases = [cfg.config.raft.lb_lease.clone(), cfg.config.raft.dns_lease.clone()];
-                tasks.spawn(lease_loop(node.clone(), holders, wanted, leases, history, admin.clone()));
+                tasks.spawn(lease_loop(node.clone(), holders.clone(), wanted.clone(), leases, history, admin.clone()));
                 admin.lease_node.store(Some(Arc::new(node.clone())));
+                draining_holders = (holders, wanted);
                 lease_node = Some(node);
             }
             Err(e) => tracing::error!(error = %e, "cannot start the lease group; this node holds no leases"),
@@ -293,7 +422,10 @@ pub async fn run(
     let mut view_rx = cluster.view();
     let mut hint_tick = tokio::time::interval(Duration::from_secs(1));
     let seeds_configured = !g.seeds.is_empty();
-    tokio::pin!(shutdown);
+    let stopping = lifecycle.reached(Phase::Stopping);
+    let draining = lifecycle.reached(Phase::Draining);
+    tokio::pin!(stopping, draining);
+    let mut drain_started = false;
     loop {
         let view = view_rx.borrow_and_update().clone();
         admin.members.store(Arc::new(MemberStatus::from_view(&view)));
@@ -303,7 +435,18 @@ pub async fn run(
         }
         reloader.set_instances(cluster_instances(&view));
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut stopping => break,
+            _ = &mut draining, if !drain_started => {
+                drain_started = true;
+                admin.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+                match &lease_node {
+                    Some(node) => {
+                        let (holders, names) = std::mem::take(&mut draining_holders);
+                        tasks.spawn(drain(node.clone(), holders, names, lifecycle.clone(), DRAIN_LIMIT));
+                    }
+                    None => lifecycle.advance(Phase::Drained),
+                }
+            }
             changed = view_rx.changed() => if changed.is_err() { break },
             _ = hint_tick.tick() => apply_hints(&cluster, &reloader, &admin, &cfg.config.node.name),
         }
@@ -374,7 +517,7 @@ async fn topology_loop(
 /// `history` (JSON lines: unix nanoseconds, lease, token, event) for audits and tests.
 async fn lease_loop(
     node: constellation_lease::LeaseNode,
-    holders: Vec<constellation_lease::LeaseHolder>,
+    holders: Vec<Arc<constellation_lease::LeaseHolder>>,
     names: Vec<String>,
     leases: [String; 2],
     history: std::path::PathBuf,

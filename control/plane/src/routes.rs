@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use constellation_proxy::{
-    compile, dynamic, host_names, DynamicConfig, ProxyMetrics, ProxySettings, TableHandle, UpstreamRegistry,
+    compile, dynamic, host_names, redact, DynamicConfig, ProxyMetrics, ProxySettings, TableHandle, UpstreamRegistry,
 };
 
 use crate::admin::{unix_now, AdminState, ReloadReport};
@@ -270,8 +270,10 @@ impl Reloader {
                 }
                 self.table.store(Arc::new(table));
                 for gone in self.registry.retain(&live) {
-                    let _ = self.metrics.breaker_state.remove_label_values(&[&gone.service, &gone.url]);
-                    let _ = self.metrics.upstream_healthy.remove_label_values(&[&gone.service, &gone.url]);
+                    // Series are labelled with the URL as shown (user info hidden).
+                    let label = redact::redact_url(&gone.url);
+                    let _ = self.metrics.breaker_state.remove_label_values(&[&gone.service, &label]);
+                    let _ = self.metrics.upstream_healthy.remove_label_values(&[&gone.service, &label]);
                 }
                 self.generation.store(generation, Ordering::Relaxed);
                 self.metrics.config_generation.set(generation as i64);
@@ -294,6 +296,7 @@ impl Reloader {
             Err(errors) => {
                 self.metrics.config_reloads.with_label_values(&["invalid"]).inc();
                 for e in &errors {
+                    let e = redact::redact_text(e);
                     tracing::error!(error = %e, "route configuration rejected; the previous table stays in force");
                 }
                 let prev = self.admin.reload.load();

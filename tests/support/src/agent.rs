@@ -1,6 +1,6 @@
 //! One `constellation agent` with a routes file, for the proxy suite.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -119,6 +119,20 @@ pub async fn start_agent_with(
     files: &[(&str, &str)],
     bearer: Option<&str>,
 ) -> Agent {
+    start_agent_at(IpAddr::from([127, 0, 0, 1]), routes_yaml, admin_toml, extra_toml, files, bearer).await
+}
+
+/// Like [`start_agent_with`], with the admin API listening on `admin_ip` (e.g.
+/// `0.0.0.0`, which needs a token). [`Agent::admin`] is still its loopback address when
+/// `admin_ip` is a wildcard.
+pub async fn start_agent_at(
+    admin_ip: IpAddr,
+    routes_yaml: &str,
+    admin_toml: &str,
+    extra_toml: &str,
+    files: &[(&str, &str)],
+    bearer: Option<&str>,
+) -> Agent {
     let dir = Scratch::new("agent");
     let (web, admin) = (free_port(), free_port());
     for (name, text) in files {
@@ -129,8 +143,9 @@ pub async fn start_agent_with(
         "agent.toml",
         &format!(
             "[node]\nname = \"test\"\n[entrypoints.web]\naddress = \"127.0.0.1:{web}\"\n\
-             [admin]\naddress = \"127.0.0.1:{admin}\"\n{admin_toml}\n\
-             [routes]\nfiles = [\"routes.yaml\"]\nwatch_interval_ms = 100\n{extra_toml}"
+             [admin]\naddress = \"{admin_bind}\"\n{admin_toml}\n\
+             [routes]\nfiles = [\"routes.yaml\"]\nwatch_interval_ms = 100\n{extra_toml}",
+            admin_bind = SocketAddr::new(admin_ip, admin)
         ),
     );
     let log = must("agent log", std::fs::File::create(dir.path("agent.log")));
@@ -145,7 +160,11 @@ pub async fn start_agent_with(
     let agent = Agent {
         child: must("start the agent", child),
         web: SocketAddr::from(([127, 0, 0, 1], web)),
-        admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+        admin: if admin_ip.is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], admin))
+        } else {
+            SocketAddr::new(admin_ip, admin)
+        },
         dir,
     };
     let auth = bearer.map(|t| format!("Bearer {t}"));

@@ -8,7 +8,7 @@
 //! before anything is written on it.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -64,6 +64,8 @@ impl Drop for Conn {
 /// A keep-alive client for one server address.
 pub struct Client {
     addr: SocketAddr,
+    /// Local address connections leave from (`None`: the kernel's choice).
+    source: Option<IpAddr>,
     conn: Option<Conn>,
     /// Time limit of one whole request (connect, send, read the body).
     pub timeout: Duration,
@@ -87,7 +89,13 @@ fn broken(e: hyper::Error) -> io::Error {
 impl Client {
     /// A client for `addr`; connects on the first request.
     pub fn new(addr: SocketAddr) -> Client {
-        Client { addr, conn: None, timeout: Duration::from_secs(30), connections: 0 }
+        Client { addr, source: None, conn: None, timeout: Duration::from_secs(30), connections: 0 }
+    }
+
+    /// A client for `addr` whose connections leave from the local address `source` (e.g.
+    /// a non-loopback address of this machine, to reach a loopback listener from it).
+    pub fn from_source(addr: SocketAddr, source: IpAddr) -> Client {
+        Client { source: Some(source), ..Client::new(addr) }
     }
 
     /// `GET path` with `Host: host`.
@@ -146,7 +154,15 @@ impl Client {
     }
 
     async fn connect(&mut self) -> io::Result<()> {
-        let stream = TcpStream::connect(self.addr).await?;
+        let stream = match self.source {
+            None => TcpStream::connect(self.addr).await?,
+            Some(ip) => {
+                let socket =
+                    if ip.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(self.addr).await?
+            }
+        };
         stream.set_nodelay(true)?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(broken)?;
         let task = tokio::spawn(async move {
@@ -229,6 +245,19 @@ pub async fn fetch(
     body: &[u8],
 ) -> io::Result<Reply> {
     Client::new(addr).request(method, host, path, headers, body).await
+}
+
+/// One request on a fresh connection from the local address `source`.
+pub async fn fetch_from(
+    source: IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<Reply> {
+    Client::from_source(addr, source).request(method, host, path, headers, body).await
 }
 
 #[cfg(test)]

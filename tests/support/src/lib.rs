@@ -33,16 +33,16 @@ mod scratch;
 mod status;
 mod wait;
 
-pub use agent::{routes, start_agent_with, Agent};
+pub use agent::{routes, start_agent_at, start_agent_with, Agent};
 pub use backend::{Backend, Behaviour, Hit};
 pub use binary::{binary, run, run_with_limit};
-pub use client::{fetch, Client, Reply};
+pub use client::{fetch, fetch_from, Client, Reply};
 pub use cloudflare::FakeCloudflare;
 pub use fleet::{Fleet, FleetSpec, NodeSpec, Settled, Timings};
 pub use node::{Event, Node};
 pub use partition::{Partition, Plane};
 pub use raw::{raw_exchange, RawBackend, RawReply, RawRequest};
-pub use scratch::{dead_addr, free_port, take_cluster_port, take_port, Scratch};
+pub use scratch::{dead_addr, free_port, non_loopback_ip, take_cluster_port, take_port, Scratch};
 pub use status::{
     identities, lease_seen, member, member_states, members, metric_value, raft_leader, raft_term, service_status,
     upstream_status, upstream_urls, LeaseSeen,

@@ -149,6 +149,29 @@ impl Node {
         self.signal("-CONT");
     }
 
+    /// Waits until the process exits (at most `limit`) and returns its exit code
+    /// (`None` if it was killed by a signal); the node then counts as not running.
+    ///
+    /// # Panics
+    /// When it does not run, or is still running after `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let Some(child) = self.child.as_mut() else { panic!("{} does not run", self.name) };
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} still running {limit:?} after it was told to stop; log:\n{}",
+                self.name,
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Asserts the process has not exited on its own.
     pub fn assert_alive(&mut self) {
         let exited = self.child.as_mut().map(|c| c.try_wait().ok().flatten());

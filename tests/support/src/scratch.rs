@@ -1,7 +1,7 @@
-//! Scratch directories and loopback ports for agents.
+//! Scratch directories, loopback ports and local addresses for agents.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -106,4 +106,29 @@ pub fn take_cluster_port() -> u16 {
 /// A loopback address nothing listens on.
 pub fn dead_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// An IPv4 address of this machine that is not loopback (e.g. eth0's), to connect from:
+/// a request from it to `127.0.0.1` reaches a loopback listener with a non-loopback
+/// peer address. The address the kernel would send from towards TEST-NET-1 (no packet
+/// is sent), else the first one `ip -4 -o addr` lists.
+///
+/// # Panics
+/// When the machine has no such address.
+pub fn non_loopback_ip() -> IpAddr {
+    let routed = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.255:9").and_then(|()| s.local_addr()))
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified());
+    if let Some(ip) = routed {
+        return ip;
+    }
+    let listed = std::process::Command::new("ip").args(["-4", "-o", "addr", "show"]).output();
+    let text = listed.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1))
+        .filter_map(|cidr| cidr.split('/').next()?.parse::<IpAddr>().ok())
+        .find(|ip| !ip.is_loopback())
+        .unwrap_or_else(|| panic!("this test needs a non-loopback IPv4 address on the machine; `ip -4 addr`:\n{text}"))
 }
