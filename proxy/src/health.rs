@@ -109,7 +109,9 @@ async fn check_loop(prober: Arc<Prober>, up: Arc<Upstream>, spec: HealthSpec, me
             if now_healthy {
                 tracing::info!(service = %up.key.service, upstream = up.label(), "health check: upstream is healthy again");
             } else {
-                tracing::warn!(service = %up.key.service, upstream = up.label(), result = ?result, "health check: upstream marked unhealthy");
+                // The probe's error may quote the URL, user info included.
+                let result = crate::redact::redact_text(&format!("{result:?}"));
+                tracing::warn!(service = %up.key.service, upstream = up.label(), %result, "health check: upstream marked unhealthy");
             }
         }
         let wait = if up.healthy.load(Ordering::Relaxed) { spec.interval } else { spec.unhealthy_interval };
