@@ -226,6 +226,7 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
             .with_connect_failures(connect_failures),
     );
     let entrypoints = entrypoint_limits(&cfg, &downstream);
+    admin.entrypoints.store(Arc::new(entrypoints.clone()));
     let mut proxy = Service::new("SmartFailoverProxy".to_string(), LimitedApp::new(proxy_app, entrypoints.clone()));
     for e in &entrypoints {
         let (name, l) = (e.name(), e.limits());

@@ -106,6 +106,23 @@ pub async fn status(admin: &str, json: bool, token: Option<&str>) -> anyhow::Res
             );
         }
     }
+    println!("\nENTRYPOINTS");
+    println!(
+        "  {:<12} {:<22} {:>11} {:>9} {:>7} {:>9} {:>9}",
+        "NAME", "ADDRESS", "CONNECTIONS", "MAX", "PER IP", "HEAD MS", "IDLE MS"
+    );
+    for e in &s.entrypoints {
+        println!(
+            "  {:<12} {:<22} {:>11} {:>9} {:>7} {:>9} {:>9}",
+            e.name,
+            e.address,
+            e.connections,
+            e.max_connections,
+            e.max_connections_per_ip,
+            e.read_timeout_ms,
+            e.idle_timeout_ms
+        );
+    }
     println!("\nROUTES");
     println!("  {:<20} {:>8}  {:<20} RULE", "NAME", "PRIORITY", "SERVICE");
     for r in &s.routes {

@@ -184,6 +184,15 @@ async fn per_ip_cap_refuses_the_next_connection_from_that_ip_only() {
     let mut other = connect_from(Ipv4Addr::new(127, 0, 0, 2), agent.web).await.unwrap();
     assert_eq!(get_on(&mut other).await.unwrap(), 200, "127.0.0.2 is not capped");
     assert_eq!(get_on(&mut held[0]).await.unwrap(), 200);
+    // Status shows the entry point's connections and limits.
+    let s = agent.status().await;
+    let web = &s["entrypoints"][0];
+    assert_eq!(
+        (web["name"].as_str(), web["address"].as_str()),
+        (Some("web"), Some(&*agent.web.to_string())),
+        "{web:#}"
+    );
+    assert_eq!((web["connections"].as_u64(), web["max_connections_per_ip"].as_u64()), (Some(6), Some(5)), "{web:#}");
     // A slot given back can be taken again.
     drop(held.pop());
     wait_for("the slot comes back", Duration::from_secs(5), || async {

@@ -20,8 +20,8 @@ use constellation_proxy::redact;
 
 pub use crate::status::ReloadReport;
 use crate::status::{
-    routes_of, services_of, ConfigStatus, DnsStatus, HintStatus, LeaseStatus, MemberStatus, NodeInfo, RaftStatus,
-    Status,
+    routes_of, services_of, ConfigStatus, DnsStatus, EntrypointStatus, HintStatus, LeaseStatus, MemberStatus, NodeInfo,
+    RaftStatus, Status,
 };
 
 /// Largest request body the admin API reads.
@@ -66,6 +66,9 @@ pub struct AdminState {
     pub dns: Arc<ArcSwapOption<DnsStatus>>,
     /// Set on SIGTERM: `/readyz` answers 503 while the node drains.
     pub draining: AtomicBool,
+    /// The proxy's entry points with their limits and open connections (set once the
+    /// listeners are built).
+    pub entrypoints: ArcSwap<Vec<Arc<constellation_proxy::downstream::Entrypoint>>>,
     /// Refused admin requests, counted and logged once per [`REFUSAL_LOG_EVERY`].
     refusals: Refusals,
 }
@@ -92,6 +95,7 @@ impl AdminState {
             lease_node: ArcSwapOption::empty(),
             dns: Arc::new(ArcSwapOption::empty()),
             draining: AtomicBool::new(false),
+            entrypoints: ArcSwap::from_pointee(Vec::new()),
             refusals,
         }
     }
@@ -117,6 +121,7 @@ impl AdminState {
             leases: (**self.leases.load()).clone(),
             raft: self.raft.load_full().map(|r| (*r).clone()),
             dns: self.dns.load_full().map(|d| (*d).clone()),
+            entrypoints: self.entrypoints.load().iter().map(|e| EntrypointStatus::of(e)).collect(),
             routes: routes_of(&table),
             services: services_of(&table),
         }

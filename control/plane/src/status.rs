@@ -40,6 +40,9 @@ pub struct Status {
     /// The DNS controller; `null` when `[dns]` is not configured.
     #[serde(default)]
     pub dns: Option<DnsStatus>,
+    /// Entry points: connections open now and the limits in force.
+    #[serde(default)]
+    pub entrypoints: Vec<EntrypointStatus>,
     /// Routes by priority.
     #[serde(default)]
     pub routes: Vec<RouteStatus>,
@@ -174,6 +177,41 @@ pub struct RaftStatus {
     /// Voters as `name=raft_address`.
     #[serde(default)]
     pub voters: Vec<String>,
+}
+
+/// One entry point of the proxy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EntrypointStatus {
+    /// Name (`web`).
+    pub name: String,
+    /// Listen address.
+    pub address: String,
+    /// Client connections open now.
+    pub connections: usize,
+    /// Cap on connections held at once.
+    pub max_connections: usize,
+    /// Cap per client IP.
+    pub max_connections_per_ip: usize,
+    /// Deadline for a whole request head, in milliseconds.
+    pub read_timeout_ms: u64,
+    /// Keep-alive idle timeout, in milliseconds.
+    pub idle_timeout_ms: u64,
+}
+
+impl EntrypointStatus {
+    /// The status of `e` now.
+    pub fn of(e: &constellation_proxy::downstream::Entrypoint) -> Self {
+        let l = e.limits();
+        EntrypointStatus {
+            name: e.name().to_string(),
+            address: e.listen().to_string(),
+            connections: e.open(),
+            max_connections: l.max_connections,
+            max_connections_per_ip: l.max_connections_per_ip,
+            read_timeout_ms: l.read_timeout.as_millis() as u64,
+            idle_timeout_ms: l.idle_timeout.as_millis() as u64,
+        }
+    }
 }
 
 /// One route.
