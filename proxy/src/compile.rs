@@ -234,27 +234,23 @@ impl Compiler<'_> {
         }))
     }
 
-    /// Every service reachable from `service` (itself included), in visiting order.
-    fn services_under(&self, service: &str, out: &mut Vec<String>, depth: usize) {
+    /// Every service reachable from `service` (itself included), in visiting order;
+    /// a mirroring service's mirrors only when `mirrors` is set (they get copies of the
+    /// traffic, never the answer).
+    fn services_under(&self, service: &str, mirrors: bool, out: &mut Vec<String>, depth: usize) {
         let name = bare(service);
         if depth > 16 || out.iter().any(|s| s == name) {
             return;
         }
         out.push(name.to_string());
+        let mut next = |s: &str| self.services_under(s, mirrors, out, depth + 1);
         match self.cfg.http.services.get(name) {
-            Some(HttpService::Weighted(w)) => {
-                for ws in &w.services {
-                    self.services_under(&ws.name, out, depth + 1);
-                }
-            }
-            Some(HttpService::Failover(f)) => {
-                for s in f.service.iter().chain(&f.fallback) {
-                    self.services_under(s, out, depth + 1);
-                }
-            }
+            Some(HttpService::Weighted(w)) => w.services.iter().for_each(|ws| next(&ws.name)),
+            Some(HttpService::Failover(f)) => f.service.iter().chain(&f.fallback).for_each(|s| next(s)),
             Some(HttpService::Mirroring(m)) => {
-                for s in m.service.iter().chain(m.mirrors.iter().map(|x| &x.name)) {
-                    self.services_under(s, out, depth + 1);
+                m.service.iter().for_each(|s| next(s));
+                if mirrors {
+                    m.mirrors.iter().for_each(|x| next(&x.name));
                 }
             }
             _ => {}
@@ -267,7 +263,7 @@ impl Compiler<'_> {
         objects.extend(router.middlewares.iter().map(|m| format!("http.middlewares.{}", bare(m))));
         let mut services = Vec::new();
         if let Some(s) = router.service.as_deref() {
-            self.services_under(s, &mut services, 0);
+            self.services_under(s, true, &mut services, 0);
         }
         objects.extend(services.iter().map(|s| format!("http.services.{s}")));
         let mut needs = Vec::new();
@@ -279,31 +275,12 @@ impl Compiler<'_> {
         needs
     }
 
-    /// Load-balancer services reachable from `service`.
-    fn leaf_services(&self, service: &str, out: &mut Vec<String>, depth: usize) {
-        let name = bare(service);
-        if depth > 16 || out.iter().any(|s| s == name) {
-            return;
-        }
-        match self.cfg.http.services.get(name) {
-            Some(HttpService::LoadBalancer(_)) => out.push(name.to_string()),
-            Some(HttpService::Weighted(w)) => {
-                for ws in &w.services {
-                    self.leaf_services(&ws.name, out, depth + 1);
-                }
-            }
-            Some(HttpService::Failover(f)) => {
-                for s in f.service.iter().chain(&f.fallback) {
-                    self.leaf_services(s, out, depth + 1);
-                }
-            }
-            Some(HttpService::Mirroring(m)) => {
-                if let Some(s) = &m.service {
-                    self.leaf_services(s, out, depth + 1);
-                }
-            }
-            _ => {}
-        }
+    /// Load-balancer services that answer requests sent to `service`.
+    fn leaf_services(&self, service: &str) -> Vec<String> {
+        let mut all = Vec::new();
+        self.services_under(service, false, &mut all, 0);
+        all.retain(|s| matches!(self.cfg.http.services.get(s), Some(HttpService::LoadBalancer(_))));
+        all
     }
 }
 
@@ -439,9 +416,7 @@ pub fn compile(
                 }
                 match breaker {
                     Ok(b) => {
-                        let mut leaves = Vec::new();
-                        c.leaf_services(router.service.as_deref().unwrap_or(""), &mut leaves, 0);
-                        for leaf in leaves {
+                        for leaf in c.leaf_services(router.service.as_deref().unwrap_or("")) {
                             if let Some(prev) = c.breaker_overrides.get(&leaf) {
                                 if **prev != b {
                                     c.warnings.push(format!("http.routers.{rname}: service {leaf} already has a different circuitBreaker from another router; the first one applies"));
