@@ -90,6 +90,13 @@ fn agent_toml(routes: &str) -> String {
     )
 }
 
+/// `config check` of `file` in `dir`, which must exit 78: its `error: ` lines and stderr.
+fn failing_check(dir: &Scratch, file: &str) -> (Vec<String>, String) {
+    let (code, out, err) = run(&["config", "check", dir.path(file).to_str().unwrap()], &dir.0);
+    assert_eq!(code, EX_CONFIG, "{out}\n{err}");
+    (err.lines().filter(|l| l.starts_with("error: ")).map(str::to_string).collect(), err)
+}
+
 #[test]
 fn config_check_refuses_unapplied_features_unless_allowed() {
     let dir = Scratch::new("fail-closed-check");
@@ -117,9 +124,7 @@ fn config_check_reports_every_error_with_its_line() {
          \x20 services:\n    app:\n      loadBalancer:\n        servers:\n          - url: \"127.0.0.1:9\"\n",
     );
     dir.write("agent.toml", &agent_toml("routes.yaml"));
-    let (code, out, err) = run(&["config", "check", dir.path("agent.toml").to_str().unwrap()], &dir.0);
-    assert_eq!(code, EX_CONFIG, "{out}\n{err}");
-    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    let (errors, err) = failing_check(&dir, "agent.toml");
     assert_eq!(errors.len(), 3, "{err}");
     // The rule error points at the misspelt name inside the rule, on its own line.
     assert!(errors[0].contains("/routes.yaml:4:34: http.routers.a: field \"rule\""), "{err}");
@@ -165,9 +170,7 @@ fn config_check_reports_every_agent_config_error_at_once() {
         "[entrypoints.web]\naddress = \"127.0.0.1:1\"\n[admin]\naddress = \"127.0.0.1\"\n\
          [proxy]\nconnect_timeout_ms = 0\n[routes]\nfiles = [\"routes.yaml\"]\n[raft]\nvoters = [\"n1\"]\n",
     );
-    let (code, out, err) = run(&["config", "check", dir.path("agent.toml").to_str().unwrap()], &dir.0);
-    assert_eq!(code, EX_CONFIG, "{out}\n{err}");
-    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    let (errors, err) = failing_check(&dir, "agent.toml");
     assert_eq!(errors.len(), 3, "{err}");
     assert!(errors[0].contains("agent.toml:4:11: admin.address"), "{err}");
     assert!(errors[1].contains("agent.toml:6:22: proxy.connect_timeout_ms"), "{err}");
