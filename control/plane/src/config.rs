@@ -47,6 +47,20 @@ pub struct AgentConfig {
     pub raft: RaftSection,
     /// Cloudflare DNS following the front door (see docs/dns.md). Off unless present.
     pub dns: Option<constellation_dns::DnsConfig>,
+    /// Docker provider: containers and their labels feed the routes (see docs/docker.md).
+    /// On when the engine's socket exists.
+    pub docker: constellation_docker::DockerConfig,
+    /// Stack definitions beyond the built-in catalogue, for `services` and `deploy`.
+    pub services: ServicesConfig,
+}
+
+/// `[services]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServicesConfig {
+    /// docker-compose files (the subset in docs/services.md), relative to this file; each
+    /// is one stack named by its top-level `name:` key. Default: none.
+    pub files: Vec<PathBuf>,
 }
 
 /// `[raft]`.
@@ -289,6 +303,8 @@ impl Default for AgentConfig {
             instances: Vec::new(),
             raft: RaftSection::default(),
             dns: None,
+            docker: constellation_docker::DockerConfig::default(),
+            services: ServicesConfig::default(),
         }
     }
 }
@@ -918,6 +934,16 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "proxy.allow_unsupported",
         "Serve routers needing unapplied features (e.g. basicAuth) WITHOUT them instead of 503. Unsafe.",
     ),
+    ("docker.endpoint", "Docker engine: socket path, unix://PATH or tcp://HOST:PORT. Used when it exists."),
+    (
+        "docker.exposed_by_default",
+        "Route containers without traefik.enable=true too. Also: enabled, network, constraints, mesh_entrypoint.",
+    ),
+    ("docker.relist_interval_ms", "Full relist of the engine's containers this often (events can be lost)."),
+    ("docker.retry_interval_ms", "Reconnect this often while the engine does not answer."),
+    ("docker.restart_cap_per_hour", "Restarts of one deunhealth-labelled unhealthy container per hour at most."),
+    ("docker.restart_backoff_ms", "Wait before restarting an unhealthy container; doubles per restart in the hour."),
+    ("services.files", "docker-compose files (stack = their `name:`), for `services` and `deploy`."),
     ("proxy.breaker.consecutive_failures", "Consecutive gateway failures that open an upstream's breaker (0 = off)."),
     ("proxy.breaker.failure_rate_threshold", "Failure share over the window that opens it (0 = off)."),
     ("proxy.breaker.window_ms", "Sliding window of the failure rate."),

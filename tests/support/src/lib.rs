@@ -12,6 +12,8 @@
 //! - [`RawBackend`] and [`raw_exchange`]: raw-socket HTTP/1.1 peers for framing tests; the
 //!   backend records every byte it receives.
 //! - [`FakeCloudflare`]: a Cloudflare v4 API on a real socket.
+//! - [`docker`]: the real Docker engine: a locally imported test image and a guard that
+//!   removes every labelled container and network a test made.
 //! - [`report`]: the helpers benchmarks use to write their results.
 //!
 //! The kit knows nothing of Constellation's crates: it starts the binary and reads its
@@ -24,6 +26,7 @@ mod backend;
 mod binary;
 mod client;
 pub mod cloudflare;
+pub mod docker;
 mod fleet;
 mod node;
 mod partition;
