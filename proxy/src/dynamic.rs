@@ -303,6 +303,11 @@ pub struct LoadBalancer {
     /// and is failed over (for WARP egress gateways). Never serialised.
     #[serde(default, rename = "retryOn403", skip_serializing)]
     pub retry_on_403: bool,
+    /// Servers are filled in by a provider (containers, announced instances) and may all
+    /// be gone for a while: no servers then means every request gets 503, not an invalid
+    /// configuration. Never read from or written to text.
+    #[serde(skip)]
+    pub provided: bool,
 }
 
 /// A load-balancer server.
@@ -1168,6 +1173,29 @@ pub fn parse_named(name: &str, text: &str) -> Result<DynamicConfig, DynamicError
     parse_str(text, format, name)
 }
 
+/// Traefik v3's JSON schema of the file provider's dynamic configuration: every key a
+/// configuration may hold, with its type. The Docker provider walks it to turn
+/// case-insensitive `traefik.*` labels into this model's keys.
+pub const FILE_PROVIDER_SCHEMA: &str = include_str!("../tests/fixtures/dynamic/traefik-v3-file-provider.json");
+
+/// A dynamic configuration from a JSON value built by a provider (e.g. container labels);
+/// `origin` is recorded for every object, as [`parse_str`] does for files. Errors carry
+/// the path of the offending key.
+pub fn from_value(value: serde_json::Value, origin: &str) -> Result<DynamicConfig, DynamicError> {
+    let mut config: DynamicConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+        DynamicError::Parse(ParseError {
+            origin: origin.to_string(),
+            line: None,
+            column: None,
+            path: path_of(&e),
+            message: e.inner().to_string(),
+        })
+    })?;
+    let names = config.object_names();
+    config.provenance = names.into_iter().map(|name| (name, origin.to_string())).collect();
+    Ok(config)
+}
+
 /// Parse a dynamic configuration from text. `origin` (usually the file name) is named in
 /// errors and recorded as the origin of every object defined (see [`DynamicConfig::merge`]).
 pub fn parse_str(text: &str, format: Format, origin: &str) -> Result<DynamicConfig, DynamicError> {
@@ -1405,6 +1433,63 @@ impl DynamicConfig {
             mine.stores.extend(tls.stores);
         }
         Ok(())
+    }
+
+    /// Merge configurations from a provider whose objects may be defined by several
+    /// sources at once (the same router on two replicas of a container, on two nodes):
+    /// identical definitions become one object; differing ones are conflicts, reported
+    /// with both sources, and the object is left out (Traefik's rule for labels).
+    /// TLS sections are ignored here (providers of certificates merge them their own way).
+    pub fn merge_shared(parts: Vec<(String, DynamicConfig)>) -> (DynamicConfig, Vec<MergeConflict>) {
+        fn fold<V: PartialEq>(
+            kind: &str,
+            out: &mut BTreeMap<String, V>,
+            origins: &mut BTreeMap<String, String>,
+            dropped: &mut BTreeSet<String>,
+            conflicts: &mut Vec<MergeConflict>,
+            origin: &str,
+            items: BTreeMap<String, V>,
+        ) {
+            for (name, value) in items {
+                let object = format!("{kind}.{name}");
+                if dropped.contains(&object) {
+                    continue;
+                }
+                match out.get(&name) {
+                    None => {
+                        out.insert(name, value);
+                        origins.insert(object, origin.to_string());
+                    }
+                    Some(existing) if *existing == value => {}
+                    Some(_) => {
+                        let first = origins.get(&object).cloned().unwrap_or_default();
+                        conflicts.push(MergeConflict { object: object.clone(), first, second: origin.to_string() });
+                        out.remove(&name);
+                        dropped.insert(object);
+                    }
+                }
+            }
+        }
+        let mut out = DynamicConfig::default();
+        let mut origins = BTreeMap::new();
+        let mut dropped = BTreeSet::new();
+        let mut conflicts = Vec::new();
+        let (o, d, c) = (&mut origins, &mut dropped, &mut conflicts);
+        for (origin, part) in parts {
+            let DynamicConfig { http, tcp, udp, .. } = part;
+            fold("http.routers", &mut out.http.routers, o, d, c, &origin, http.routers);
+            fold("http.services", &mut out.http.services, o, d, c, &origin, http.services);
+            fold("http.middlewares", &mut out.http.middlewares, o, d, c, &origin, http.middlewares);
+            fold("http.serversTransports", &mut out.http.servers_transports, o, d, c, &origin, http.servers_transports);
+            fold("tcp.routers", &mut out.tcp.routers, o, d, c, &origin, tcp.routers);
+            fold("tcp.services", &mut out.tcp.services, o, d, c, &origin, tcp.services);
+            fold("tcp.middlewares", &mut out.tcp.middlewares, o, d, c, &origin, tcp.middlewares);
+            fold("tcp.serversTransports", &mut out.tcp.servers_transports, o, d, c, &origin, tcp.servers_transports);
+            fold("udp.routers", &mut out.udp.routers, o, d, c, &origin, udp.routers);
+            fold("udp.services", &mut out.udp.services, o, d, c, &origin, udp.services);
+        }
+        out.provenance = origins;
+        (out, conflicts)
     }
 
     /// Everything that was parsed but that Constellation does not apply, one line per

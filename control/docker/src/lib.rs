@@ -7,5 +7,14 @@
 //! `constellation-services`; it never knows gossip, Raft or the route table.
 
 pub mod config;
+pub mod constraints;
+pub mod container;
+pub mod labels;
+pub mod schema;
 
 pub use config::DockerConfig;
+pub use container::{Container, Health};
+pub use labels::{contribution, Contribution, Endpoint, LabelSettings};
+
+#[cfg(test)]
+mod tests;

@@ -282,7 +282,7 @@ impl Checker<'_> {
             let mut edges_found = Vec::new();
             match service {
                 HttpService::LoadBalancer(lb) => {
-                    if lb.servers.is_empty() {
+                    if lb.servers.is_empty() && !lb.provided {
                         self.push(&object, "servers", "loadBalancer has no servers");
                     }
                     for (i, server) in lb.servers.iter().enumerate() {
