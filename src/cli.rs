@@ -123,6 +123,36 @@ pub async fn status(admin: &str, json: bool, token: Option<&str>) -> anyhow::Res
             e.idle_timeout_ms
         );
     }
+    if let Some(d) = &s.docker {
+        let engine = if d.connected {
+            format!("connected (engine {})", d.engine_version.as_deref().unwrap_or("?"))
+        } else {
+            format!("NOT REACHABLE: {} (last known containers shown)", d.last_error.as_deref().unwrap_or("not yet connected"))
+        };
+        println!("\nCONTAINERS  docker {}: {engine}", d.endpoint);
+        println!(
+            "  {:<12} {:<28} {:<10} {:<10} {:>8}  {:<20} NETWORKS",
+            "NODE", "NAME", "STATE", "HEALTH", "RESTARTS", "SERVICES"
+        );
+        for c in &d.containers {
+            println!(
+                "  {:<12} {:<28} {:<10} {:<10} {:>8}  {:<20} {}",
+                c.node,
+                c.name,
+                c.state,
+                c.health,
+                c.restarts,
+                if c.services.is_empty() { "-".to_string() } else { c.services.join(",") },
+                c.networks.join(",")
+            );
+            if let Some(e) = &c.error {
+                println!("    LABELS REFUSED: {e}");
+            }
+        }
+        for c in &d.conflicts {
+            println!("  CONFLICT (left out): {c}");
+        }
+    }
     println!("\nROUTES");
     println!("  {:<20} {:>8}  {:<20} RULE", "NAME", "PRIORITY", "SERVICE");
     for r in &s.routes {

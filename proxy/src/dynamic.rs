@@ -1435,6 +1435,40 @@ impl DynamicConfig {
         Ok(())
     }
 
+    /// Remove a named object (`http.routers.api`); unknown names are ignored.
+    pub fn remove_object(&mut self, object: &str) {
+        const KINDS: [&str; 10] = [
+            "http.routers",
+            "http.services",
+            "http.middlewares",
+            "http.serversTransports",
+            "tcp.routers",
+            "tcp.services",
+            "tcp.middlewares",
+            "tcp.serversTransports",
+            "udp.routers",
+            "udp.services",
+        ];
+        let Some((kind, name)) =
+            KINDS.iter().find_map(|k| object.strip_prefix(k).and_then(|r| r.strip_prefix('.')).map(|n| (*k, n)))
+        else {
+            return;
+        };
+        match kind {
+            "http.routers" => drop(self.http.routers.remove(name)),
+            "http.services" => drop(self.http.services.remove(name)),
+            "http.middlewares" => drop(self.http.middlewares.remove(name)),
+            "http.serversTransports" => drop(self.http.servers_transports.remove(name)),
+            "tcp.routers" => drop(self.tcp.routers.remove(name)),
+            "tcp.services" => drop(self.tcp.services.remove(name)),
+            "tcp.middlewares" => drop(self.tcp.middlewares.remove(name)),
+            "tcp.serversTransports" => drop(self.tcp.servers_transports.remove(name)),
+            "udp.routers" => drop(self.udp.routers.remove(name)),
+            _ => drop(self.udp.services.remove(name)),
+        }
+        self.provenance.remove(object);
+    }
+
     /// Merge configurations from a provider whose objects may be defined by several
     /// sources at once (the same router on two replicas of a container, on two nodes):
     /// identical definitions become one object; differing ones are conflicts, reported

@@ -80,6 +80,32 @@ pub struct NodeState {
     pub roles: Vec<String>,
     /// Service instances running on the node.
     pub instances: Vec<Instance>,
+    /// Containers on the node's engine, for status (the provider's view).
+    pub containers: Vec<ContainerRecord>,
+    /// Routes the node's providers contribute (its containers' labels), as a Traefik
+    /// dynamic configuration in JSON; empty when none. Opaque to this crate.
+    pub provided_routes: String,
+}
+
+/// A container as its node reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// Container name.
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// Engine state (`running`, `exited`, …).
+    pub state: String,
+    /// HEALTHCHECK verdict: `healthy`, `unhealthy`, `starting` or `none`.
+    pub health: String,
+    /// HTTP services it serves (empty when not routed).
+    pub services: Vec<String>,
+    /// Networks it is on.
+    pub networks: Vec<String>,
+    /// Why its labels were refused, if they were.
+    pub error: Option<String>,
+    /// Restarts by the unhealthy-container restarter in the last hour.
+    pub restarts: u32,
 }
 
 impl NodeState {
@@ -95,6 +121,8 @@ impl NodeState {
             public_ip: None,
             roles: Vec::new(),
             instances: Vec::new(),
+            containers: Vec::new(),
+            provided_routes: String::new(),
         }
     }
 

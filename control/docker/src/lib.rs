@@ -10,11 +10,13 @@ pub mod config;
 pub mod constraints;
 pub mod container;
 pub mod labels;
+pub mod provider;
 pub mod schema;
 
 pub use config::DockerConfig;
 pub use container::{Container, Health};
 pub use labels::{contribution, Contribution, Endpoint, LabelSettings};
+pub use provider::{DockerMetrics, DockerProvider, DockerSnapshot, Watched};
 
 #[cfg(test)]
 mod tests;

@@ -69,6 +69,8 @@ pub struct AdminState {
     /// The proxy's entry points with their limits and open connections (set once the
     /// listeners are built).
     pub entrypoints: ArcSwap<Vec<Arc<constellation_proxy::downstream::Entrypoint>>>,
+    /// The Docker provider's status (none when it is off).
+    pub docker: ArcSwapOption<crate::status::DockerStatus>,
     /// Refused admin requests, counted and logged once per [`REFUSAL_LOG_EVERY`].
     refusals: Refusals,
 }
@@ -96,6 +98,7 @@ impl AdminState {
             dns: Arc::new(ArcSwapOption::empty()),
             draining: AtomicBool::new(false),
             entrypoints: ArcSwap::from_pointee(Vec::new()),
+            docker: ArcSwapOption::empty(),
             refusals,
         }
     }
@@ -124,6 +127,7 @@ impl AdminState {
             entrypoints: self.entrypoints.load().iter().map(|e| EntrypointStatus::of(e)).collect(),
             routes: routes_of(&table),
             services: services_of(&table),
+            docker: self.docker.load_full().map(|d| (*d).clone()),
         }
     }
 }

@@ -791,6 +791,29 @@ pub fn validate_all(
     };
     let dns = dns_section(&mut config);
     keep(&mut errors, dns);
+    let docker_section = |config: &AgentConfig| -> Result<(), ConfigError> {
+        let d = &config.docker;
+        if d.endpoint.trim().is_empty() {
+            return Err(bad("docker.endpoint", "must name a socket path or tcp://host:port".into()));
+        }
+        if let Some(c) = &d.constraints {
+            constellation_docker::constraints::Constraint::parse(c).map_err(|e| bad("docker.constraints", e.to_string()))?;
+        }
+        if let Some(m) = &d.mesh_entrypoint {
+            if !config.entrypoints.contains_key(m) {
+                return Err(bad(
+                    "docker.mesh_entrypoint",
+                    format!("no entrypoint named {m:?}; define [entrypoints.{m}] on the mesh address"),
+                ));
+            }
+        }
+        if d.network.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(bad("docker.network", "must not be empty (leave it out for the container's only network)".into()));
+        }
+        Ok(())
+    };
+    let docker = docker_section(&config);
+    keep(&mut errors, docker);
     let (
         Some((entrypoints, entrypoint_policies)),
         Some(admin_addr),

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod builder;
 pub mod config;
+pub mod docker;
 pub mod plane;
 pub mod public_ip;
 pub mod resolver;

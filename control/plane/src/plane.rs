@@ -20,6 +20,7 @@ use constellation_lease::{LeaseNode, LeaseView};
 use crate::admin::AdminState;
 use crate::builder::ClusterInstance;
 use crate::config::LoadedConfig;
+use crate::docker::{DockerGlue, Mesh, Published};
 use crate::public_ip::{detect, PublicIpConfig};
 use crate::routes::Reloader;
 use crate::status::{HintStatus, LeaseStatus, MemberStatus, RaftStatus};
@@ -106,6 +107,81 @@ impl Lifecycle {
     pub async fn reached(&self, phase: Phase) {
         let mut rx = self.tx.subscribe();
         let _ = rx.wait_for(|p| *p >= phase).await;
+    }
+}
+
+/// The Docker provider, when on: its snapshots and the glue that turns them into parts.
+struct DockerFeed {
+    rx: tokio::sync::watch::Receiver<Arc<constellation_docker::DockerSnapshot>>,
+    glue: DockerGlue,
+    published: Published,
+}
+
+/// Start the Docker provider when `[docker]` is on; `advertise` is the address other
+/// nodes reach this one at (its mesh entry point's host).
+fn start_docker(
+    cfg: &LoadedConfig,
+    registry: &prometheus::Registry,
+    lifecycle: &Lifecycle,
+    advertise: Option<std::net::IpAddr>,
+) -> Option<DockerFeed> {
+    let d = &cfg.config.docker;
+    if !d.active() {
+        tracing::info!(endpoint = %d.endpoint, "Docker provider off (no engine socket, or [docker] enabled = false)");
+        return None;
+    }
+    let constraint = match d.constraints.as_deref().map(constellation_docker::constraints::Constraint::parse) {
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            // Checked when the config loads; kept as a guard.
+            tracing::error!(error = %e, "[docker] constraints do not parse; the Docker provider is off");
+            return None;
+        }
+        None => None,
+    };
+    let settings = constellation_docker::LabelSettings {
+        exposed_by_default: d.exposed_by_default,
+        network: d.network.clone(),
+        domain: cfg.config.cluster.domain.clone(),
+    };
+    let mesh = d.mesh_entrypoint.as_ref().and_then(|name| {
+        let (_, addr) = cfg.entrypoints.iter().find(|(n, _)| n == name)?;
+        let ip = advertise.unwrap_or(addr.ip());
+        let host = match ip {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        };
+        Some(Mesh { entrypoint: name.clone(), url: format!("http://{host}:{}", addr.port()) })
+    });
+    let (provider, rx) = constellation_docker::DockerProvider::new(d.clone(), settings, constraint, registry);
+    let stop = {
+        let lifecycle = lifecycle.clone();
+        async move { lifecycle.reached(Phase::Stopping).await }
+    };
+    tokio::spawn(provider.run(stop));
+    let glue = DockerGlue {
+        node: cfg.config.node.name.clone(),
+        endpoint: d.endpoint.clone(),
+        mesh,
+        entrypoints: cfg.entrypoints.iter().map(|(n, _)| n.clone()).collect(),
+    };
+    Some(DockerFeed { rx, glue, published: Published::default() })
+}
+
+/// A single node with Docker: every snapshot rebuilds the routes, until stopped.
+async fn feed_single(mut feed: DockerFeed, reloader: Arc<Reloader>, admin: Arc<AdminState>, statics: Vec<ClusterInstance>) {
+    loop {
+        let snap = feed.rx.borrow_and_update().clone();
+        let (parts, local) = feed.glue.local(&snap);
+        let published = feed.glue.published(&snap);
+        admin.docker.store(Some(Arc::new(feed.glue.status(&snap, None, &published))));
+        reloader.set_provided(parts);
+        let mut all = statics.clone();
+        all.extend(local);
+        reloader.set_instances(all);
+        if feed.rx.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -216,14 +292,18 @@ pub async fn run(
         }]));
         admin.cluster_joined.store(true, std::sync::atomic::Ordering::Relaxed);
         let node = cfg.config.node.name.clone();
-        reloader.set_instances(
-            local
-                .iter()
-                .filter(|i| i.healthy)
-                .map(|i| ClusterInstance { node: node.clone(), service: i.service.clone(), url: i.url.clone() })
-                .collect(),
-        );
+        let statics: Vec<ClusterInstance> = local
+            .iter()
+            .filter(|i| i.healthy)
+            .map(|i| ClusterInstance { node: node.clone(), service: i.service.clone(), url: i.url.clone() })
+            .collect();
+        reloader.set_instances(statics.clone());
+        let feeder = start_docker(&cfg, &registry, &lifecycle, None)
+            .map(|feed| tokio::spawn(feed_single(feed, reloader.clone(), admin.clone(), statics)));
         idle_until_stopped(&lifecycle, &admin).await;
+        if let Some(f) = feeder {
+            f.abort();
+        }
         return;
     };
     let keyring = match Keyring::parse(&g.keyring_text) {
@@ -419,6 +499,9 @@ pub async fn run(
         }
     }
 
+    let mut docker = start_docker(&cfg, &registry, &lifecycle, Some(g.advertise.ip()));
+    let static_count = local.len();
+    let me = cfg.config.node.name.clone();
     let mut view_rx = cluster.view();
     let mut hint_tick = tokio::time::interval(Duration::from_secs(1));
     let seeds_configured = !g.seeds.is_empty();
@@ -433,8 +516,38 @@ pub async fn run(
         if !seeds_configured || alive > 1 {
             admin.cluster_joined.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        reloader.set_instances(cluster_instances(&view));
+        let mut instances = cluster_instances(&view);
+        if let Some(feed) = docker.as_mut() {
+            let snap = feed.rx.borrow_and_update().clone();
+            let published = feed.glue.published(&snap);
+            if published != feed.published {
+                let p = published.clone();
+                cluster.update_local(move |s| {
+                    s.instances.truncate(static_count);
+                    s.instances.extend(p.instances);
+                    s.containers = p.containers;
+                    s.provided_routes = p.routes;
+                });
+                feed.published = published.clone();
+            }
+            let (mut parts, local_docker) = feed.glue.local(&snap);
+            parts.extend(feed.glue.remote_parts(&view));
+            reloader.set_provided(parts);
+            // Our own containers are reached directly, not through our mesh entry point.
+            let own_mesh = feed.glue.mesh.as_ref().map(|m| m.url.clone());
+            instances.retain(|i| !(i.node == me && Some(&i.url) == own_mesh.as_ref()));
+            instances.extend(local_docker);
+            admin.docker.store(Some(Arc::new(feed.glue.status(&snap, Some(&view), &published))));
+        }
+        reloader.set_instances(instances);
+        let docker_changed = async {
+            match docker.as_mut() {
+                Some(feed) => feed.rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            ok = docker_changed => if !ok { docker = None },
             _ = &mut stopping => break,
             _ = &mut draining, if !drain_started => {
                 drain_started = true;

@@ -104,6 +104,7 @@ pub struct Reloader {
     fingerprint: Mutex<u64>,
     domain: String,
     instances: Mutex<Vec<ClusterInstance>>,
+    provided: Mutex<Vec<(String, DynamicConfig)>>,
     kick: Notify,
 }
 
@@ -130,6 +131,7 @@ impl Reloader {
             fingerprint: Mutex::new(0),
             domain: crate::config::DEFAULT_CLUSTER_DOMAIN.to_string(),
             instances: Mutex::new(Vec::new()),
+            provided: Mutex::new(Vec::new()),
             kick: Notify::new(),
         }
     }
@@ -163,6 +165,20 @@ impl Reloader {
         }
     }
 
+    /// Replace the configurations providers contribute (containers' labels, of this node
+    /// and of others), each with its origin; a change wakes the watcher to rebuild.
+    /// Objects several parts define identically merge; differing ones are left out and
+    /// reported; a name a route file also defines keeps the file's definition.
+    pub fn set_provided(&self, parts: Vec<(String, DynamicConfig)>) {
+        let mut cur = self.provided.lock().unwrap_or_else(|p| p.into_inner());
+        let same = cur.len() == parts.len() && cur.iter().zip(&parts).all(|(a, b)| a.0 == b.0 && a.1 == b.1);
+        if !same {
+            *cur = parts;
+            drop(cur);
+            self.kick.notify_one();
+        }
+    }
+
     /// Pools of the table in force (for applying outlier hints).
     pub fn table(&self) -> &TableHandle {
         &self.table
@@ -188,9 +204,11 @@ impl Reloader {
         *self.fingerprint.lock().unwrap_or_else(|p| p.into_inner()) = self.current_fingerprint();
         let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut build_warnings = Vec::new();
-        let config = load_sources(&self.sources).and_then(|cfg| {
+        let provided = self.provided.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let config = load_sources(&self.sources).and_then(|mut cfg| {
+            build_warnings = merge_provided(&mut cfg, provided);
             let (cfg, w) = build(&cfg, &instances, &self.domain);
-            build_warnings = w;
+            build_warnings.extend(w);
             cfg.validate("cluster instances")
                 .map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
             Ok(cfg)
@@ -354,6 +372,30 @@ impl Reloader {
 }
 
 /// What [`Reloader::prepare`] hands to [`Reloader::publish`].
+/// Merge provider parts into the files' configuration (see [`Reloader::set_provided`]);
+/// returns the conflicts as warnings.
+fn merge_provided(cfg: &mut DynamicConfig, parts: Vec<(String, DynamicConfig)>) -> Vec<String> {
+    if parts.is_empty() {
+        return Vec::new();
+    }
+    let (mut shared, conflicts) = DynamicConfig::merge_shared(parts);
+    let mut warnings: Vec<String> =
+        conflicts.iter().map(|c| format!("{c}, differently: neither definition is used")).collect();
+    let files = cfg.object_names();
+    for name in shared.object_names() {
+        if files.contains(&name) {
+            let theirs = shared.origin_of(&name).unwrap_or("a provider").to_string();
+            let ours = cfg.origin_of(&name).unwrap_or("a route file").to_string();
+            warnings.push(format!("{name} is defined in both {ours} and {theirs}: the route file's definition is used"));
+            shared.remove_object(&name);
+        }
+    }
+    if let Err(e) = cfg.merge(shared, "docker") {
+        warnings.push(e.to_string());
+    }
+    warnings
+}
+
 struct Prepared {
     started: Instant,
     config: Result<DynamicConfig, Vec<String>>,

@@ -49,6 +49,57 @@ pub struct Status {
     /// Services with their upstreams.
     #[serde(default)]
     pub services: Vec<ServiceStatus>,
+    /// The Docker provider; `null` when it is off.
+    #[serde(default)]
+    pub docker: Option<DockerStatus>,
+}
+
+/// The Docker provider of this node, and the containers of every node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DockerStatus {
+    /// Engine endpoint watched.
+    pub endpoint: String,
+    /// The engine answers now (when false, containers are the last known).
+    pub connected: bool,
+    /// Engine version, once seen.
+    #[serde(default)]
+    pub engine_version: Option<String>,
+    /// Why the engine cannot be reached, while it cannot.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Containers cluster-wide (this node's first), with health.
+    #[serde(default)]
+    pub containers: Vec<ContainerStatus>,
+    /// Objects two containers (or nodes) define differently: left out of the routes.
+    #[serde(default)]
+    pub conflicts: Vec<String>,
+}
+
+/// One watched container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    /// Node whose engine runs it.
+    pub node: String,
+    /// Container name.
+    pub name: String,
+    /// Image.
+    pub image: String,
+    /// Engine state (`running`, `exited`, …).
+    pub state: String,
+    /// `healthy`, `unhealthy`, `starting` or `none`.
+    pub health: String,
+    /// HTTP services it serves (empty when not routed).
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Networks.
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// Why its labels were refused.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Restarts by the restarter in the last hour.
+    #[serde(default)]
+    pub restarts: u32,
 }
 
 /// Who answers.
