@@ -33,9 +33,29 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Every problem of `stack` (empty when it is valid).
+/// Every problem of `stack` (empty when it is valid): the [`Findings`]' errors, then its
+/// advisories.
 pub fn check(stack: &Stack) -> Vec<Problem> {
-    let mut out = Report { stack: &stack.name, problems: Vec::new() };
+    let Findings { mut errors, advisories } = findings(stack);
+    errors.extend(advisories);
+    errors
+}
+
+/// The problems of a stack, split by weight.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Findings {
+    /// The definition cannot be deployed as written (a reference does not resolve, an
+    /// inline secret, a cycle, a malformed health check or rule, a host port clash).
+    pub errors: Vec<Problem>,
+    /// Deployable but against the catalogue's rules: an unpinned image, a routed service
+    /// without a health check. The catalogue has none; an imported compose file may, and
+    /// a caller may choose to warn rather than refuse.
+    pub advisories: Vec<Problem>,
+}
+
+/// [`check`]'s problems, split into errors and advisories.
+pub fn findings(stack: &Stack) -> Findings {
+    let mut out = Report { stack: &stack.name, problems: Vec::new(), advisories: Vec::new() };
     unique_names(stack, &mut out);
     dependencies(stack, &mut out);
     references(stack, &mut out);
@@ -46,7 +66,7 @@ pub fn check(stack: &Stack) -> Vec<Problem> {
         image(s, &mut out);
     }
     host_ports(stack, &mut out);
-    out.problems
+    Findings { errors: out.problems, advisories: out.advisories }
 }
 
 /// Whether an environment variable's name says it holds a secret: a word part (split on
@@ -58,10 +78,28 @@ pub fn check(stack: &Stack) -> Vec<Problem> {
 pub fn is_secret_name(name: &str) -> bool {
     const CONTAINS: [&str; 5] = ["PASSWORD", "PASSWD", "SECRET", "CREDENTIAL", "PRIVATE"];
     const WHOLE: [&str; 5] = ["KEY", "KEYS", "TOKEN", "TOKENS", "PASS"];
-    const KEY_PREFIXES: [&str; 9] = ["API", "ACCESS", "AUTH", "PRIV", "MASTER", "SIGNING", "ENCRYPTION", "LICENSE", "SESSION"];
+    const KEY_PREFIXES: [&str; 9] =
+        ["API", "ACCESS", "AUTH", "PRIV", "MASTER", "SIGNING", "ENCRYPTION", "LICENSE", "SESSION"];
     const ABOUT: [&str; 19] = [
-        "FILE", "PATH", "DIR", "LENGTH", "LEN", "MIN", "TTL", "EXPIRY", "EXPIRES", "EXPIRATION", "TIMEOUT",
-        "ALGORITHM", "TYPE", "ENABLED", "ENABLE", "HEADER", "URL", "URI", "ENDPOINT",
+        "FILE",
+        "PATH",
+        "DIR",
+        "LENGTH",
+        "LEN",
+        "MIN",
+        "TTL",
+        "EXPIRY",
+        "EXPIRES",
+        "EXPIRATION",
+        "TIMEOUT",
+        "ALGORITHM",
+        "TYPE",
+        "ENABLED",
+        "ENABLE",
+        "HEADER",
+        "URL",
+        "URI",
+        "ENDPOINT",
     ];
     let upper = name.to_ascii_uppercase();
     let parts: Vec<&str> = upper.split(['_', '-', '.']).filter(|p| !p.is_empty()).collect();
@@ -133,6 +171,7 @@ fn reference_body_ok(body: &str) -> bool {
 struct Report<'a> {
     stack: &'a str,
     problems: Vec<Problem>,
+    advisories: Vec<Problem>,
 }
 
 // === impl Report ===
@@ -145,12 +184,14 @@ impl Report<'_> {
     fn service(&mut self, service: &str, message: String) {
         self.problems.push(Problem { stack: self.stack.to_owned(), service: Some(service.to_owned()), message });
     }
+
+    fn advise(&mut self, service: &str, message: String) {
+        self.advisories.push(Problem { stack: self.stack.to_owned(), service: Some(service.to_owned()), message });
+    }
 }
 
 fn has_health(s: &Service) -> bool {
-    s.healthcheck
-        .as_ref()
-        .is_some_and(|h| !h.test.is_empty() && h.test.first().map(String::as_str) != Some("NONE"))
+    s.healthcheck.as_ref().is_some_and(|h| !h.test.is_empty() && h.test.first().map(String::as_str) != Some("NONE"))
 }
 
 fn unique_names(stack: &Stack, out: &mut Report<'_>) {
@@ -177,7 +218,9 @@ fn dependencies(stack: &Stack, out: &mut Report<'_>) {
     for s in &stack.services {
         for d in &s.depends_on {
             match by_name.get(d.service.as_str()) {
-                None => out.service(&s.name, format!("depends on `{}`, which is not a service of the stack", d.service)),
+                None => {
+                    out.service(&s.name, format!("depends on `{}`, which is not a service of the stack", d.service))
+                }
                 Some(target) if d.condition == DependencyCondition::Healthy && !has_health(target) => out.service(
                     &s.name,
                     format!("waits for `{}` to be healthy, but `{}` has no health check", d.service, d.service),
@@ -238,7 +281,10 @@ fn references(stack: &Stack, out: &mut Report<'_>) {
         for m in &s.volumes {
             if let MountSource::Volume(v) = &m.source {
                 if !volumes.contains(v.as_str()) {
-                    out.service(&s.name, format!("mounts volume `{v}` at {}, which the stack does not declare", m.target));
+                    out.service(
+                        &s.name,
+                        format!("mounts volume `{v}` at {}, which the stack does not declare", m.target),
+                    );
                 }
             }
         }
@@ -294,7 +340,7 @@ fn routing(s: &Service, out: &mut Report<'_>) {
     }
     if routed {
         if !has_health(s) {
-            out.service(&s.name, "is routed (`traefik.enable=true`) but has no health check".to_owned());
+            out.advise(&s.name, "is routed (`traefik.enable=true`) but has no health check".to_owned());
         }
         if !port_label && s.ports.len() != 1 {
             out.service(
@@ -376,9 +422,9 @@ fn image(s: &Service, out: &mut Report<'_>) {
     }
     let last = image.rsplit('/').next().unwrap_or(image);
     match last.split_once(':') {
-        None => out.service(&s.name, format!("image `{image}` has no tag (it means `latest`); pin a version")),
+        None => out.advise(&s.name, format!("image `{image}` has no tag (it means `latest`); pin a version")),
         Some((_, "")) => out.service(&s.name, format!("image `{image}` has an empty tag")),
-        Some((_, "latest")) => out.service(&s.name, format!("image `{image}` uses the `latest` tag; pin a version")),
+        Some((_, "latest")) => out.advise(&s.name, format!("image `{image}` uses the `latest` tag; pin a version")),
         Some(_) => {}
     }
 }

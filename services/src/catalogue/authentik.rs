@@ -42,10 +42,11 @@ pub(super) fn stack() -> Stack {
                 .backend()
                 .health_shell("pg_isready -d \"$POSTGRES_DB\" -U \"$POSTGRES_USER\"")
                 .timing(30, 5, 5, 20),
-            authentik("server", "server")
-                .backend()
-                .route_as("auth", 9000)
-                .ui("Infrastructure", "authentik.png", "Single sign-on"),
+            authentik("server", "server").backend().route_as("auth", 9000).ui(
+                "Infrastructure",
+                "authentik.png",
+                "Single sign-on",
+            ),
             // The worker needs egress (e-mail, GeoIP and outpost updates) but no route.
             authentik("worker", "worker").net(&[BACKEND, PUBLICNET]),
         ],

@@ -95,9 +95,7 @@ impl Svc {
 
     /// A secret read from `/etc/constellation/secrets/<rel>` at deploy time.
     pub fn secret_file(mut self, key: &str, rel: &str) -> Self {
-        self.service
-            .environment
-            .insert(key.to_owned(), EnvValue::File(PathBuf::from(SECRETS_DIR).join(rel)));
+        self.service.environment.insert(key.to_owned(), EnvValue::File(PathBuf::from(SECRETS_DIR).join(rel)));
         self
     }
 
@@ -183,15 +181,22 @@ impl Svc {
     /// HTTP check with Node's `http` module (Node images without curl or wget); a 2xx or
     /// 3xx status passes.
     pub fn health_node(self, port: u16, path: &str) -> Self {
+        self.health_node_at("node", port, path)
+    }
+
+    /// As [`Svc::health_node`], with the Node binary at `node` (distroless images have it
+    /// at `/nodejs/bin/node`, outside `PATH`).
+    pub fn health_node_at(self, node: &str, port: u16, path: &str) -> Self {
         let script = format!(
             "require('http').get('http://127.0.0.1:{port}{path}',r=>process.exit(r.statusCode<400?0:1)).on('error',()=>process.exit(1))"
         );
-        self.health_cmd(&["node", "-e", &script])
+        self.health_cmd(&[node, "-e", &script])
     }
 
     /// HTTP check with Python's standard library (Python images without curl).
     pub fn health_python(self, port: u16, path: &str) -> Self {
-        let script = format!("import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}{path}', timeout=5)");
+        let script =
+            format!("import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}{path}', timeout=5)");
         self.health_cmd(&["python", "-c", &script])
     }
 
@@ -311,10 +316,8 @@ impl Svc {
 /// catalogue's order), its volumes every named volume its services mount (first use order).
 pub fn stack(name: &str, description: &str, services: Vec<Svc>) -> Stack {
     let services: Vec<Service> = services.into_iter().map(Svc::build).collect();
-    let networks = networks()
-        .into_iter()
-        .filter(|n| services.iter().any(|s| s.networks.iter().any(|x| x == &n.name)))
-        .collect();
+    let networks =
+        networks().into_iter().filter(|n| services.iter().any(|s| s.networks.iter().any(|x| x == &n.name))).collect();
     let mut volumes: Vec<NamedVolume> = Vec::new();
     for m in services.iter().flat_map(|s| &s.volumes) {
         if let MountSource::Volume(v) = &m.source {

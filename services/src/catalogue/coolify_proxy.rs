@@ -5,11 +5,11 @@
 //! Sources: Coolify's proxy is `traefik:v3.1` with the Docker provider
 //! (coollabsio/coolify, `docker-compose.prod.yml` / proxy templates); Traefik's `ping` and
 //! `healthcheck --ping` are documented at doc.traefik.io. deunhealth (qdm12/deunhealth)
-//! ships `/deunhealth healthcheck`; Dozzle documents `/dozzle healthcheck`; Homepage's
+//! ships `/app healthcheck` (its Dockerfile's HEALTHCHECK); Dozzle documents `/dozzle healthcheck`; Homepage's
 //! image checks `/api/healthcheck` with wget; Tecnativa's socket proxy is HAProxy on
 //! Alpine (busybox wget) serving `/_ping`; CrowdSec's compose uses `cscli`; the bouncer is
-//! fbonalair/traefik-crowdsec-bouncer (its `/app healthcheck` is from its README — unsure
-//! of the exact path). cloudflared's image is distroless (no shell, no probe): no check.
+//! fbonalair/traefik-crowdsec-bouncer (distroless with a busybox `/wget` added by its
+//! Dockerfile; `/api/v1/healthz` is from its README, from memory). cloudflared's image is distroless (no shell, no probe): no check.
 //!
 //! Traefik is published on loopback only: Constellation's own entry points hold the
 //! node's public 80/443, and forward to Traefik where a route needs Traefik middlewares.
@@ -64,7 +64,7 @@ pub(super) fn stack() -> Stack {
                 .env("HEALTH_SERVER_ADDRESS", "127.0.0.1:9999")
                 .bind("/var/run/docker.sock", "/var/run/docker.sock")
                 .backend()
-                .health_cmd(&["/deunhealth", "healthcheck"])
+                .health_cmd(&["/app", "healthcheck"])
                 .timing(30, 5, 3, 5),
             svc("autokuma", "ghcr.io/bigboot/autokuma:0.8.0")
                 .env("AUTOKUMA__KUMA__URL", "http://metrics-uptime-kuma:3001")
@@ -105,7 +105,7 @@ pub(super) fn stack() -> Stack {
                 .env("CROWDSEC_AGENT_HOST", "coolify-proxy-crowdsec:8080")
                 .env("GIN_MODE", "release")
                 .backend()
-                .health_cmd(&["/app", "healthcheck"])
+                .health_cmd(&["/wget", "-q", "--spider", "http://127.0.0.1:8080/api/v1/healthz"])
                 .after_healthy("crowdsec"),
             svc("cloudflared", "cloudflare/cloudflared:2024.10.0")
                 .cmd(&["tunnel", "--no-autoupdate", "--metrics", "0.0.0.0:2000", "run"])

@@ -25,11 +25,7 @@ const S: &str = "elfhosted";
 const MEDIA: &str = "/mnt/elfhosted";
 
 fn linuxserver(name: &str, image: &str, volume: &str) -> Svc {
-    svc(name, image)
-        .env("PUID", "1000")
-        .env("PGID", "1000")
-        .env("TZ", "${TZ:-Etc/UTC}")
-        .vol(volume, "/config")
+    svc(name, image).env("PUID", "1000").env("PGID", "1000").env("TZ", "${TZ:-Etc/UTC}").vol(volume, "/config")
 }
 
 pub(super) fn stack() -> Stack {

@@ -14,7 +14,7 @@
 use super::build::{stack as make, svc, Svc};
 use crate::model::Stack;
 
-const IMAGE: &str = "ghcr.io/mendableai/firecrawl:v1.15.0";
+const IMAGE: &str = "ghcr.io/mendableai/firecrawl:v1.20.0";
 
 fn firecrawl(name: &str) -> Svc {
     svc(name, IMAGE)
@@ -44,7 +44,7 @@ pub(super) fn stack() -> Stack {
                 .backend()
                 .health_cmd(&["redis-cli", "ping"])
                 .timing(10, 5, 5, 5),
-            svc("playwright-service", "ghcr.io/mendableai/playwright-service:v1.15.0")
+            svc("playwright-service", "ghcr.io/mendableai/playwright-service:v1.20.0")
                 .env("PORT", "3000")
                 .env("BLOCK_MEDIA", "true")
                 .backend()

@@ -7,8 +7,9 @@
 //! so the CLI is the only probe) and Headplane's Docker guide (tale/headplane
 //! `docs/install/docker.md`: `ghcr.io/tale/headplane`, port 3000, `/admin`, config at
 //! `/etc/headplane/config.yaml`, the Docker integration through the socket). Headplane's
-//! image is Node on distroless; the `node -e` HTTP probe of `/admin/healthz` is my
-//! reading of its routes (unsure). The embedded DERP's STUN port is published on all
+//! image is `gcr.io/distroless/nodejs22-debian12` (its Dockerfile), so the probe runs
+//! `/nodejs/bin/node` against its `healthz` route (`app/routes/util/healthz.ts`), which
+//! also asks Headscale. The embedded DERP's STUN port is published on all
 //! addresses because clients outside the node must reach it.
 
 use super::build::{stack as make, svc, ANY_V4};
@@ -27,6 +28,8 @@ pub(super) fn stack() -> Stack {
                 .bind_ro(&config_path(S, "config.yaml"), "/etc/headscale/config.yaml")
                 .vol("headscale-data", "/var/lib/headscale")
                 .port_udp(ANY_V4, 3478, 3478)
+                // Headplane's Docker integration finds the container it signals by this.
+                .label("me.tale.headplane.target", "headscale")
                 .route(8080)
                 .health_cmd(&["headscale", "health"])
                 .timing(30, 10, 3, 15)
@@ -40,7 +43,7 @@ pub(super) fn stack() -> Stack {
                 .vol("headscale-headplane-data", "/var/lib/headplane")
                 .docker_socket()
                 .route(3000)
-                .health_node(3000, "/admin/healthz")
+                .health_node_at("/nodejs/bin/node", 3000, "/admin/healthz")
                 .ui("Infrastructure", "headscale.png", "Headscale admin UI")
                 .after_healthy("headscale"),
         ],

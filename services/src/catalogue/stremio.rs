@@ -12,19 +12,15 @@
 //! Viren070's Stremio docker-compose template. MediaFusion's MongoDB and Redis are the
 //! fleet's replicated ones (`MEDIAFUSION_MONGO_URI`, `MEDIAFUSION_REDIS_URL`), to keep
 //! the brief's count of eight. Every Stremio addon serves `/manifest.json`, which is the
-//! probe where no health route is documented; AIOStreams' `/api/v1/status` is my reading
-//! of its v2 routes (unsure).
+//! probe where no health route is documented; AIOStreams' `/api/v1/health` is the route
+//! its own `scripts/healthcheck.js` probes (its image carries busybox wget).
 
 use super::build::{stack as make, svc, Svc};
 use super::BACKEND;
 use crate::model::Stack;
 
 fn linuxserver(name: &str, image: &str, volume: &str) -> Svc {
-    svc(name, image)
-        .env("PUID", "1000")
-        .env("PGID", "1000")
-        .env("TZ", "${TZ:-Etc/UTC}")
-        .vol(volume, "/config")
+    svc(name, image).env("PUID", "1000").env("PGID", "1000").env("TZ", "${TZ:-Etc/UTC}").vol(volume, "/config")
 }
 
 pub(super) fn stack() -> Stack {
@@ -49,7 +45,7 @@ pub(super) fn stack() -> Stack {
                 .vol("stremio-aiostreams", "/app/data")
                 .route(3000)
                 .warp()
-                .health_wget(3000, "/api/v1/status")
+                .health_wget(3000, "/api/v1/health")
                 .ui("Media", "aiostreams.png", "One addon over all the others"),
             svc("comet", "ghcr.io/g0ldyy/comet:v2.13.0")
                 .env("ADDON_NAME", "Comet")

@@ -7,8 +7,9 @@
 //! `REDIS_URL`; `postgres:16` with `pg_isready`. The published compose has a third
 //! service, Redis; the brief counts two, so Redis is the fleet's shared one
 //! (`UNSEND_REDIS_URL`, e.g. the Redis Sentinel set of the stateful-HA phase). The image
-//! is Node on Alpine; the `/api/health` probe is my reading of its routes (unsure); the
-//! image tag is the last release I know of.
+//! is Node on Alpine; `/api/health` is its route (`apps/web/src/app/api/health`); the
+//! image is tagged with the git tag by `docker/build.sh` — the tag pinned here is the last
+//! release I know of (unsure).
 
 use super::build::{stack as make, svc};
 use crate::model::Stack;

@@ -9,7 +9,7 @@
 //! `warp-nat-net`, `ip-checker-warp` as monitor). The HTTP proxy is GOST v2
 //! (`ginuerzh/gost:2.11.5`, Alpine, busybox wget honours `http_proxy`); the monitor is
 //! `curlimages/curl` (Alpine). Tags of `caomingjun/warp` are `<warp version>-<gost
-//! version>`; the one pinned here is the last I know of (unsure it is still published).
+//! version>`; the one pinned is the one public compose files pin most.
 //!
 //! Capabilities and sysctls travel as `constellation.cap-add` / `constellation.sysctls`
 //! labels (the model has no field for them); deploy must apply them for WARP to start.
@@ -18,7 +18,7 @@ use super::build::{stack as make, svc, Svc, LABEL_CAP_ADD, LABEL_DEVICES, LABEL_
 use super::{BACKEND, WARP_NET};
 use crate::model::Stack;
 
-const WARP_IMAGE: &str = "caomingjun/warp:2024.9.346-2.11.5";
+const WARP_IMAGE: &str = "caomingjun/warp:2026.7.1377.0-2.12.0";
 const TRACE: &str = "https://www.cloudflare.com/cdn-cgi/trace";
 
 fn warp_client(name: &str, volume: &str) -> Svc {

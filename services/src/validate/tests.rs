@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use super::{check, is_reference_only, is_secret_name, Problem};
+use super::{check, findings, is_reference_only, is_secret_name, Problem};
 use crate::catalogue::build::{stack, svc, Svc, ANY_V4, LOOPBACK};
 use crate::model::{
     Dependency, DependencyCondition, EnvValue, HealthCheck, MountSource, Network, PortMapping, Protocol, Stack,
@@ -178,7 +178,8 @@ fn routed_service_without_a_port() {
     let mut st = make(vec![ok("web").route(80).health_cmd(&["true"])]);
     st.services[0].labels.retain(|k, _| !k.ends_with(".loadbalancer.server.port"));
     assert_reports(&st, "names no `traefik.http.services.<s>.loadbalancer.server.port` and publishes 0 ports");
-    let port = |p| PortMapping { host_ip: Some(LOOPBACK), host_port: Some(p), container_port: p, protocol: Protocol::Tcp };
+    let port =
+        |p| PortMapping { host_ip: Some(LOOPBACK), host_port: Some(p), container_port: p, protocol: Protocol::Tcp };
     st.services[0].ports = vec![port(8080), port(8081)];
     assert_reports(&st, "publishes 2 ports");
     st.services[0].ports = vec![port(8080)];
@@ -264,14 +265,15 @@ fn duplicated_host_ports() {
     let st = make(vec![ok("a").port(ANY_V4, 80, 80), ok("b").port(LOOPBACK, 80, 8080)]);
     assert_reports(&st, "service b: publishes host port 80/tcp that `a` already publishes");
     // Different addresses, or different protocols, do not clash.
-    let st = make(vec![
-        ok("a").port(LOOPBACK, 53, 53),
-        ok("b").port(other, 53, 53),
-        ok("c").port_udp(ANY_V4, 53, 53),
-    ]);
+    let st = make(vec![ok("a").port(LOOPBACK, 53, 53), ok("b").port(other, 53, 53), ok("c").port_udp(ANY_V4, 53, 53)]);
     assert!(messages(&st).is_empty(), "{:#?}", messages(&st));
     let mut st = make(vec![ok("a").port(LOOPBACK, 443, 443), ok("b")]);
-    st.services[1].ports.push(PortMapping { host_ip: None, host_port: Some(443), container_port: 1, protocol: Protocol::Tcp });
+    st.services[1].ports.push(PortMapping {
+        host_ip: None,
+        host_port: Some(443),
+        container_port: 1,
+        protocol: Protocol::Tcp,
+    });
     assert_reports(&st, "service b: publishes host port 443/tcp");
 }
 
@@ -297,4 +299,20 @@ fn every_problem_is_reported_not_just_the_first() {
         assert!(got.iter().any(|m| m.contains(needle)), "no {needle:?} in {got:#?}");
     }
     assert!(got.iter().all(|m| m.starts_with("stack t: ")), "{got:#?}");
+}
+
+#[test]
+fn unpinned_images_and_unchecked_routes_are_advisories() {
+    let st = make(vec![svc("a", "busybox").backend(), ok("web").route(80), ok("b").after("ghost")]);
+    let f = findings(&st);
+    let text = |ps: &[Problem]| ps.iter().map(Problem::to_string).collect::<Vec<_>>();
+    assert_eq!(text(&f.errors), vec!["stack t: service b: depends on `ghost`, which is not a service of the stack"]);
+    assert_eq!(
+        text(&f.advisories),
+        vec![
+            "stack t: service a: image `busybox` has no tag (it means `latest`); pin a version",
+            "stack t: service web: is routed (`traefik.enable=true`) but has no health check",
+        ]
+    );
+    assert_eq!(check(&st).len(), 3);
 }
