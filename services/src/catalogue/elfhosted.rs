@@ -12,7 +12,8 @@
 //! iPromKnight/zilean (`ipromknight/zilean`, port 8181, `/healthchecks/ping` with curl),
 //! LinuxServer's Plex and Tautulli images (curl inside), `jellyfin/jellyfin` (its image's
 //! curl `/health` check) and `fallenbagel/jellyseerr` (Node on Alpine, `/api/v1/status`).
-//! Riven's `/api/v1/health` route is my reading of its API (unsure). The mount is shared
+//! Riven's `/api/v1/health` route is my reading of its API (unsure), as are the
+//! `riven-frontend` and Plex tags; Riven's and Zilean's tags are ones public deployments pin. The mount is shared
 //! through the host path `/mnt/elfhosted`, which needs `rshared` propagation — deploy
 //! must bind it so, or mount it on the host. ElfHosted's own rebuilt images
 //! (`ghcr.io/elfhosted/*`) are not used: their tags could not be checked offline.
@@ -68,7 +69,7 @@ pub(super) fn stack() -> Stack {
                 .backend()
                 .health_shell("ls /data/__all__ > /dev/null")
                 .after_healthy("zurg"),
-            svc("zilean", "ipromknight/zilean:v3.3.0")
+            svc("zilean", "ipromknight/zilean:v3.5.0")
                 .env(
                     "Zilean__Database__ConnectionString",
                     "Host=elfhosted-postgres;Port=5432;Database=zilean;Username=riven;Password=${ELFHOSTED_POSTGRES_PASSWORD}",
@@ -79,7 +80,7 @@ pub(super) fn stack() -> Stack {
                 .health_shell("curl -f http://127.0.0.1:8181/healthchecks/ping || exit 1")
                 .timing(30, 10, 5, 60)
                 .after_healthy("postgres"),
-            svc("riven", "spoked/riven:v0.20.1")
+            svc("riven", "spoked/riven:v0.23.4")
                 .env("RIVEN_FORCE_ENV", "true")
                 .env(
                     "RIVEN_DATABASE_HOST",

@@ -1,12 +1,16 @@
 //! The Stremio stack (8): a self-hosted Stremio streaming server and the addons and
 //! indexers a self-hoster runs beside it. Scraping egress leaves through WARP.
 //!
-//! Sources: `stremio/server` (Stremio's own image, port 11470, `/root/.stremio-server`);
+//! Sources: `stremio/server` (Stremio/server-docker: Debian `node:14` base, so curl is
+//! there; port 11470, `/root/.stremio-server`, `NO_CORS`; `/settings` is the route the
+//! web app reads — my choice of probe);
 //! the addons' own READMEs and compose files — AIOStreams (Viren070/AIOStreams:
 //! `ghcr.io/viren070/aiostreams`, port 3000, `SECRET_KEY`, `BASE_URL`, `/app/data`),
-//! Comet (g0ldyy/comet: `ghcr.io/g0ldyy/comet`, port 8000), MediaFusion and MediaFlow
+//! Comet (g0ldyy/comet: `g0ldyy/comet`, port 8000), MediaFusion and MediaFlow
 //! Proxy (mhdzumair: `mhdzumair/mediafusion` on 8000 with MongoDB and Redis URLs,
-//! `mhdzumair/mediaflow-proxy` on 8888, both with `/health`), Jackett and Prowlarr
+//! `mhdzumair/mediaflow-proxy` on 8888, both with `/health`; MediaFusion is pinned to
+//! its Python 4.x line, whose probe this is — the 6.x line is a Rust rewrite; the exact
+//! 4.x and MediaFlow tags are from memory), Jackett and Prowlarr
 //! (LinuxServer images, which ship curl; Prowlarr's `/ping`), FlareSolverr
 //! (`ghcr.io/flaresolverr/flaresolverr`, port 8191, `/health`). The layout follows
 //! Viren070's Stremio docker-compose template. MediaFusion's MongoDB and Redis are the
@@ -33,7 +37,7 @@ pub(super) fn stack() -> Stack {
                 .vol("stremio-server", "/root/.stremio-server")
                 .route_as("stremio", 11470)
                 .warp()
-                .health_node(11470, "/settings")
+                .health_curl(11470, "/settings")
                 .ui("Media", "stremio.png", "Stremio streaming server"),
             svc("aiostreams", "ghcr.io/viren070/aiostreams:v2.8.2")
                 .env("BASE_URL", "https://aiostreams.${DOMAIN}")
@@ -47,7 +51,7 @@ pub(super) fn stack() -> Stack {
                 .warp()
                 .health_wget(3000, "/api/v1/health")
                 .ui("Media", "aiostreams.png", "One addon over all the others"),
-            svc("comet", "ghcr.io/g0ldyy/comet:v2.13.0")
+            svc("comet", "g0ldyy/comet:v2.58.0")
                 .env("ADDON_NAME", "Comet")
                 .env("DATABASE_TYPE", "sqlite")
                 .env("DATABASE_PATH", "data/comet.db")
