@@ -47,9 +47,11 @@ pub struct Findings {
     /// The definition cannot be deployed as written (a reference does not resolve, an
     /// inline secret, a cycle, a malformed health check or rule, a host port clash).
     pub errors: Vec<Problem>,
-    /// Deployable but against the catalogue's rules: an unpinned image, a routed service
-    /// without a health check. The catalogue has none; an imported compose file may, and
-    /// a caller may choose to warn rather than refuse.
+    /// Deployable, and meaningful to Traefik, but against the catalogue's rules: an
+    /// unpinned image, a routed service without a health check, a router without a rule
+    /// (Traefik's default rule applies), a routed service whose port is left to the
+    /// image. The catalogue has none; an imported compose file may, and a caller may
+    /// choose to warn rather than refuse.
     pub advisories: Vec<Problem>,
 }
 
@@ -330,7 +332,12 @@ fn routing(s: &Service, out: &mut Report<'_>) {
     }
     for (router, rule) in &routers {
         match rule {
-            None => out.service(&s.name, format!("router `{router}` has no `rule` label")),
+            None => out.advise(
+                &s.name,
+                format!(
+                    "router `{router}` has no `rule` label (Traefik's default `Host(<container>.<domain>)` applies)"
+                ),
+            ),
             Some(rule) => {
                 if let Err(why) = rule_shape(rule) {
                     out.service(&s.name, format!("label `{router}.rule` is `{rule}`: {why}"));
@@ -343,10 +350,10 @@ fn routing(s: &Service, out: &mut Report<'_>) {
             out.advise(&s.name, "is routed (`traefik.enable=true`) but has no health check".to_owned());
         }
         if !port_label && s.ports.len() != 1 {
-            out.service(
+            out.advise(
                 &s.name,
                 format!(
-                    "is routed but names no `traefik.http.services.<s>.loadbalancer.server.port` and publishes {} ports (one is needed to choose)",
+                    "is routed but names no `traefik.http.services.<s>.loadbalancer.server.port` and publishes {} ports (one is needed to choose; otherwise the image's single exposed port is used)",
                     s.ports.len()
                 ),
             );

@@ -303,7 +303,13 @@ fn every_problem_is_reported_not_just_the_first() {
 
 #[test]
 fn unpinned_images_and_unchecked_routes_are_advisories() {
-    let st = make(vec![svc("a", "busybox").backend(), ok("web").route(80), ok("b").after("ghost")]);
+    let mut st = make(vec![
+        svc("a", "busybox").backend(),
+        ok("web").route(80),
+        ok("b").after("ghost"),
+        ok("c").label("traefik.http.routers.c.entrypoints", "web"),
+    ]);
+    st.services[1].labels.retain(|k, _| !k.ends_with(".loadbalancer.server.port"));
     let f = findings(&st);
     let text = |ps: &[Problem]| ps.iter().map(Problem::to_string).collect::<Vec<_>>();
     assert_eq!(text(&f.errors), vec!["stack t: service b: depends on `ghost`, which is not a service of the stack"]);
@@ -312,7 +318,29 @@ fn unpinned_images_and_unchecked_routes_are_advisories() {
         vec![
             "stack t: service a: image `busybox` has no tag (it means `latest`); pin a version",
             "stack t: service web: is routed (`traefik.enable=true`) but has no health check",
+            "stack t: service web: is routed but names no `traefik.http.services.<s>.loadbalancer.server.port` and publishes 0 ports (one is needed to choose; otherwise the image's single exposed port is used)",
+            "stack t: service c: router `traefik.http.routers.c` has no `rule` label (Traefik's default `Host(<container>.<domain>)` applies)",
         ]
     );
-    assert_eq!(check(&st).len(), 3);
+    assert_eq!(check(&st).len(), 5);
+}
+
+#[test]
+fn the_acceptance_shape_has_no_errors() {
+    // A compose-imported service as the acceptance check writes it: routed by
+    // labels, one port label, no health check. Deployable: advisories only.
+    let mut st = make(vec![svc("web", "constellation-test/busybox:1").net(&["constellation-check"])]);
+    st.networks.push(Network {
+        name: "constellation-check".into(),
+        driver: "bridge".into(),
+        internal: false,
+        external: true,
+    });
+    let labels = &mut st.services[0].labels;
+    labels.insert("traefik.enable".into(), "true".into());
+    labels.insert("traefik.http.routers.x.rule".into(), "Host(`x.test`)".into());
+    labels.insert("traefik.http.services.x.loadbalancer.server.port".into(), "8000".into());
+    let f = findings(&st);
+    assert!(f.errors.is_empty(), "{:#?}", f.errors);
+    assert_eq!(f.advisories.len(), 1, "{:#?}", f.advisories);
 }
