@@ -4,14 +4,15 @@
 //! `ghcr.io/goauthentik/server` run as `server` and `worker`, `AUTHENTIK_SECRET_KEY`,
 //! `AUTHENTIK_POSTGRESQL__*`, `/media` and `/templates`, port 9000, `ak healthcheck` (the
 //! image's own HEALTHCHECK), and `pg_isready` for `postgres:16-alpine`. From 2025.10
-//! authentik no longer needs Redis, which is why the stack has three services.
+//! authentik no longer uses Redis, which is why the stack has three services; 2025.10.4
+//! is a multi-arch patch release public deployments pin.
 
 use super::build::{stack as make, svc, Svc};
 use super::{config_path, BACKEND, PUBLICNET};
 use crate::model::Stack;
 
 const S: &str = "authentik";
-const IMAGE: &str = "ghcr.io/goauthentik/server:2025.10.0";
+const IMAGE: &str = "ghcr.io/goauthentik/server:2025.10.4";
 
 fn authentik(name: &str, role: &str) -> Svc {
     svc(name, IMAGE)

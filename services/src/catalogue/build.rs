@@ -169,8 +169,10 @@ impl Svc {
     }
 
     /// HTTP check with busybox/alpine `wget` (present in alpine and busybox-based images).
+    /// A GET, not `--spider`: some services answer HEAD with 405, and the socket proxy
+    /// allows GET only.
     pub fn health_wget(self, port: u16, path: &str) -> Self {
-        self.health_shell(&format!("wget -q --spider http://127.0.0.1:{port}{path} || exit 1"))
+        self.health_shell(&format!("wget -q -O /dev/null http://127.0.0.1:{port}{path} || exit 1"))
     }
 
     /// HTTP check with `curl -f` (for images that ship curl).

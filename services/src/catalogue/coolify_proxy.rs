@@ -105,7 +105,7 @@ pub(super) fn stack() -> Stack {
                 .env("CROWDSEC_AGENT_HOST", "coolify-proxy-crowdsec:8080")
                 .env("GIN_MODE", "release")
                 .backend()
-                .health_cmd(&["/wget", "-q", "--spider", "http://127.0.0.1:8080/api/v1/healthz"])
+                .health_cmd(&["/wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/api/v1/healthz"])
                 .after_healthy("crowdsec"),
             svc("cloudflared", "cloudflare/cloudflared:2024.10.0")
                 .cmd(&["tunnel", "--no-autoupdate", "--metrics", "0.0.0.0:2000", "run"])

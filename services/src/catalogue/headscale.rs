@@ -3,8 +3,8 @@
 //!
 //! Sources: headscale's container docs (juanfont/headscale `docs/setup/install/container.md`:
 //! `headscale/headscale` image, `serve` command, `/etc/headscale` config, `/var/lib/headscale`
-//! data, port 8080, metrics 9090; `headscale health` since 0.26 — the image is distroless,
-//! so the CLI is the only probe) and Headplane's Docker guide (tale/headplane
+//! data, port 8080, metrics 9090; `headscale health`, which public compose files use with
+//! 0.27 — the image is distroless, so the CLI is the only probe) and Headplane's Docker guide (tale/headplane
 //! `docs/install/docker.md`: `ghcr.io/tale/headplane`, port 3000, `/admin`, config at
 //! `/etc/headplane/config.yaml`, the Docker integration through the socket). Headplane's
 //! image is `gcr.io/distroless/nodejs22-debian12` (its Dockerfile), so the probe runs
@@ -23,7 +23,7 @@ pub(super) fn stack() -> Stack {
         S,
         "Mesh control server (Headscale) and its web UI (Headplane)",
         vec![
-            svc("headscale", "headscale/headscale:v0.26.1")
+            svc("headscale", "headscale/headscale:v0.27.1")
                 .cmd(&["serve"])
                 .bind_ro(&config_path(S, "config.yaml"), "/etc/headscale/config.yaml")
                 .vol("headscale-data", "/var/lib/headscale")

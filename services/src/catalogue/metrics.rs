@@ -95,7 +95,7 @@ pub(super) fn stack() -> Stack {
                 .vol("metrics-uptime-kuma", "/app/data")
                 .backend()
                 .route_as("status", 3001)
-                .health_cmd(&["extra/healthcheck"])
+                .health_cmd(&["/app/extra/healthcheck"])
                 .timing(60, 30, 5, 180)
                 .ui("Monitoring", "uptime-kuma.png", "Uptime monitors"),
         ],
