@@ -205,3 +205,16 @@ fn dependencies_wait_for_health_where_there_is_one() {
         }
     }
 }
+
+#[test]
+fn http_probes_of_routed_services_hit_the_routed_port() {
+    for (stack, s) in all_services().into_iter().filter(|(_, s)| routed(s)) {
+        let port = s.labels.iter().find(|(k, _)| k.ends_with(".loadbalancer.server.port")).map(|(_, v)| v.clone());
+        let port = port.unwrap_or_else(|| panic!("{stack}/{}: no port label", s.name));
+        let test = s.healthcheck.as_ref().map(|h| h.test.join(" ")).unwrap_or_default();
+        if test.contains("127.0.0.1") {
+            let probed = test.contains(&format!("127.0.0.1:{port}")) || test.contains(&format!("127.0.0.1/{port}"));
+            assert!(probed, "{stack}/{}: routed on {port}, probed with {test}", s.name);
+        }
+    }
+}

@@ -13,6 +13,10 @@
 //!
 //! Capabilities and sysctls travel as `constellation.cap-add` / `constellation.sysctls`
 //! labels (the model has no field for them); deploy must apply them for WARP to start.
+//! Two parts of the reference layout are not services here: the host policy routing that
+//! sends `warp-nat-net`'s traffic through the gateway (bolabaden's `warp-nat-setup.sh`,
+//! run privileged on the host network — the model has neither) and the network's bridge
+//! options (`enable_ip_masquerade=false`); both are node setup, not catalogue entries.
 
 use super::build::{stack as make, svc, Svc, LABEL_CAP_ADD, LABEL_DEVICES, LABEL_SYSCTLS, LOOPBACK};
 use super::{BACKEND, WARP_NET};
