@@ -4,3 +4,60 @@
 //! removed at the end (`constellation_testkit::docker::DockerGuard`).
 
 #![allow(clippy::unwrap_used)]
+
+mod t01_routing;
+mod t02_labels;
+mod t03_two_nodes;
+mod t04_restarts;
+mod t05_engine_loss;
+
+/// The shared kit, plus what only this suite needs.
+mod support {
+    pub use constellation_testkit::docker::{docker, httpd_command, test_image, DockerGuard, HTTPD_HEALTH};
+    pub use constellation_testkit::*;
+
+    /// `[docker]` for an agent that watches only `guard`'s containers on `network`.
+    pub fn docker_toml(guard: &DockerGuard, network: &str, extra: &str) -> String {
+        format!(
+            "[docker]\nnetwork = \"{network}\"\nconstraints = \"Label(`{}`, `{}`)\"\n{extra}\n",
+            constellation_testkit::docker::TEST_LABEL,
+            guard.tag
+        )
+    }
+
+    /// Starts a busybox web container on `network` answering `body`, with a 1 s health
+    /// check on `/health` and `labels` (key=value); returns its name.
+    pub fn web_container(guard: &DockerGuard, name: &str, network: &str, labels: &[&str], body: &str) -> String {
+        let name = guard.name(name);
+        let health = HTTPD_HEALTH.join(" ");
+        let mut args: Vec<String> = vec![
+            "--name".into(),
+            name.clone(),
+            "--network".into(),
+            network.into(),
+            "--health-cmd".into(),
+            health,
+            "--health-interval".into(),
+            "1s".into(),
+            "--health-retries".into(),
+            "1".into(),
+            "--health-timeout".into(),
+            "1s".into(),
+        ];
+        for l in labels {
+            args.push("--label".into());
+            args.push((*l).to_string());
+        }
+        args.push(test_image().to_string());
+        args.extend(httpd_command(body));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        guard.run(&refs);
+        name
+    }
+
+    /// Makes a [`web_container`]'s health check fail (`false`) or pass again.
+    pub fn set_healthy(container: &str, healthy: bool) {
+        let cmd = if healthy { "echo ok > /www/health" } else { "rm -f /www/health" };
+        docker(&["exec", container, "/bin/busybox", "sh", "-c", cmd]).unwrap();
+    }
+}

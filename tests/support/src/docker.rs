@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// Name of the test image: Debian's static busybox plus `/www/index.html`.
+/// Name of the test image: Debian's static busybox (also as `/bin/sh`) plus `/www/index.html`.
 ///
 /// Run its web server with [`httpd_command`]; check health with [`HTTPD_HEALTH`].
-pub const TEST_IMAGE: &str = "constellation-test/busybox:1";
+pub const TEST_IMAGE: &str = "constellation-test/busybox:2";
 
 /// Health check command (Docker `CMD` form) for a container running [`httpd_command`] on
 /// port 8000: passes while `/www/health` exists.
@@ -60,6 +60,8 @@ pub fn test_image() -> &'static str {
         std::fs::copy("/bin/busybox", dir.join("bin/busybox"))
             .unwrap_or_else(|e| panic!("cannot copy /bin/busybox (install busybox-static): {e}"));
         std::fs::write(dir.join("www/index.html"), "busybox\n").unwrap_or_else(|e| panic!("write: {e}"));
+        // Docker runs string health checks with /bin/sh -c.
+        std::os::unix::fs::symlink("busybox", dir.join("bin/sh")).unwrap_or_else(|e| panic!("symlink: {e}"));
         let tar = dir.join("image.tar");
         let status = Command::new("tar")
             .arg("-C")
