@@ -136,6 +136,8 @@ pub struct DockerProvider {
     tx: watch::Sender<Arc<DockerSnapshot>>,
     containers: BTreeMap<String, Container>,
     restarts: HashMap<String, RestartState>,
+    /// The label errors last logged per container, so each is logged once.
+    logged_errors: HashMap<String, Vec<String>>,
     generation: u64,
 }
 
@@ -164,6 +166,7 @@ impl DockerProvider {
                 tx,
                 containers: BTreeMap::new(),
                 restarts: HashMap::new(),
+                logged_errors: HashMap::new(),
                 generation: 0,
             },
             rx,
@@ -429,6 +432,14 @@ impl DockerProvider {
             } else {
                 (None, Vec::new())
             };
+            if errors.is_empty() {
+                self.logged_errors.remove(&c.id);
+            } else if self.logged_errors.get(&c.id) != Some(&errors) {
+                for e in &errors {
+                    tracing::warn!(container = %c.name, error = %e, "container labels refused; it is not routed");
+                }
+                self.logged_errors.insert(c.id.clone(), errors.clone());
+            }
             let restarts = self.restarts.get(&c.id).map(|s| s.history.len()).unwrap_or(0);
             watched.push(Watched {
                 container: c.clone(),
@@ -439,6 +450,7 @@ impl DockerProvider {
             });
         }
         watched.sort_by(|a, b| a.container.name.cmp(&b.container.name));
+        self.logged_errors.retain(|id, _| self.containers.contains_key(id));
         for h in [Health::None, Health::Starting, Health::Healthy, Health::Unhealthy] {
             self.metrics.containers.with_label_values(&[h.as_str()]).set(*by_health.get(h.as_str()).unwrap_or(&0));
         }
