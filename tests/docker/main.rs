@@ -9,7 +9,7 @@ mod t01_routing;
 mod t02_labels;
 mod t03_two_nodes;
 mod t04_restarts;
-mod t05_engine_loss;
+mod t07_engine_loss;
 
 /// The shared kit, plus what only this suite needs.
 mod support {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder, RestartContainerOptionsBuilder};
+use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
 use bollard::Docker;
 use futures_util::StreamExt;
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
@@ -396,7 +396,8 @@ impl DockerProvider {
                 continue;
             }
             st.history.push_back(now);
-            match docker.restart_container(&id, Some(RestartContainerOptionsBuilder::new().t(10).build())).await {
+            // No timeout of our own: the engine uses the container's stop timeout.
+            match docker.restart_container(&id, None::<bollard::query_parameters::RestartContainerOptions>).await {
                 Ok(()) => {
                     self.metrics.restarts.with_label_values(&["restarted"]).inc();
                     tracing::warn!(container = %name, restarts_this_hour = st.history.len(), "restarted an unhealthy container (deunhealth)");
