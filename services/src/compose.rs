@@ -291,7 +291,8 @@ impl Cx<'_> {
             if !valid_service_name(svc_name) {
                 return Err(self.err(&path, "a service name is letters, digits, `_`, `.` and `-`"));
             }
-            let (service, nets, vols) = self.service(&name, svc_name, v, &path, &declared_networks, &declared_volumes)?;
+            let (service, nets, vols) =
+                self.service(&name, svc_name, v, &path, &declared_networks, &declared_volumes)?;
             for n in nets {
                 if !used_networks.iter().any(|u| u.name == n.name) {
                     used_networks.push(n);
@@ -308,8 +309,11 @@ impl Cx<'_> {
             for (i, d) in s.depends_on.iter().enumerate() {
                 if !services.iter().any(|o| o.name == d.service) {
                     let mapped = format!("services.{}.depends_on.{}", s.name, d.service);
-                    let key =
-                        if self.positions.contains_key(&mapped) { mapped } else { format!("services.{}.depends_on[{i}]", s.name) };
+                    let key = if self.positions.contains_key(&mapped) {
+                        mapped
+                    } else {
+                        format!("services.{}.depends_on[{i}]", s.name)
+                    };
                     return Err(self.err(&key, format!("no service `{}` in this file", d.service)));
                 }
             }
@@ -446,7 +450,9 @@ impl Cx<'_> {
             Some(keys) => {
                 for (key, p) in keys {
                     let Some(net) = networks.get(&key) else {
-                        return Err(self.err(&p, format!("network `{key}` is not declared under the top-level `networks`")));
+                        return Err(
+                            self.err(&p, format!("network `{key}` is not declared under the top-level `networks`"))
+                        );
                     };
                     svc.networks.push(net.name.clone());
                     nets_used.push(net.clone());
@@ -659,7 +665,9 @@ impl Cx<'_> {
                 let s = self.literal_value(other, path)?;
                 let parts: Vec<&str> = s.split(':').collect();
                 match parts.as_slice() {
-                    [_] => return Err(self.err(path, "anonymous volumes are not supported: name a volume (`name:/path`)")),
+                    [_] => {
+                        return Err(self.err(path, "anonymous volumes are not supported: name a volume (`name:/path`)"))
+                    }
                     [src, dst] => (src.to_string(), dst.to_string(), false),
                     [src, dst, "ro"] => (src.to_string(), dst.to_string(), true),
                     [src, dst, "rw"] => (src.to_string(), dst.to_string(), false),
@@ -709,7 +717,9 @@ impl Cx<'_> {
                         Some("CMD" | "CMD-SHELL") if check.test.len() > 1 => {}
                         Some("NONE") => {}
                         _ => {
-                            return Err(self.err(&p, "a test list starts with CMD, CMD-SHELL or NONE and names a command"))
+                            return Err(
+                                self.err(&p, "a test list starts with CMD, CMD-SHELL or NONE and names a command")
+                            )
                         }
                     }
                 }
@@ -767,7 +777,9 @@ impl Cx<'_> {
                                         other => {
                                             return Err(self.err(
                                                 &kp,
-                                                format!("condition `{other}` is not supported (service_started or service_healthy)"),
+                                                format!(
+                                            "condition `{other}` is not supported (service_started or service_healthy)"
+                                        ),
                                             ))
                                         }
                                     }
@@ -794,7 +806,9 @@ impl Cx<'_> {
             "always" => Ok(Restart::Always),
             "on-failure" => Ok(Restart::OnFailure),
             "unless-stopped" => Ok(Restart::UnlessStopped),
-            other => Err(self.err(path, format!("`{other}` is not supported (no, always, on-failure, unless-stopped)"))),
+            other => {
+                Err(self.err(path, format!("`{other}` is not supported (no, always, on-failure, unless-stopped)")))
+            }
         }
     }
 }
@@ -1055,8 +1069,7 @@ pub fn locate(text: &str) -> HashMap<String, (usize, usize)> {
 fn is_block_scalar(value: &str) -> bool {
     let v = value.trim();
     let v = v.split(" #").next().unwrap_or(v).trim();
-    (v.starts_with('|') || v.starts_with('>'))
-        && v[1..].chars().all(|c| c == '-' || c == '+' || c.is_ascii_digit())
+    (v.starts_with('|') || v.starts_with('>')) && v[1..].chars().all(|c| c == '-' || c == '+' || c.is_ascii_digit())
 }
 
 /// `key: value` → (`key`, `value`); quoted keys unquoted. `None` when the line does not

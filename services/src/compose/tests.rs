@@ -38,7 +38,10 @@ fn minimal_stack() {
     assert_eq!(web.container_name("demo"), "demo-web");
     assert_eq!(web.networks, vec!["demo_default".to_string()]);
     assert_eq!(web.restart, Restart::No);
-    assert_eq!(s.networks, vec![Network { name: "demo_default".into(), driver: "bridge".into(), internal: false, external: false }]);
+    assert_eq!(
+        s.networks,
+        vec![Network { name: "demo_default".into(), driver: "bridge".into(), internal: false, external: false }]
+    );
 }
 
 #[test]
@@ -106,7 +109,8 @@ fn unsupported_nested_keys() {
         "name: d\nservices:\n  web:\n    image: x\n    networks:\n      front:\n        aliases: [a]\nnetworks:\n  front: {}\n",
     );
     assert_eq!((l, c, k.as_str()), (7, 9, "services.web.networks.front.aliases"));
-    let (l, c, k, _) = err("name: d\nservices:\n  web:\n    image: x\n    ports:\n      - target: 80\n        app_protocol: http\n");
+    let (l, c, k, _) =
+        err("name: d\nservices:\n  web:\n    image: x\n    ports:\n      - target: 80\n        app_protocol: http\n");
     assert_eq!((l, c, k.as_str()), (7, 9, "services.web.ports[0].app_protocol"));
 }
 
@@ -272,7 +276,12 @@ services:
     assert_eq!(p[0], PortMapping { host_ip: None, host_port: Some(8080), container_port: 80, protocol: Protocol::Tcp });
     assert_eq!(
         p[1],
-        PortMapping { host_ip: Some("127.0.0.1".parse().unwrap()), host_port: Some(5353), container_port: 53, protocol: Protocol::Udp }
+        PortMapping {
+            host_ip: Some("127.0.0.1".parse().unwrap()),
+            host_port: Some(5353),
+            container_port: 53,
+            protocol: Protocol::Udp
+        }
     );
     assert_eq!(p[2], PortMapping { host_ip: None, host_port: None, container_port: 80, protocol: Protocol::Tcp });
     assert_eq!(p[3].container_port, 443);
@@ -280,9 +289,15 @@ services:
     assert_eq!(p[5].host_ip, Some("::1".parse().unwrap()));
     assert_eq!(
         p[6],
-        PortMapping { host_ip: Some("10.0.0.1".parse().unwrap()), host_port: Some(2222), container_port: 22, protocol: Protocol::Tcp }
+        PortMapping {
+            host_ip: Some("10.0.0.1".parse().unwrap()),
+            host_port: Some(2222),
+            container_port: 22,
+            protocol: Protocol::Tcp
+        }
     );
-    let (l, c, k, m) = err("name: d\nservices:\n  a:\n    image: x\n    ports:\n      - \"80\"\n      - \"3000-3005:3000-3005\"\n");
+    let (l, c, k, m) =
+        err("name: d\nservices:\n  a:\n    image: x\n    ports:\n      - \"80\"\n      - \"3000-3005:3000-3005\"\n");
     assert_eq!((l, c, k.as_str()), (7, 7, "services.a.ports[1]"));
     assert!(m.contains("ranges"), "{m}");
     let (l, c, k, _) = err("name: d\nservices:\n  a:\n    image: x\n    ports:\n    - \"80/sctp\"\n");
@@ -311,13 +326,25 @@ volumes:
   unused:
 "#);
     let v = &s.services[0].volumes;
-    assert_eq!(v[0], Mount { source: MountSource::Volume("d_data".into()), target: "/var/lib/data".into(), read_only: false });
-    assert_eq!(v[1], Mount { source: MountSource::Bind("/srv/app/conf".into()), target: "/etc/app".into(), read_only: true });
+    assert_eq!(
+        v[0],
+        Mount { source: MountSource::Volume("d_data".into()), target: "/var/lib/data".into(), read_only: false }
+    );
+    assert_eq!(
+        v[1],
+        Mount { source: MountSource::Bind("/srv/app/conf".into()), target: "/etc/app".into(), read_only: true }
+    );
     assert_eq!(v[2], Mount { source: MountSource::Bind("/abs/path".into()), target: "/mnt".into(), read_only: false });
-    assert_eq!(v[3], Mount { source: MountSource::Volume("shared-ext".into()), target: "/ext".into(), read_only: true });
+    assert_eq!(
+        v[3],
+        Mount { source: MountSource::Volume("shared-ext".into()), target: "/ext".into(), read_only: true }
+    );
     assert_eq!(
         s.volumes,
-        vec![NamedVolume { name: "d_data".into(), external: false }, NamedVolume { name: "shared-ext".into(), external: true }]
+        vec![
+            NamedVolume { name: "d_data".into(), external: false },
+            NamedVolume { name: "shared-ext".into(), external: true }
+        ]
     );
     let (l, c, k, m) = err("name: d\nservices:\n  a:\n    image: x\n    volumes:\n      - undeclared:/x\n");
     assert_eq!((l, c, k.as_str()), (6, 7, "services.a.volumes[0]"));
@@ -404,11 +431,16 @@ services:
             Dependency { service: "cache".into(), condition: DependencyCondition::Started },
         ]
     );
-    assert_eq!(s.services[3].depends_on, vec![Dependency { service: "db".into(), condition: DependencyCondition::Started }]);
+    assert_eq!(
+        s.services[3].depends_on,
+        vec![Dependency { service: "db".into(), condition: DependencyCondition::Started }]
+    );
     let (l, c, k, m) = err("name: d\nservices:\n  a:\n    image: x\n    depends_on:\n      - ghost\n");
     assert_eq!((l, c, k.as_str()), (6, 7, "services.a.depends_on[0]"));
     assert!(m.contains("no service `ghost`"));
-    let (l, c, k, _) = err("name: d\nservices:\n  a:\n    image: x\n    depends_on:\n      ghost:\n        condition: service_started\n");
+    let (l, c, k, _) = err(
+        "name: d\nservices:\n  a:\n    image: x\n    depends_on:\n      ghost:\n        condition: service_started\n",
+    );
     assert_eq!((l, c, k.as_str()), (6, 7, "services.a.depends_on.ghost"));
     let (l, c, k, m) = err(
         "name: d\nservices:\n  b:\n    image: x\n  a:\n    image: x\n    depends_on:\n      b:\n        condition: service_completed_successfully\n",
