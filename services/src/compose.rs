@@ -446,31 +446,36 @@ impl Cx<'_> {
             Some(i) if !i.trim().is_empty() => i,
             _ => return Err(self.err(path, "`image` is required (building images is not supported)")),
         };
-        match network_keys {
-            Some(keys) => {
-                for (key, p) in keys {
-                    let Some(net) = networks.get(&key) else {
-                        return Err(
-                            self.err(&p, format!("network `{key}` is not declared under the top-level `networks`"))
-                        );
-                    };
-                    svc.networks.push(net.name.clone());
-                    nets_used.push(net.clone());
-                }
+        let default_net = || match (networks.get("default"), &self.options.default_network) {
+            (Some(n), _) => n.clone(),
+            (None, Some(name)) => {
+                Network { name: name.clone(), driver: "bridge".into(), internal: false, external: false }
             }
-            None => {
-                let net = match (networks.get("default"), &self.options.default_network) {
-                    (Some(n), _) => n.clone(),
-                    (None, Some(name)) => {
-                        Network { name: name.clone(), driver: "bridge".into(), internal: false, external: false }
-                    }
-                    (None, None) => Network {
-                        name: format!("{stack}_default"),
-                        driver: "bridge".into(),
-                        internal: false,
-                        external: false,
-                    },
-                };
+            (None, None) => {
+                Network { name: format!("{stack}_default"), driver: "bridge".into(), internal: false, external: false }
+            }
+        };
+        let chosen = match network_keys {
+            Some(keys) => {
+                let mut chosen = Vec::new();
+                for (key, p) in keys {
+                    let net = match networks.get(&key) {
+                        Some(net) => net.clone(),
+                        None if key == "default" => default_net(),
+                        None => {
+                            return Err(
+                                self.err(&p, format!("network `{key}` is not declared under the top-level `networks`"))
+                            )
+                        }
+                    };
+                    chosen.push(net);
+                }
+                chosen
+            }
+            None => vec![default_net()],
+        };
+        for net in chosen {
+            if !svc.networks.contains(&net.name) {
                 svc.networks.push(net.name.clone());
                 nets_used.push(net);
             }

@@ -842,12 +842,17 @@ pub async fn apply(
         say(format!("removed {}", step.container));
     }
     let mut started = Vec::new();
+    let mut reported: BTreeSet<String> = BTreeSet::new();
     for step in plan.steps.iter().filter(|s| s.action != Action::Remove) {
         for (dep, condition) in &step.depends_on {
             match condition {
                 DependencyCondition::Started => running(docker, dep, Some(&step.container)).await?,
                 DependencyCondition::Healthy => {
-                    wait_healthy(docker, dep, options.health_timeout, Some(&step.container)).await?;
+                    if !reported.contains(dep) {
+                        wait_healthy(docker, dep, options.health_timeout, Some(&step.container)).await?;
+                        say(format!("{dep} healthy"));
+                        reported.insert(dep.clone());
+                    }
                 }
             }
         }
@@ -864,7 +869,7 @@ pub async fn apply(
             started.push(step.container.clone());
         }
     }
-    for container in &started {
+    for container in started.iter().filter(|c| !reported.contains(*c)) {
         wait_healthy(docker, container, options.health_timeout, None).await?;
         say(format!("{container} healthy"));
     }

@@ -219,6 +219,13 @@ services:
 }
 
 #[test]
+fn default_network_named_explicitly() {
+    let s = ok("name: d\nservices:\n  a:\n    image: x\n    networks: [back, default]\nnetworks:\n  back:\n    internal: true\n");
+    assert_eq!(s.services[0].networks, vec!["d_back".to_string(), "d_default".to_string()]);
+    assert_eq!(s.networks.len(), 2);
+}
+
+#[test]
 fn networks_list_map_and_naming() {
     let s = ok(r#"name: d
 services:
