@@ -4,3 +4,6 @@
 //! removed at the end (`constellation_testkit::docker::DockerGuard`).
 
 #![allow(clippy::unwrap_used)]
+
+mod t05_deploy;
+mod t06_compose;
