@@ -21,6 +21,18 @@ fn a_key_outside_the_subset_is_a_configuration_error() {
 }
 
 #[test]
+fn a_dependency_cycle_is_a_configuration_error() {
+    let p = Project::new("cycle");
+    p.compose(&format!(
+        "services:\n  a:\n    image: {img}\n    depends_on: [b]\n  b:\n    image: {img}\n    depends_on: [a]\n",
+        img = test_image()
+    ));
+    let (code, out, err) = p.run(&["deploy", "--stack", &p.stack, "--dry-run"], &[]);
+    assert_eq!(code, 78, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains(&format!("stack {}: depends_on forms a cycle among: a, b", p.stack)), "{err}");
+}
+
+#[test]
 fn services_list_and_show_render_the_stack() {
     let p = Project::new("list");
     p.compose(&format!(

@@ -520,3 +520,71 @@ fn shell_words_quoting() {
     assert_eq!(shell_words("''").unwrap(), [""]);
     assert!(shell_words("\"x").is_err());
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Quotes a word so a POSIX shell reads it back as itself.
+    fn quote(word: &str) -> String {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+
+    proptest! {
+        #[test]
+        fn shell_words_reads_back_quoted_words(words in proptest::collection::vec("[ -~]{0,12}", 0..6)) {
+            let line = words.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ");
+            prop_assert_eq!(shell_words(&line).unwrap(), words);
+        }
+
+        #[test]
+        fn durations_read_back(h in 0u64..5, m in 0u64..60, s in 0u64..60, ms in 0u64..1000) {
+            let text = format!("{h}h{m}m{s}s{ms}ms");
+            let want = Duration::from_millis(((h * 60 + m) * 60 + s) * 1000 + ms);
+            prop_assert_eq!(parse_duration(&text).unwrap(), want);
+        }
+
+        #[test]
+        fn ports_read_back(host in proptest::option::of(1u16..), container in 1u16.., udp in any::<bool>(), ip in any::<bool>()) {
+            let mut text = String::new();
+            if ip {
+                text.push_str("127.0.0.1:");
+                if host.is_none() {
+                    text.push(':');
+                }
+            }
+            if let Some(h) = host {
+                text.push_str(&format!("{h}:"));
+            }
+            text.push_str(&container.to_string());
+            if udp {
+                text.push_str("/udp");
+            }
+            let p = parse_port(&text).unwrap();
+            prop_assert_eq!(p.host_port, host);
+            prop_assert_eq!(p.container_port, container);
+            prop_assert_eq!(p.protocol, if udp { Protocol::Udp } else { Protocol::Tcp });
+            prop_assert_eq!(p.host_ip.is_some(), ip);
+        }
+
+        #[test]
+        fn import_never_panics(text in "[a-z:\\- \\n\"'\\[\\]{}|>#$]{0,200}") {
+            let _ = locate(&text);
+            let _ = import(&text);
+        }
+
+        #[test]
+        fn unknown_service_keys_are_located(key in "[a-z][a-z_]{2,10}", pad in 0usize..3) {
+            prop_assume!(!SERVICE_KEYS.contains(&key.as_str()));
+            let indent = " ".repeat(4 + pad);
+            let text = format!("name: d\nservices:\n  web:\n{indent}image: x\n{indent}{key}: 1\n");
+            match import(&text) {
+                Err(ComposeError::Invalid { line, column, key: k, .. }) => {
+                    prop_assert_eq!((line, column), (5, 5 + pad));
+                    prop_assert_eq!(k, format!("services.web.{key}"));
+                }
+                other => prop_assert!(false, "{:?}", other),
+            }
+        }
+    }
+}
