@@ -74,7 +74,7 @@ fn healthcheck_summary(service: &Service) -> String {
 }
 
 fn human(d: std::time::Duration) -> String {
-    if d.subsec_millis() != 0 || d.as_secs() == 0 {
+    if d.subsec_millis() != 0 {
         format!("{}ms", d.as_millis())
     } else {
         format!("{}s", d.as_secs())
