@@ -13,6 +13,7 @@ mod check;
 mod cli;
 mod demo;
 mod pingora_log;
+mod services_cmd;
 mod shutdown;
 mod welcome;
 
@@ -86,6 +87,50 @@ enum Command {
     Raft {
         #[command(subcommand)]
         command: RaftCommand,
+    },
+    /// The service catalogue and the config's compose stacks (see docs/services.md).
+    Services {
+        #[command(subcommand)]
+        command: ServicesCommand,
+    },
+    /// Reconcile the local Docker engine to the stack definitions: print the plan
+    /// (`create|replace|remove|unchanged <container>`, one line each), then apply it.
+    Deploy {
+        /// Agent configuration (for `[docker]` and `[services]`); without it, only the
+        /// built-in catalogue and the default engine socket.
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        /// Only this stack (default: all).
+        #[arg(long)]
+        stack: Option<String>,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServicesCommand {
+    /// A table of services: stack, service, image, networks, routes, health check.
+    List {
+        /// Agent configuration (for `[services] files`); without it, the built-in catalogue.
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        /// Only this stack.
+        #[arg(long)]
+        stack: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything about one service (`service` or `stack/service`); secrets are shown as
+    /// the references they are written as.
+    Show {
+        /// The service.
+        name: String,
+        /// Agent configuration; without it, the built-in catalogue.
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -306,6 +351,15 @@ fn main() -> ExitCode {
             run_async(cli::raft_remove_voter(&api.admin, &name, api.token.as_deref()))
         }
         Command::Demo { seconds } => run_async(demo::run(seconds)),
+        Command::Services { command: ServicesCommand::List { config, stack, json } } => {
+            services_cmd::list(config.as_deref(), stack.as_deref(), json)
+        }
+        Command::Services { command: ServicesCommand::Show { name, config } } => {
+            services_cmd::show(config.as_deref(), &name)
+        }
+        Command::Deploy { config, stack, dry_run } => {
+            services_cmd::deploy(config.as_deref(), stack.as_deref(), dry_run)
+        }
     }
 }
 

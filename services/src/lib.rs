@@ -4,8 +4,11 @@
 //! `control/docker` reuses its engine connection.
 
 pub mod catalogue;
+pub mod compose;
+pub mod deploy;
 pub mod engine;
 pub mod model;
+pub mod stacks;
 pub mod validate;
 
 pub use model::{

@@ -9,6 +9,8 @@ mod t01_routing;
 mod t02_labels;
 mod t03_two_nodes;
 mod t04_restarts;
+mod t05_deploy;
+mod t06_compose;
 mod t07_engine_loss;
 
 /// The shared kit, plus what only this suite needs.
