@@ -127,7 +127,10 @@ pub async fn status(admin: &str, json: bool, token: Option<&str>) -> anyhow::Res
         let engine = if d.connected {
             format!("connected (engine {})", d.engine_version.as_deref().unwrap_or("?"))
         } else {
-            format!("NOT REACHABLE: {} (last known containers shown)", d.last_error.as_deref().unwrap_or("not yet connected"))
+            format!(
+                "NOT REACHABLE: {} (last known containers shown)",
+                d.last_error.as_deref().unwrap_or("not yet connected")
+            )
         };
         println!("\nCONTAINERS  docker {}: {engine}", d.endpoint);
         println!(

@@ -286,11 +286,20 @@ pub fn deploy(config_path: Option<&Path>, stack: Option<&str>, dry_run: bool) ->
         Ok(s) => s,
         Err(e) => return usage(&e),
     };
-    let problems: Vec<validate::Problem> = selected.iter().flat_map(|s| validate::check(s)).collect();
-    if !problems.is_empty() {
-        for p in &problems {
-            eprintln!("error: {p}");
+    // Errors refuse the deploy; advisories (an unpinned image, a routed service without a
+    // health check) are warnings: a compose file may be deployable as it stands.
+    let mut refused = false;
+    for s in &selected {
+        let f = validate::findings(s);
+        for p in &f.advisories {
+            eprintln!("warning: {p}");
         }
+        for p in &f.errors {
+            eprintln!("error: {p}");
+            refused = true;
+        }
+    }
+    if refused {
         return ExitCode::from(EX_CONFIG);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

@@ -409,6 +409,9 @@ impl Cx<'_> {
             restart: Restart::No,
             depends_on: Vec::new(),
             labels: BTreeMap::new(),
+            cap_add: Vec::new(),
+            sysctls: BTreeMap::new(),
+            devices: Vec::new(),
         };
         let mut image = None;
         let mut nets_used = Vec::new();

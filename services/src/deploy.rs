@@ -375,6 +375,9 @@ struct ContainerSpec {
     healthcheck: Option<HealthCheck>,
     restart: Restart,
     labels: BTreeMap<String, String>,
+    cap_add: Vec<String>,
+    sysctls: BTreeMap<String, String>,
+    devices: Vec<String>,
 }
 
 impl fmt::Debug for ContainerSpec {
@@ -610,6 +613,9 @@ fn spec_of(stack: &Stack, svc: &Service, env: BTreeMap<String, String>) -> Conta
         healthcheck: svc.healthcheck.clone(),
         restart: svc.restart,
         labels,
+        cap_add: svc.cap_add.clone(),
+        sysctls: svc.sysctls.clone(),
+        devices: svc.devices.clone(),
     }
 }
 
@@ -640,7 +646,25 @@ pub async fn plan(docker: &Docker, stacks: &[&Stack], options: &DeployOptions) -
                 return Err(DeployError::DuplicateContainer { container: name, first, second: owner });
             }
             let env = resolve_env(stack, svc, &options.env)?;
-            let spec = spec_of(stack, svc, env);
+            let mut spec = spec_of(stack, svc, env);
+            // Labels may name deploy-time values too (the catalogue's `${DOMAIN}`).
+            for (key, value) in spec.labels.iter_mut() {
+                if value.contains('$') {
+                    *value = expand(value, &options.env).map_err(|e| match e {
+                        ExpandError::Missing(variable) => DeployError::MissingVariable {
+                            stack: stack.name.clone(),
+                            service: svc.name.clone(),
+                            variable,
+                        },
+                        ExpandError::Malformed(message) => DeployError::BadValue {
+                            stack: stack.name.clone(),
+                            service: svc.name.clone(),
+                            key: format!("label {key}"),
+                            message,
+                        },
+                    })?;
+                }
+            }
             for d in &svc.depends_on {
                 if d.condition == DependencyCondition::Healthy {
                     let dep = stack.services.iter().find(|s| s.name == d.service);
@@ -979,6 +1003,18 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             binds: (!binds.is_empty()).then_some(binds),
             port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
             restart_policy: Some(RestartPolicy { name: Some(restart), maximum_retry_count: None }),
+            cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
+            sysctls: (!spec.sysctls.is_empty()).then(|| spec.sysctls.clone().into_iter().collect()),
+            devices: (!spec.devices.is_empty()).then(|| {
+                spec.devices
+                    .iter()
+                    .map(|d| bollard::models::DeviceMapping {
+                        path_on_host: Some(d.clone()),
+                        path_in_container: Some(d.clone()),
+                        cgroup_permissions: Some("rwm".into()),
+                    })
+                    .collect()
+            }),
             network_mode: first.clone(),
             ..Default::default()
         }),

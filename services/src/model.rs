@@ -87,6 +87,12 @@ pub struct Service {
     pub depends_on: Vec<Dependency>,
     /// Container labels: Traefik routing, Uptime Kuma, Homepage, deunhealth.
     pub labels: BTreeMap<String, String>,
+    /// Linux capabilities added (e.g. `NET_ADMIN` for the WARP client).
+    pub cap_add: Vec<String>,
+    /// Namespaced kernel parameters, e.g. `net.ipv4.ip_forward = 1`.
+    pub sysctls: BTreeMap<String, String>,
+    /// Host devices passed in, e.g. `/dev/net/tun`.
+    pub devices: Vec<String>,
 }
 
 /// An environment variable's value.

@@ -36,13 +36,18 @@ fn traefik_labels_route_with_middlewares_and_a_two_container_service() {
             "plain",
         );
         // Not enabled: never routed (exposed_by_default is false).
-        let hidden = web_container(&guard, "hidden", &net, &["traefik.http.routers.hidden.rule=Host(`hidden.test`)"], "x");
+        let hidden =
+            web_container(&guard, "hidden", &net, &["traefik.http.routers.hidden.rule=Host(`hidden.test`)"], "x");
         // A bad rule: refused alone, naming the label's router and the rule.
         let broken = web_container(
             &guard,
             "broken",
             &net,
-            &["traefik.enable=true", "traefik.http.routers.broken.rule=Host(`broken.test`", "traefik.http.services.broken.loadbalancer.server.port=8000"],
+            &[
+                "traefik.enable=true",
+                "traefik.http.routers.broken.rule=Host(`broken.test`",
+                "traefik.http.services.broken.loadbalancer.server.port=8000",
+            ],
             "broken",
         );
         for c in [&one, &two, &plain, &hidden, &broken] {
@@ -77,7 +82,12 @@ fn traefik_labels_route_with_middlewares_and_a_two_container_service() {
         let containers = s["docker"]["containers"].as_array().unwrap();
         let find = |n: &str| containers.iter().find(|c| c["name"] == n).unwrap().clone();
         let err = find(&broken)["error"].as_str().unwrap_or("").to_string();
-        assert!(err.contains(&format!("docker container {broken}")) && err.contains("http.routers.broken") && err.contains("rule"), "{err}");
+        assert!(
+            err.contains(&format!("docker container {broken}"))
+                && err.contains("http.routers.broken")
+                && err.contains("rule"),
+            "{err}"
+        );
         assert!(find(&one)["error"].is_null());
         assert_eq!(find(&hidden)["services"], serde_json::json!([]));
         assert_eq!(agent.metric("constellation_docker_containers_refused", &[]).await, 1.0);

@@ -40,7 +40,8 @@ fn a_service_on_another_node_is_reached_through_its_mesh_entry_point() {
             );
             NodeSpec { extra_toml: docker, ..NodeSpec::default() }
         };
-        let mut fleet = Fleet::new(FleetSpec::new("docker-two", vec![spec("n1", mesh_ports[0]), spec("n2", mesh_ports[1])]));
+        let mut fleet =
+            Fleet::new(FleetSpec::new("docker-two", vec![spec("n1", mesh_ports[0]), spec("n2", mesh_ports[1])]));
         fleet.start_all(Duration::from_secs(20)).await;
         let labels = |node: &str| {
             vec![
@@ -78,7 +79,14 @@ fn a_service_on_another_node_is_reached_through_its_mesh_entry_point() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|c| format!("{}/{}/{}", c["node"].as_str().unwrap(), c["name"].as_str().unwrap(), c["health"].as_str().unwrap()))
+            .map(|c| {
+                format!(
+                    "{}/{}/{}",
+                    c["node"].as_str().unwrap(),
+                    c["name"].as_str().unwrap(),
+                    c["health"].as_str().unwrap()
+                )
+            })
             .collect();
         assert!(names.contains(&format!("n1/{a}/healthy")) && names.contains(&format!("n2/{b}/healthy")), "{names:?}");
 

@@ -70,7 +70,13 @@ fn unhealthy_labelled_containers_are_restarted_up_to_the_cap() {
         assert_eq!(started_at(&unlabelled), other_start);
         // Visible: status counts the restarts, the log says why, once for the cap.
         let s = agent.status().await;
-        let c = s["docker"]["containers"].as_array().unwrap().iter().find(|c| c["name"] == labelled.as_str()).unwrap().clone();
+        let c = s["docker"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == labelled.as_str())
+            .unwrap()
+            .clone();
         assert_eq!(c["restarts"], 2, "{c}");
         let log = agent.log();
         assert_eq!(log.matches("restarted an unhealthy container").count(), 2, "{log}");

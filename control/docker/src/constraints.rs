@@ -159,7 +159,8 @@ mod tests {
 
     #[test]
     fn expressions_evaluate_like_traefiks() {
-        let c = Constraint::parse("Label(`node`, `a`) && !Label(`skip`, `true`) || LabelRegex(`env`, `prod-.*`)").unwrap();
+        let c =
+            Constraint::parse("Label(`node`, `a`) && !Label(`skip`, `true`) || LabelRegex(`env`, `prod-.*`)").unwrap();
         assert!(c.matches(&labels(&[("node", "a")])));
         assert!(!c.matches(&labels(&[("node", "a"), ("skip", "true")])));
         assert!(c.matches(&labels(&[("env", "prod-1")])));

@@ -38,9 +38,8 @@ pub enum LabelError {
 
 fn schema() -> &'static Value {
     static SCHEMA: OnceLock<Value> = OnceLock::new();
-    SCHEMA.get_or_init(|| {
-        serde_json::from_str(constellation_proxy::dynamic::FILE_PROVIDER_SCHEMA).unwrap_or(Value::Null)
-    })
+    SCHEMA
+        .get_or_init(|| serde_json::from_str(constellation_proxy::dynamic::FILE_PROVIDER_SCHEMA).unwrap_or(Value::Null))
 }
 
 /// Follow `$ref`s to the definition a node stands for.
@@ -125,10 +124,10 @@ fn put(node: &mut Node, steps: &[Step], leaf: Value) -> Result<(), LabelError> {
             }
         }
         Some((Step::Key(k), rest)) => {
-            if fresh(node) || matches!(node, Node::Leaf(Value::Object(o)) if o.is_empty()) {
-                if !matches!(node, Node::Map(_)) {
-                    *node = Node::Map(BTreeMap::new());
-                }
+            if (fresh(node) || matches!(node, Node::Leaf(Value::Object(o)) if o.is_empty()))
+                && !matches!(node, Node::Map(_))
+            {
+                *node = Node::Map(BTreeMap::new());
             }
             match node {
                 Node::Map(m) => put(m.entry(k.clone()).or_insert_with(|| Node::Map(BTreeMap::new())), rest, leaf),

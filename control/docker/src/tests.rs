@@ -174,14 +174,16 @@ fn indexed_lists_tls_and_constellation_labels() {
 
 #[test]
 fn replicas_merge_and_conflicts_name_both_sources() {
-    let labels = [("traefik.http.routers.r.rule", "Host(`x.test`)"), ("traefik.http.services.s.loadbalancer.server.port", "80")];
+    let labels =
+        [("traefik.http.routers.r.rule", "Host(`x.test`)"), ("traefik.http.services.s.loadbalancer.server.port", "80")];
     let a = contribution(&container("a", "10.0.0.2", &labels), &settings(), "container a").unwrap();
     let b = contribution(&container("b", "10.0.0.3", &labels), &settings(), "container b").unwrap();
     let (merged, conflicts) =
         DynamicConfig::merge_shared(vec![("container a".into(), a.config.clone()), ("container b".into(), b.config)]);
     assert!(conflicts.is_empty(), "{conflicts:?}");
     assert_eq!(merged.http.routers.len(), 1);
-    let other = [("traefik.http.routers.r.rule", "Host(`y.test`)"), ("traefik.http.services.s.loadbalancer.server.port", "80")];
+    let other =
+        [("traefik.http.routers.r.rule", "Host(`y.test`)"), ("traefik.http.services.s.loadbalancer.server.port", "80")];
     let c = contribution(&container("c", "10.0.0.4", &other), &settings(), "container c").unwrap();
     let (merged, conflicts) =
         DynamicConfig::merge_shared(vec![("container a".into(), a.config), ("container c".into(), c.config)]);

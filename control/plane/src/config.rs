@@ -797,7 +797,8 @@ pub fn validate_all(
             return Err(bad("docker.endpoint", "must name a socket path or tcp://host:port".into()));
         }
         if let Some(c) = &d.constraints {
-            constellation_docker::constraints::Constraint::parse(c).map_err(|e| bad("docker.constraints", e.to_string()))?;
+            constellation_docker::constraints::Constraint::parse(c)
+                .map_err(|e| bad("docker.constraints", e.to_string()))?;
         }
         if let Some(m) = &d.mesh_entrypoint {
             if !config.entrypoints.contains_key(m) {
@@ -808,7 +809,10 @@ pub fn validate_all(
             }
         }
         if d.network.as_deref().is_some_and(|n| n.trim().is_empty()) {
-            return Err(bad("docker.network", "must not be empty (leave it out for the container's only network)".into()));
+            return Err(bad(
+                "docker.network",
+                "must not be empty (leave it out for the container's only network)".into(),
+            ));
         }
         Ok(())
     };

@@ -109,13 +109,23 @@ impl DockerGlue {
             self.adapt(&mut cfg);
             parts.push((self.origin(w), cfg));
             for e in &c.endpoints {
-                let entry = mesh_servers
-                    .entry(e.service.clone())
-                    .or_insert_with(|| (c.config.http.services.get(&e.service).cloned().unwrap_or_else(|| {
-                        HttpService::LoadBalancer(dynamic::LoadBalancer::default())
-                    }), Vec::new()));
+                let entry = mesh_servers.entry(e.service.clone()).or_insert_with(|| {
+                    (
+                        c.config
+                            .http
+                            .services
+                            .get(&e.service)
+                            .cloned()
+                            .unwrap_or_else(|| HttpService::LoadBalancer(dynamic::LoadBalancer::default())),
+                        Vec::new(),
+                    )
+                });
                 if w.container.running && w.container.health.routable() {
-                    instances.push(ClusterInstance { node: self.node.clone(), service: e.service.clone(), url: e.url.clone() });
+                    instances.push(ClusterInstance {
+                        node: self.node.clone(),
+                        service: e.service.clone(),
+                        url: e.url.clone(),
+                    });
                     entry.1.push(e.url.clone());
                 }
             }
@@ -186,12 +196,12 @@ impl DockerGlue {
             }
         }
         let (merged, _) = DynamicConfig::merge_shared(raw);
-        let routes = if merged.http.routers.is_empty() && merged.http.services.is_empty() && merged.tcp.routers.is_empty()
-        {
-            String::new()
-        } else {
-            serde_json::to_string(&provided_json(&merged)).unwrap_or_default()
-        };
+        let routes =
+            if merged.http.routers.is_empty() && merged.http.services.is_empty() && merged.tcp.routers.is_empty() {
+                String::new()
+            } else {
+                serde_json::to_string(&provided_json(&merged)).unwrap_or_default()
+            };
         Published { routes, instances, containers }
     }
 
@@ -216,7 +226,9 @@ impl DockerGlue {
                     self.adapt(&mut cfg);
                     parts.push((origin, cfg));
                 }
-                Err(e) => tracing::warn!(node = %state.name, error = %e, "a node's container routes do not parse; ignored"),
+                Err(e) => {
+                    tracing::warn!(node = %state.name, error = %e, "a node's container routes do not parse; ignored")
+                }
             }
         }
         parts
@@ -274,10 +286,8 @@ fn provided_json(cfg: &DynamicConfig) -> serde_json::Value {
 
 /// The inverse of [`provided_json`].
 fn parse_provided(value: serde_json::Value, origin: &str) -> Result<DynamicConfig, String> {
-    let retry: Vec<String> = value
-        .get("retryOn403")
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default();
+    let retry: Vec<String> =
+        value.get("retryOn403").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
     let config = value.get("config").cloned().unwrap_or_default();
     let mut cfg = dynamic::from_value(config, origin).map_err(|e| e.to_string())?;
     for name in retry {

@@ -169,7 +169,12 @@ fn start_docker(
 }
 
 /// A single node with Docker: every snapshot rebuilds the routes, until stopped.
-async fn feed_single(mut feed: DockerFeed, reloader: Arc<Reloader>, admin: Arc<AdminState>, statics: Vec<ClusterInstance>) {
+async fn feed_single(
+    mut feed: DockerFeed,
+    reloader: Arc<Reloader>,
+    admin: Arc<AdminState>,
+    statics: Vec<ClusterInstance>,
+) {
     loop {
         let snap = feed.rx.borrow_and_update().clone();
         let (parts, local) = feed.glue.local(&snap);

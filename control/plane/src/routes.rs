@@ -386,7 +386,8 @@ fn merge_provided(cfg: &mut DynamicConfig, parts: Vec<(String, DynamicConfig)>) 
         if files.contains(&name) {
             let theirs = shared.origin_of(&name).unwrap_or("a provider").to_string();
             let ours = cfg.origin_of(&name).unwrap_or("a route file").to_string();
-            warnings.push(format!("{name} is defined in both {ours} and {theirs}: the route file's definition is used"));
+            warnings
+                .push(format!("{name} is defined in both {ours} and {theirs}: the route file's definition is used"));
             shared.remove_object(&name);
         }
     }

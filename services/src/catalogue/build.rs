@@ -16,13 +16,6 @@ use super::{networks, BACKEND, DOMAIN_VAR, PUBLICNET, SECRETS_DIR, WARP_NET};
 
 /// Label marking a service whose outbound traffic leaves through the WARP gateway.
 pub const LABEL_EGRESS: &str = "constellation.egress";
-/// Label listing Linux capabilities a service needs (comma-separated, e.g. `NET_ADMIN`);
-/// the model has no field for them, so `deploy` reads this label.
-pub const LABEL_CAP_ADD: &str = "constellation.cap-add";
-/// Label listing sysctls a service needs (comma-separated `key=value`).
-pub const LABEL_SYSCTLS: &str = "constellation.sysctls";
-/// Label listing host devices a service needs (comma-separated, e.g. `/dev/fuse`).
-pub const LABEL_DEVICES: &str = "constellation.devices";
 
 /// Loopback, for ports only the node itself may reach.
 pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -56,6 +49,9 @@ pub fn svc(name: &str, image: &str) -> Svc {
             restart: Restart::UnlessStopped,
             depends_on: Vec::new(),
             labels: BTreeMap::new(),
+            cap_add: Vec::new(),
+            sysctls: BTreeMap::new(),
+            devices: Vec::new(),
         },
         route: None,
         ui: None,
@@ -69,6 +65,24 @@ fn strings(args: &[&str]) -> Vec<String> {
 // === impl Svc ===
 
 impl Svc {
+    /// Adds Linux capabilities.
+    pub fn cap_add(mut self, caps: &[&str]) -> Self {
+        self.service.cap_add.extend(strings(caps));
+        self
+    }
+
+    /// Passes a host device in.
+    pub fn device(mut self, path: &str) -> Self {
+        self.service.devices.push(path.to_owned());
+        self
+    }
+
+    /// Sets a namespaced sysctl.
+    pub fn sysctl(mut self, key: &str, value: &str) -> Self {
+        self.service.sysctls.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
     /// Sets the command (arguments).
     pub fn cmd(mut self, args: &[&str]) -> Self {
         self.service.command = Some(strings(args));

@@ -18,7 +18,7 @@
 //! must bind it so, or mount it on the host. ElfHosted's own rebuilt images
 //! (`ghcr.io/elfhosted/*`) are not used: their tags could not be checked offline.
 
-use super::build::{stack as make, svc, Svc, LABEL_CAP_ADD, LABEL_DEVICES};
+use super::build::{stack as make, svc, Svc};
 use super::{config_path, BACKEND, PUBLICNET};
 use crate::model::Stack;
 
@@ -64,8 +64,8 @@ pub(super) fn stack() -> Stack {
                 ])
                 .bind_ro(&config_path(S, "rclone/rclone.conf"), "/config/rclone/rclone.conf")
                 .bind(MEDIA, "/data")
-                .label(LABEL_CAP_ADD, "SYS_ADMIN")
-                .label(LABEL_DEVICES, "/dev/fuse")
+                .cap_add(&["SYS_ADMIN"])
+                .device("/dev/fuse")
                 .backend()
                 .health_shell("ls /data/__all__ > /dev/null")
                 .after_healthy("zurg"),

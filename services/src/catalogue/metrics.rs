@@ -82,7 +82,7 @@ pub(super) fn stack() -> Stack {
                 .bind_ro("/sys", "/sys")
                 .bind_ro("/var/lib/docker", "/var/lib/docker")
                 .bind_ro("/dev/disk", "/dev/disk")
-                .label(super::build::LABEL_DEVICES, "/dev/kmsg")
+                .device("/dev/kmsg")
                 .backend()
                 .health_wget(8080, "/healthz"),
             // Probes public endpoints, so it needs egress as well as the backend.

@@ -15,8 +15,8 @@
 //!   egress goes through WARP join `warp-nat-net` and carry `constellation.egress=warp`.
 //! - Ports are published only where the node must be reached from outside the proxy,
 //!   always on an explicit address.
-//! - What the model has no field for (capabilities, sysctls, devices) is carried by the
-//!   `constellation.cap-add`, `constellation.sysctls` and `constellation.devices` labels.
+//! - Capabilities, sysctls and devices are the services' `cap_add`, `sysctls` and
+//!   `devices` (the WARP client, rclone's FUSE mount, cAdvisor's `/dev/kmsg`).
 //! - Named volume names are prefixed with their stack name (they are engine-wide).
 
 mod authentik;

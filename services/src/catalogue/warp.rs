@@ -11,14 +11,14 @@
 //! `curlimages/curl` (Alpine). Tags of `caomingjun/warp` are `<warp version>-<gost
 //! version>`; the one pinned is the one public compose files pin most.
 //!
-//! Capabilities and sysctls travel as `constellation.cap-add` / `constellation.sysctls`
-//! labels (the model has no field for them); deploy must apply them for WARP to start.
+//! The WARP client needs `NET_ADMIN`, `/dev/net/tun` and forwarding sysctls (the
+//! service's `cap_add`, `devices`, `sysctls`), which deploy applies.
 //! Two parts of the reference layout are not services here: the host policy routing that
 //! sends `warp-nat-net`'s traffic through the gateway (bolabaden's `warp-nat-setup.sh`,
 //! run privileged on the host network — the model has neither) and the network's bridge
 //! options (`enable_ip_masquerade=false`); both are node setup, not catalogue entries.
 
-use super::build::{stack as make, svc, Svc, LABEL_CAP_ADD, LABEL_DEVICES, LABEL_SYSCTLS, LOOPBACK};
+use super::build::{stack as make, svc, Svc, LOOPBACK};
 use super::{BACKEND, WARP_NET};
 use crate::model::Stack;
 
@@ -30,12 +30,11 @@ fn warp_client(name: &str, volume: &str) -> Svc {
         .env("WARP_SLEEP", "5")
         .secret_env("WARP_LICENSE_KEY", "WARP_LICENSE_KEY")
         .vol(volume, "/var/lib/cloudflare-warp")
-        .label(LABEL_CAP_ADD, "NET_ADMIN,MKNOD,AUDIT_WRITE")
-        .label(LABEL_DEVICES, "/dev/net/tun")
-        .label(
-            LABEL_SYSCTLS,
-            "net.ipv6.conf.all.disable_ipv6=0,net.ipv4.conf.all.src_valid_mark=1,net.ipv4.ip_forward=1",
-        )
+        .cap_add(&["NET_ADMIN", "MKNOD", "AUDIT_WRITE"])
+        .device("/dev/net/tun")
+        .sysctl("net.ipv6.conf.all.disable_ipv6", "0")
+        .sysctl("net.ipv4.conf.all.src_valid_mark", "1")
+        .sysctl("net.ipv4.ip_forward", "1")
 }
 
 pub(super) fn stack() -> Stack {

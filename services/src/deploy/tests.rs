@@ -27,6 +27,9 @@ fn service(name: &str, deps: &[(&str, DependencyCondition)]) -> Service {
         restart: Restart::UnlessStopped,
         depends_on: deps.iter().map(|(s, c)| Dependency { service: s.to_string(), condition: *c }).collect(),
         labels: BTreeMap::new(),
+        cap_add: Vec::new(),
+        sysctls: BTreeMap::new(),
+        devices: Vec::new(),
     }
 }
 
