@@ -176,6 +176,14 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
         .build()
         .map_err(|e| StartError::Runtime(format!("cannot start a runtime for the first reload: {e}")))?;
     startup.block_on(reloader.reload_resolved()).map_err(StartError::Routes)?;
+    // `[docker] enabled = true` makes the engine a requirement at start; later losses
+    // are retried (the last routes stay), as is an unreachable engine when unset.
+    if cfg.config.docker.enabled == Some(true) {
+        let endpoint = cfg.config.docker.endpoint.clone();
+        startup
+            .block_on(constellation_services::engine::connect(Some(&endpoint), 10))
+            .map_err(|e| StartError::Runtime(format!("[docker] enabled = true, but {e}")))?;
+    }
     drop(startup);
     let prober = Arc::new(Prober::new(CertPolicy::Unverified).map_err(|e| StartError::Runtime(e.to_string()))?);
     // Pingora retries a busy listen address for a long time; fail now with a clear
