@@ -12,6 +12,7 @@ mod t04_restarts;
 mod t05_deploy;
 mod t06_compose;
 mod t07_engine_loss;
+mod t08_deployed_and_routed;
 
 /// The shared kit, plus what only this suite needs.
 mod support {

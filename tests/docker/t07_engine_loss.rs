@@ -67,7 +67,11 @@ fn the_engine_going_away_keeps_the_last_routes_and_reconnects() {
         guard.wait_health(&a, "healthy", Duration::from_secs(15));
         eventually("routed through the relay", Duration::from_secs(3), || async {
             let r = agent.get("one.test", "/").await;
-            if r.status == 200 { Ok(()) } else { Err(r.text()) }
+            if r.status == 200 {
+                Ok(())
+            } else {
+                Err(r.text())
+            }
         })
         .await;
 
@@ -75,7 +79,11 @@ fn the_engine_going_away_keeps_the_last_routes_and_reconnects() {
         drop(relay);
         eventually("status shows the engine lost", Duration::from_secs(3), || async {
             let s = agent.status().await;
-            if s["docker"]["connected"] == false { Ok(()) } else { Err(s["docker"].to_string()) }
+            if s["docker"]["connected"] == false {
+                Ok(())
+            } else {
+                Err(s["docker"].to_string())
+            }
         })
         .await;
         tokio::time::sleep(Duration::from_secs(2)).await; // ~10 failed reconnects
@@ -97,7 +105,11 @@ fn the_engine_going_away_keeps_the_last_routes_and_reconnects() {
         let _relay = Relay::start(&sock);
         eventually("reconnected, and the new container routed", Duration::from_secs(5), || async {
             let r = agent.get("two.test", "/").await;
-            if r.status == 200 { Ok(()) } else { Err(format!("{} {}", r.status, r.text())) }
+            if r.status == 200 {
+                Ok(())
+            } else {
+                Err(format!("{} {}", r.status, r.text()))
+            }
         })
         .await;
         assert!(agent.log().contains("Docker engine reachable again"));
