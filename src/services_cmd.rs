@@ -20,6 +20,8 @@ const ENGINE_TIMEOUT_SECS: u64 = 600;
 struct Loaded {
     stacks: Vec<Stack>,
     endpoint: Option<String>,
+    /// `[docker] network`: created when missing, even where a compose file calls it external.
+    network: Option<String>,
 }
 
 fn load(config_path: Option<&Path>) -> Result<Loaded, ExitCode> {
@@ -42,7 +44,7 @@ fn load(config_path: Option<&Path>) -> Result<Loaded, ExitCode> {
         }
         ExitCode::from(EX_CONFIG)
     })?;
-    Ok(Loaded { stacks, endpoint })
+    Ok(Loaded { stacks, endpoint, network: options.default_network.clone() })
 }
 
 fn usage(e: &StackError) -> ExitCode {
@@ -309,10 +311,10 @@ pub fn deploy(config_path: Option<&Path>, stack: Option<&str>, dry_run: bool) ->
             return ExitCode::from(1);
         }
     };
-    rt.block_on(run_deploy(loaded.endpoint.as_deref(), &selected, dry_run))
+    rt.block_on(run_deploy(loaded.endpoint.as_deref(), loaded.network.as_deref(), &selected, dry_run))
 }
 
-async fn run_deploy(endpoint: Option<&str>, selected: &[&Stack], dry_run: bool) -> ExitCode {
+async fn run_deploy(endpoint: Option<&str>, network: Option<&str>, selected: &[&Stack], dry_run: bool) -> ExitCode {
     let docker = match engine::connect(endpoint, ENGINE_TIMEOUT_SECS).await {
         Ok(d) => d,
         Err(e) => {
@@ -322,6 +324,16 @@ async fn run_deploy(endpoint: Option<&str>, selected: &[&Stack], dry_run: bool) 
     };
     let mut options = DeployOptions::from_process_env();
     options.shared_networks = constellation_services::catalogue::networks();
+    if let Some(name) = network {
+        if !options.shared_networks.iter().any(|n| n.name == name) {
+            options.shared_networks.push(constellation_services::Network {
+                name: name.to_string(),
+                driver: "bridge".into(),
+                internal: false,
+                external: false,
+            });
+        }
+    }
     let fail = |e: deploy::DeployError| {
         eprintln!("error: {e}");
         ExitCode::from(if e.is_configuration() { EX_CONFIG } else { 1 })

@@ -765,11 +765,15 @@ pub async fn plan(docker: &Docker, stacks: &[&Stack], options: &DeployOptions) -
                     Err(e) => return Err(engine(format!("inspect network {net}"))(e)),
                 };
                 let user = format!("{}/{}", stack.name, svc.name);
-                let network = match def {
-                    Some(d) if !d.external || exists => d.clone(),
+                // A shared network deploy may create (the catalogue's, `[docker] network`)
+                // is created even where a compose file calls it external.
+                let shared = options.shared_networks.iter().find(|n| &n.name == net && !n.external);
+                let network = match (def, shared) {
+                    (Some(d), _) if !d.external || exists => d.clone(),
                     _ if exists => {
                         Network { name: net.clone(), driver: String::new(), internal: false, external: true }
                     }
+                    (_, Some(s)) => s.clone(),
                     _ => return Err(DeployError::NetworkMissing { network: net.clone(), user }),
                 };
                 plan.networks.push(NetworkStep { network, stack: stack.name.clone(), exists });

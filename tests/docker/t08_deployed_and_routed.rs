@@ -87,3 +87,32 @@ fn the_built_in_catalogue_is_listed_whole() {
     assert!(err.contains("/etc/constellation/secrets/wordpress/"), "{err}");
     assert!(plan.is_empty(), "{plan}");
 }
+
+#[test]
+fn the_agents_network_is_created_even_where_the_compose_file_calls_it_external() {
+    let p = Project::new("extnet");
+    let fresh = format!("{}-fresh", p.stack);
+    p.dir.write("agent.toml", &format!("[docker]\nnetwork = \"{fresh}\"\n\n[services]\nfiles = [\"stack.yml\"]\n"));
+    let cmd = httpd_command("x");
+    p.compose(&format!(
+        "services:\n  web:\n    image: {img}\n    command: {cmd}\n    networks: [check]\n    labels:\n      - \"{label}={tag}\"\n\
+         networks:\n  check:\n    name: {fresh}\n    external: true\n",
+        img = test_image(),
+        cmd = flow(&cmd.iter().map(String::as_str).collect::<Vec<_>>()),
+        label = constellation_testkit::docker::TEST_LABEL,
+        tag = p.guard.tag,
+    ));
+    assert!(docker(&["network", "inspect", &fresh]).is_err(), "the network does not exist yet");
+    assert_eq!(p.deploy(&[]), vec![format!("create {}", p.container("web"))]);
+    let nets = docker(&[
+        "inspect",
+        "--format",
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+        &p.container("web"),
+    ])
+    .unwrap();
+    assert_eq!(nets.trim(), fresh);
+    // Removed with the stack's other objects (deploy labels what it creates).
+    let labels = docker(&["network", "inspect", "--format", "{{json .Labels}}", &fresh]).unwrap();
+    assert!(labels.contains("constellation.managed"), "{labels}");
+}

@@ -306,3 +306,120 @@ fn mark_provided(cfg: &mut DynamicConfig) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use constellation_cluster::{MemberState, MemberView, NodeState};
+    use constellation_docker::{Container, Health, LabelSettings};
+
+    fn watched(name: &str, ip: &str, health: Health) -> Watched {
+        let labels = [
+            ("traefik.enable", "true"),
+            ("traefik.http.routers.app.rule", "Host(`app.test`)"),
+            ("traefik.http.services.app.loadbalancer.server.port", "8000"),
+            ("constellation.retry-on-403", "true"),
+        ];
+        let container = Container {
+            id: format!("{name}-id"),
+            name: name.into(),
+            image: "img:1".into(),
+            running: true,
+            state: "running".into(),
+            health,
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            networks: BTreeMap::from([("net".to_string(), Some(ip.parse().unwrap()))]),
+            exposed_tcp: Vec::new(),
+            restart_count: 0,
+        };
+        let settings = LabelSettings { exposed_by_default: false, network: None, domain: "localhost".into() };
+        let contribution = constellation_docker::contribution(&container, &settings, name).ok();
+        Watched { container, exposed: true, contribution, errors: Vec::new(), restarts_last_hour: 0 }
+    }
+
+    fn glue(node: &str, mesh: bool) -> DockerGlue {
+        DockerGlue {
+            node: node.into(),
+            endpoint: "/var/run/docker.sock".into(),
+            mesh: mesh.then(|| Mesh { entrypoint: "mesh".into(), url: format!("http://10.9.0.{}:8081", node.len()) }),
+            entrypoints: vec!["mesh".into(), "web".into()],
+        }
+    }
+
+    #[test]
+    fn local_parts_keep_routers_off_the_mesh_and_route_the_mesh_by_header() {
+        let snap = DockerSnapshot {
+            connected: true,
+            containers: vec![
+                watched("a", "172.18.0.2", Health::Healthy),
+                watched("b", "172.18.0.3", Health::Unhealthy),
+            ],
+            ..DockerSnapshot::default()
+        };
+        let g = glue("n1", true);
+        let (parts, instances) = g.local(&snap);
+        let (merged, conflicts) = DynamicConfig::merge_shared(parts);
+        assert!(conflicts.is_empty(), "{conflicts:?}");
+        let app = &merged.http.routers["app"];
+        assert_eq!(app.entry_points, ["web"], "not served on the mesh entry point");
+        assert_eq!(app.middlewares, ["constellation-via-app"]);
+        let mesh = &merged.http.routers["constellation-mesh-app"];
+        assert_eq!(mesh.entry_points, ["mesh"]);
+        assert_eq!(mesh.rule.as_deref(), Some("Header(`X-Constellation-Service`, `app`)"));
+        let HttpService::LoadBalancer(lb) = &merged.http.services["constellation-mesh-app"] else { panic!() };
+        assert_eq!(lb.servers.iter().map(|s| s.url.as_str()).collect::<Vec<_>>(), ["http://172.18.0.2:8000"]);
+        // Only the healthy container is a server, at its own address.
+        assert_eq!(instances.len(), 1);
+        assert_eq!(instances[0].url, "http://172.18.0.2:8000");
+        merged.validate("test").unwrap();
+    }
+
+    #[test]
+    fn what_a_node_publishes_reads_back_identically_on_another_node() {
+        let snap = DockerSnapshot {
+            connected: true,
+            containers: vec![
+                watched("a", "172.18.0.2", Health::Healthy),
+                watched("b", "172.18.0.3", Health::Unhealthy),
+            ],
+            ..DockerSnapshot::default()
+        };
+        let n1 = glue("n1", true);
+        let published = n1.published(&snap);
+        // With a mesh entry point, other nodes see one instance: the node's mesh URL.
+        assert_eq!(published.instances.len(), 1);
+        assert_eq!(published.instances[0].url, "http://10.9.0.2:8081");
+        assert!(published.instances[0].healthy, "healthy while any replica is");
+        assert_eq!(published.containers.len(), 2);
+        assert_eq!(published.containers[1].health, "unhealthy");
+
+        let mut state = NodeState::new("n1");
+        state.provided_routes = published.routes.clone();
+        let member = |name: &str, is_self: bool| MemberView {
+            name: name.into(),
+            gossip_addr: "127.0.0.1:1".parse().unwrap(),
+            cluster_addr: "127.0.0.1:2".parse().unwrap(),
+            state: MemberState::Alive,
+            incarnation: 1,
+            roles: Vec::new(),
+            state_version: Some(1),
+            is_self,
+        };
+        let view = ClusterView {
+            members: vec![member("n1", false), member("n2", true)],
+            states: BTreeMap::from([("n1".to_string(), state)]),
+        };
+        let n2 = glue("n2", true);
+        let remote = n2.remote_parts(&view);
+        assert_eq!(remote.len(), 1);
+        let HttpService::LoadBalancer(lb) = &remote[0].1.http.services["app"] else { panic!() };
+        assert!(lb.retry_on_403 && lb.provided, "extensions survive the trip");
+        // n2's own replica of the same service merges with n1's definition.
+        let (local, _) = n2.local(&snap);
+        let mut all = local;
+        all.extend(remote);
+        let (_, conflicts) = DynamicConfig::merge_shared(all);
+        assert!(conflicts.is_empty(), "{conflicts:?}");
+    }
+}
