@@ -961,10 +961,17 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "proxy.allow_unsupported",
         "Serve routers needing unapplied features (e.g. basicAuth) WITHOUT them instead of 503. Unsafe.",
     ),
-    ("docker.endpoint", "Docker engine: socket path, unix://PATH or tcp://HOST:PORT. Used when it exists."),
     (
-        "docker.exposed_by_default",
-        "Route containers without traefik.enable=true too. Also: enabled, network, constraints, mesh_entrypoint.",
+        "docker.enabled",
+        "Unset: on when the endpoint exists (unreachable = a warning, retried). true: required at start. false: off.",
+    ),
+    ("docker.endpoint", "Docker engine: socket path, unix://PATH or tcp://HOST:PORT."),
+    ("docker.exposed_by_default", "Route containers without traefik.enable=true too (Traefik's exposedByDefault)."),
+    ("docker.network", "Network whose container address is used (label traefik.docker.network overrides)."),
+    ("docker.constraints", "Watch only containers matching this label expression (Label, LabelRegex, !, &&, ||)."),
+    (
+        "docker.mesh_entrypoint",
+        "Entry point on the mesh address through which other nodes reach this node's containers.",
     ),
     ("docker.relist_interval_ms", "Full relist of the engine's containers this often (events can be lost)."),
     ("docker.retry_interval_ms", "Reconnect this often while the engine does not answer."),
@@ -1000,6 +1007,10 @@ pub fn default_toml() -> String {
     cfg.gossip.tailscale_tag = Some("tag:constellation".into());
     cfg.cluster.address = Some("127.0.0.1:7947".into());
     cfg.resolver.hosts_file = Some(PathBuf::from("hosts"));
+    cfg.docker.enabled = Some(true);
+    cfg.docker.network = Some("publicnet".into());
+    cfg.docker.constraints = Some("Label(`constellation.node`, `node-1`)".into());
+    cfg.docker.mesh_entrypoint = Some("mesh".into());
     if let Some(web) = cfg.entrypoints.get_mut("web") {
         web.transport.max_connections = Some(10_000);
     }
@@ -1027,6 +1038,10 @@ pub fn default_toml() -> String {
                     | "cluster.address"
                     | "resolver.hosts_file"
                     | "entrypoints.web.transport.max_connections"
+                    | "docker.enabled"
+                    | "docker.network"
+                    | "docker.constraints"
+                    | "docker.mesh_entrypoint"
             ) {
                 out.push_str(&format!("# {line}\n"));
                 continue;
@@ -1065,6 +1080,21 @@ mod tests {
             }
             last = line;
         }
+    }
+
+    #[test]
+    fn docker_section_errors_name_their_keys() {
+        let text = "[entrypoints.web]\naddress = \"127.0.0.1:1\"\n[docker]\nconstraints = \"Label(`a`, `b`) &&\"\n\
+                    mesh_entrypoint = \"mesh\"\n";
+        let c = parse(text, "agent.toml").unwrap();
+        let errs = validate_all(c, "agent.toml", Path::new("."), Some(text)).unwrap_err();
+        let constraints = errs.iter().find(|e| e.key == "docker.constraints").unwrap();
+        assert_eq!((constraints.line, constraints.column), (4, 15), "{constraints}");
+        assert!(constraints.message.contains("column 19"), "{constraints}");
+        let mesh = errs.iter().find(|e| e.key == "docker.mesh_entrypoint").unwrap();
+        assert!(mesh.message.contains("no entrypoint named \"mesh\""), "{mesh}");
+        let e = parse("[docker]\nexposed_by_default = \"yes\"\n", "agent.toml").unwrap_err();
+        assert_eq!(e.key, "docker.exposed_by_default");
     }
 
     #[test]
