@@ -791,33 +791,23 @@ pub fn validate_all(
     };
     let dns = dns_section(&mut config);
     keep(&mut errors, dns);
-    let docker_section = |config: &AgentConfig| -> Result<(), ConfigError> {
-        let d = &config.docker;
-        if d.endpoint.trim().is_empty() {
-            return Err(bad("docker.endpoint", "must name a socket path or tcp://host:port".into()));
-        }
-        if let Some(c) = &d.constraints {
-            constellation_docker::constraints::Constraint::parse(c)
-                .map_err(|e| bad("docker.constraints", e.to_string()))?;
-        }
-        if let Some(m) = &d.mesh_entrypoint {
-            if !config.entrypoints.contains_key(m) {
-                return Err(bad(
-                    "docker.mesh_entrypoint",
-                    format!("no entrypoint named {m:?}; define [entrypoints.{m}] on the mesh address"),
-                ));
-            }
-        }
-        if d.network.as_deref().is_some_and(|n| n.trim().is_empty()) {
-            return Err(bad(
-                "docker.network",
-                "must not be empty (leave it out for the container's only network)".into(),
-            ));
-        }
-        Ok(())
-    };
-    let docker = docker_section(&config);
-    keep(&mut errors, docker);
+    // Each [docker] key is checked on its own, so every mistake is reported at once.
+    let d = &config.docker;
+    if d.endpoint.trim().is_empty() {
+        errors.push(bad("docker.endpoint", "must name a socket path or tcp://host:port".into()));
+    }
+    if let Some(Err(e)) = d.constraints.as_deref().map(constellation_docker::constraints::Constraint::parse) {
+        errors.push(bad("docker.constraints", e.to_string()));
+    }
+    if let Some(m) = d.mesh_entrypoint.as_ref().filter(|m| !config.entrypoints.contains_key(*m)) {
+        errors.push(bad(
+            "docker.mesh_entrypoint",
+            format!("no entrypoint named {m:?}; define [entrypoints.{m}] on the mesh address"),
+        ));
+    }
+    if d.network.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        errors.push(bad("docker.network", "must not be empty (leave it out for the container's only network)".into()));
+    }
     let (
         Some((entrypoints, entrypoint_policies)),
         Some(admin_addr),
