@@ -9,7 +9,8 @@ use constellation_proxy::{AddressMap, UpstreamRegistry};
 
 use crate::{agent, EX_CONFIG};
 
-/// Check `file` and the route files it names; exit 78 when anything is wrong.
+/// Check `file`, the route files and the stack files it names; exit 78 when anything is
+/// wrong.
 pub fn run(file: &Path, allow_unsupported: bool) -> ExitCode {
     let mut cfg = match config::load_all(Some(file)) {
         Ok(c) => c,
@@ -20,6 +21,27 @@ pub fn run(file: &Path, allow_unsupported: bool) -> ExitCode {
         Ok(d) => d,
         Err(errors) => return fail(&errors),
     };
+    // The stack files `services` and `deploy` read: parsed and validated the same way.
+    if !cfg.config.services.files.is_empty() {
+        let options =
+            constellation_services::compose::ImportOptions { default_network: cfg.config.docker.network.clone() };
+        match constellation_services::stacks::load(&cfg.config.services.files, &cfg.base_dir, &options) {
+            Err(errors) => return fail(&errors.iter().map(ToString::to_string).collect::<Vec<_>>()),
+            Ok(stacks) => {
+                let mut errors = Vec::new();
+                for stack in stacks.iter().filter(|s| s.origin != "catalogue") {
+                    let f = constellation_services::validate::findings(stack);
+                    for a in &f.advisories {
+                        println!("warning: {a}");
+                    }
+                    errors.extend(f.errors.iter().map(ToString::to_string));
+                }
+                if !errors.is_empty() {
+                    return fail(&errors);
+                }
+            }
+        }
+    }
     let registry = UpstreamRegistry::default();
     let compiled =
         constellation_proxy::compile(&dynamic, &cfg.config.proxy, &cfg.entrypoints, &registry, &AddressMap::new(), 1);

@@ -17,6 +17,10 @@ fn a_key_outside_the_subset_is_a_configuration_error() {
         assert!(err.contains(&want), "{args:?}: {err}");
         assert!(out.is_empty(), "{out}");
     }
+    // `config check` of the agent file reads its stack files too.
+    let (code, _, err) = constellation_testkit::run(&["config", "check", "agent.toml"], &p.dir.0);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains(":5:5: services.web.deploy: not supported"), "{err}");
     assert!(p.stack_containers().is_empty());
 }
 
