@@ -49,6 +49,9 @@ fn a_service_on_another_node_is_reached_through_its_mesh_entry_point() {
                 format!("constellation.node={node}"),
                 "traefik.http.routers.two.rule=Host(`two.test`)".to_string(),
                 "traefik.http.services.two.loadbalancer.server.port=8000".to_string(),
+                // Active checks of node 2's replica go through node 2's mesh entry point.
+                "traefik.http.services.two.loadbalancer.healthcheck.path=/health".to_string(),
+                "traefik.http.services.two.loadbalancer.healthcheck.interval=500ms".to_string(),
             ]
         };
         let l1 = labels("n1");
@@ -74,6 +77,13 @@ fn a_service_on_another_node_is_reached_through_its_mesh_entry_point() {
         let mesh2 = format!("http://127.0.0.1:{}", mesh_ports[1]);
         assert!(urls.contains(&mesh2), "{urls:?}");
         assert_eq!(urls.len(), 2, "{urls:?}");
+        // Several health-check rounds later (fall = 3 at 500 ms) it is still healthy:
+        // the checks of node 2's replica pass through node 2's mesh entry point.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let s1 = fleet.node(1).must_status().await;
+        let mesh_upstream = upstream_status(&s1, "two", &mesh2);
+        assert_eq!(mesh_upstream["healthy"], true, "the health check through the mesh passes: {mesh_upstream}");
+        assert_eq!(seen(web1, 10).await, set(&["200 on-n1", "200 on-n2"]));
         // Node 1's status lists node 2's containers too.
         let names: Vec<String> = s1["docker"]["containers"]
             .as_array()

@@ -282,7 +282,12 @@ impl DockerProvider {
                         self.metrics.events.with_label_values(&[kind.as_str()]).inc();
                         if let Some(id) = id {
                             if let Err(e) = self.refresh(docker, &id).await {
-                                return Ended::Lost(e);
+                                // One inspect failing (a container mid-removal) is no reason
+                                // to drop the stream: a full relist repairs the view.
+                                tracing::warn!(container = %id, error = %e, "inspect after an event failed; relisting");
+                                if let Err(e) = self.relist(docker, "inspect-error").await {
+                                    return Ended::Lost(e);
+                                }
                             }
                             self.publish(true, version.clone(), None);
                         }

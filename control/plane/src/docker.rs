@@ -85,6 +85,15 @@ impl DockerGlue {
                 vias.insert(name, service);
             }
         }
+        // Active health checks of a container service reach other nodes' containers
+        // through their mesh entry points too, so they name the service as well.
+        for (name, service) in cfg.http.services.iter_mut() {
+            if let HttpService::LoadBalancer(lb) = service {
+                if let Some(hc) = lb.health_check.as_mut() {
+                    hc.headers.insert(SERVICE_HEADER.to_string(), name.clone());
+                }
+            }
+        }
         for (name, service) in vias {
             let headers = Headers {
                 custom_request_headers: BTreeMap::from([(SERVICE_HEADER.to_string(), service)]),
