@@ -394,25 +394,7 @@ impl Cx<'_> {
         networks: &BTreeMap<String, Network>,
         volumes: &BTreeMap<String, NamedVolume>,
     ) -> Result<(Service, Vec<Network>, Vec<NamedVolume>)> {
-        let mut svc = Service {
-            name: name.to_string(),
-            container_name: None,
-            image: String::new(),
-            command: None,
-            entrypoint: None,
-            environment: BTreeMap::new(),
-            env_files: Vec::new(),
-            volumes: Vec::new(),
-            networks: Vec::new(),
-            ports: Vec::new(),
-            healthcheck: None,
-            restart: Restart::No,
-            depends_on: Vec::new(),
-            labels: BTreeMap::new(),
-            cap_add: Vec::new(),
-            sysctls: BTreeMap::new(),
-            devices: Vec::new(),
-        };
+        let mut svc = Service::new(name, "", Restart::No);
         let mut image = None;
         let mut nets_used = Vec::new();
         let mut vols_used = Vec::new();

@@ -200,6 +200,29 @@ pub enum DependencyCondition {
 }
 
 impl Service {
+    /// A service running `image` with nothing else set (restart policy `restart`).
+    pub fn new(name: &str, image: &str, restart: Restart) -> Service {
+        Service {
+            name: name.to_string(),
+            container_name: None,
+            image: image.to_string(),
+            command: None,
+            entrypoint: None,
+            environment: BTreeMap::new(),
+            env_files: Vec::new(),
+            volumes: Vec::new(),
+            networks: Vec::new(),
+            ports: Vec::new(),
+            healthcheck: None,
+            restart,
+            depends_on: Vec::new(),
+            labels: BTreeMap::new(),
+            cap_add: Vec::new(),
+            sysctls: BTreeMap::new(),
+            devices: Vec::new(),
+        }
+    }
+
     /// The container's name: `container_name`, or `<stack>-<service>`.
     pub fn container_name(&self, stack: &str) -> String {
         self.container_name.clone().unwrap_or_else(|| format!("{stack}-{}", self.name))

@@ -58,6 +58,40 @@ mod support {
         name
     }
 
+    /// A client GETting `host` through `web` every 10 ms on fresh connections (no
+    /// resends), counting successes and keeping every failure, until [`Load::finish`].
+    pub struct Load {
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        task: tokio::task::JoinHandle<(u64, Vec<String>)>,
+    }
+
+    impl Load {
+        /// Starts the client.
+        pub fn start(web: std::net::SocketAddr, host: &str) -> Load {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (flag, host) = (stop.clone(), host.to_string());
+            let task = tokio::spawn(async move {
+                let (mut ok, mut errors) = (0, Vec::new());
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    match fetch(web, "GET", &host, "/", &[], &[]).await {
+                        Ok(r) if r.status == 200 => ok += 1,
+                        Ok(r) => errors.push(format!("{} {}", r.status, r.text())),
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                (ok, errors)
+            });
+            Load { stop, task }
+        }
+
+        /// Stops the client; the successes and the failures.
+        pub async fn finish(self) -> (u64, Vec<String>) {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.task.await.unwrap()
+        }
+    }
+
     /// Makes a [`web_container`]'s health check fail (`false`) or pass again.
     pub fn set_healthy(container: &str, healthy: bool) {
         let cmd = if healthy { "echo ok > /www/health" } else { "rm -f /www/health" };

@@ -2,8 +2,6 @@
 //! the routes when its health check fails or it is killed, and comes back when healthy —
 //! with no client error while a second replica stays healthy.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -61,29 +59,7 @@ fn labelled_container_is_routed_and_follows_its_health() {
         .await;
 
         // From here on a client keeps asking; none of its requests may fail.
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let load = {
-            let (stop, ok, failed, web) = (stop.clone(), ok.clone(), failed.clone(), agent.web);
-            tokio::spawn(async move {
-                let mut errors = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    match fetch(web, "GET", "app.test", "/", &[], &[]).await {
-                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                        Ok(r) => {
-                            errors.push(format!("{} {}", r.status, r.text()));
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                        Err(e) => {
-                            errors.push(e.to_string());
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                errors
-            })
-        };
+        let load = Load::start(agent.web, "app.test");
 
         // A's health check fails: within 2 s of Docker saying so, only B answers.
         set_healthy(&a, false);
@@ -128,11 +104,9 @@ fn labelled_container_is_routed_and_follows_its_health() {
         tracing::info!(?killed_out, "killed A is out");
         assert!(bodies(&agent, 10).await.iter().all(|b| b == "200 B"));
 
-        stop.store(true, Ordering::Relaxed);
-        let errors = load.await.unwrap();
-        let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        let (ok, errors) = load.finish().await;
         assert!(ok > 50, "the client made too few requests: {ok}");
-        assert_eq!(failed, 0, "client errors while a healthy replica remained: {errors:?}");
+        assert!(errors.is_empty(), "client errors while a healthy replica remained: {errors:?}");
 
         // Counted: events by action, the initial relist.
         assert!(agent.metric("constellation_docker_events_total", &["action=\"health_status\""]).await >= 3.0);

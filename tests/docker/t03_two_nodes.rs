@@ -4,8 +4,6 @@
 //! stopping node 2's container, or node 2's agent, moves the traffic to node 1's.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
@@ -125,29 +123,7 @@ fn a_service_on_another_node_is_reached_through_its_mesh_entry_point() {
 
         // Node 2's agent dies: its mesh entry point refuses, GETs fail over to node 1's
         // replica (no client error), and node 2 leaves the routes when declared down.
-        let stop = Arc::new(AtomicBool::new(false));
-        let failed = Arc::new(AtomicU64::new(0));
-        let load = {
-            let (stop, failed) = (stop.clone(), failed.clone());
-            tokio::spawn(async move {
-                let mut errors = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    match fetch(web1, "GET", "two.test", "/", &[], &[]).await {
-                        Ok(r) if r.status == 200 => {}
-                        Ok(r) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            errors.push(format!("{} {}", r.status, r.text()));
-                        }
-                        Err(e) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            errors.push(e.to_string());
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                errors
-            })
-        };
+        let load = Load::start(web1, "two.test");
         fleet.kill(2);
         let (_, out) = eventually("dead node 2 leaves node 1's routes", Duration::from_secs(15), || async {
             let s = fleet.node(1).must_status().await;
@@ -160,9 +136,8 @@ fn a_service_on_another_node_is_reached_through_its_mesh_entry_point() {
         })
         .await;
         tracing::info!(?out, "node 2 out of node 1's routes");
-        stop.store(true, Ordering::Relaxed);
-        let errors = load.await.unwrap();
-        assert_eq!(failed.load(Ordering::Relaxed), 0, "client errors: {errors:?}");
+        let (ok, errors) = load.finish().await;
+        assert!(ok > 0 && errors.is_empty(), "{ok} answered, client errors: {errors:?}");
         assert_eq!(seen(web1, 6).await, set(&["200 on-n1"]));
     });
 }

@@ -347,6 +347,18 @@ mod tests {
         Watched { container, exposed: true, contribution, errors: Vec::new(), restarts_last_hour: 0 }
     }
 
+    /// A healthy and an unhealthy replica of `app`.
+    fn two_replicas() -> DockerSnapshot {
+        DockerSnapshot {
+            connected: true,
+            containers: vec![
+                watched("a", "172.18.0.2", Health::Healthy),
+                watched("b", "172.18.0.3", Health::Unhealthy),
+            ],
+            ..DockerSnapshot::default()
+        }
+    }
+
     fn glue(node: &str, mesh: bool) -> DockerGlue {
         DockerGlue {
             node: node.into(),
@@ -358,14 +370,7 @@ mod tests {
 
     #[test]
     fn local_parts_keep_routers_off_the_mesh_and_route_the_mesh_by_header() {
-        let snap = DockerSnapshot {
-            connected: true,
-            containers: vec![
-                watched("a", "172.18.0.2", Health::Healthy),
-                watched("b", "172.18.0.3", Health::Unhealthy),
-            ],
-            ..DockerSnapshot::default()
-        };
+        let snap = two_replicas();
         let g = glue("n1", true);
         let (parts, instances) = g.local(&snap);
         let (merged, conflicts) = DynamicConfig::merge_shared(parts);
@@ -386,14 +391,7 @@ mod tests {
 
     #[test]
     fn what_a_node_publishes_reads_back_identically_on_another_node() {
-        let snap = DockerSnapshot {
-            connected: true,
-            containers: vec![
-                watched("a", "172.18.0.2", Health::Healthy),
-                watched("b", "172.18.0.3", Health::Unhealthy),
-            ],
-            ..DockerSnapshot::default()
-        };
+        let snap = two_replicas();
         let n1 = glue("n1", true);
         let published = n1.published(&snap);
         // With a mesh entry point, other nodes see one instance: the node's mesh URL.

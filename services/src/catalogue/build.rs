@@ -2,7 +2,6 @@
 //! with chained setters for networks, volumes, health checks, routing and dashboard labels,
 //! and `stack(...)`, which derives a stack's networks and named volumes from its services.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,29 +32,7 @@ pub struct Svc {
 
 /// Starts a service: restart `unless-stopped`, no networks yet.
 pub fn svc(name: &str, image: &str) -> Svc {
-    Svc {
-        service: Service {
-            name: name.to_owned(),
-            container_name: None,
-            image: image.to_owned(),
-            command: None,
-            entrypoint: None,
-            environment: BTreeMap::new(),
-            env_files: Vec::new(),
-            volumes: Vec::new(),
-            networks: Vec::new(),
-            ports: Vec::new(),
-            healthcheck: None,
-            restart: Restart::UnlessStopped,
-            depends_on: Vec::new(),
-            labels: BTreeMap::new(),
-            cap_add: Vec::new(),
-            sysctls: BTreeMap::new(),
-            devices: Vec::new(),
-        },
-        route: None,
-        ui: None,
-    }
+    Svc { service: Service::new(name, image, Restart::UnlessStopped), route: None, ui: None }
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
