@@ -100,7 +100,7 @@ fn a_service_on_another_node_is_reached_through_its_mesh_entry_point() {
 
         // Node 2's container stops: node 1 routes to its own only.
         docker(&["stop", "-t", "1", &b]).unwrap();
-        eventually("node 2's stopped replica leaves node 1's routes", Duration::from_secs(3), || async {
+        eventually("node 2's stopped replica leaves node 1's routes", Duration::from_secs(2), || async {
             let s = seen(web1, 8).await;
             if s == set(&["200 on-n1"]) {
                 Ok(())
