@@ -281,7 +281,32 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match constellation_plane::load_sources(&agent::route_sources(&cfg)) {
+            let assembled = constellation_plane::load_sources(&agent::route_sources(&cfg)).and_then(|files| {
+                // Containers of the local engine and [[instances]] too, as the agent would.
+                let mut instances: Vec<constellation_plane::builder::ClusterInstance> = cfg
+                    .config
+                    .instances
+                    .iter()
+                    .map(|i| constellation_plane::builder::ClusterInstance {
+                        node: cfg.config.node.name.clone(),
+                        service: i.service.clone(),
+                        url: i.url.clone(),
+                    })
+                    .collect();
+                let mut parts = Vec::new();
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                match rt.map(|rt| rt.block_on(constellation_plane::plane::docker_routes_once(&cfg))) {
+                    Ok(Some(Ok((p, i)))) => {
+                        parts = p;
+                        instances.extend(i);
+                    }
+                    Ok(Some(Err(e))) => eprintln!("warning: containers left out: {e}"),
+                    Ok(None) => {}
+                    Err(e) => eprintln!("warning: containers left out: {e}"),
+                }
+                constellation_plane::assemble(files, parts, &instances, &cfg.config.cluster.domain).map(|(c, _)| c)
+            });
+            match assembled {
                 Ok(d) => match serde_json::to_value(&d).and_then(|mut doc| {
                     let real = doc.clone();
                     if !show_secrets {

@@ -50,6 +50,15 @@ fn a_deployed_compose_stack_is_routed_by_its_labels() {
             s["docker"]["containers"].as_array().unwrap().iter().find(|c| c["name"] == web.as_str()).unwrap().clone();
         assert_eq!((c["health"].as_str(), c["services"][0].as_str()), (Some("healthy"), Some(p.stack.as_str())), "{c}");
 
+        // `traefik dump` with the same file shows the container's router and server.
+        let (code, dump, err) = run(&["traefik", "dump", "-c", "agent.toml"], &p.dir.0);
+        assert_eq!(code, 0, "{err}");
+        let doc: serde_json::Value = serde_json::from_str(&dump).unwrap();
+        assert_eq!(doc["http"]["routers"][&p.stack]["rule"], format!("Host(`{host}`)"), "{dump}");
+        let servers = doc["http"]["services"][&p.stack]["loadBalancer"]["servers"].as_array().unwrap().clone();
+        assert_eq!(servers.len(), 1, "{dump}");
+        assert!(servers[0]["url"].as_str().unwrap().ends_with(":8000"), "{dump}");
+
         assert_eq!(p.deploy(&[]), vec![format!("unchanged {web}")]);
         // A changed definition replaces the container; the route follows it.
         p.compose(&stack_body(&p, &host, "second"));

@@ -173,6 +173,17 @@ impl DockerProvider {
         )
     }
 
+    /// Connect, list once and return the snapshot (for one-shot commands such as
+    /// `traefik dump`); the engine's error when it cannot be reached or listed.
+    pub async fn snapshot_once(mut self) -> Result<Arc<DockerSnapshot>, String> {
+        let docker =
+            constellation_services::engine::connect(Some(&self.cfg.endpoint), 30).await.map_err(|e| e.to_string())?;
+        let version = docker.version().await.ok().and_then(|v| v.version);
+        self.relist(&docker, "once").await?;
+        self.publish(true, version, None);
+        Ok(self.tx.borrow().clone())
+    }
+
     /// Run until `stop` resolves. The engine may come and go; this never returns early.
     pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);

@@ -21,5 +21,5 @@ pub mod status;
 pub use admin::{AdminApp, AdminState};
 pub use config::{AgentConfig, ConfigError, LoadedConfig};
 pub use resolver::{Resolver, ResolverConfig};
-pub use routes::{load_sources, Reloader, RouteSource};
+pub use routes::{assemble, load_sources, Reloader, RouteSource};
 pub use status::{ReloadReport, Status};

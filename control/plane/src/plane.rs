@@ -117,14 +117,13 @@ struct DockerFeed {
     published: Published,
 }
 
-/// Start the Docker provider when `[docker]` is on; `advertise` is the address other
-/// nodes reach this one at (its mesh entry point's host).
-fn start_docker(
+/// The Docker provider and its glue when `[docker]` is on; `advertise` is the address
+/// other nodes reach this one at (its mesh entry point's host).
+fn prepare_docker(
     cfg: &LoadedConfig,
     registry: &prometheus::Registry,
-    lifecycle: &Lifecycle,
     advertise: Option<std::net::IpAddr>,
-) -> Option<DockerFeed> {
+) -> Option<(constellation_docker::DockerProvider, DockerFeed)> {
     let d = &cfg.config.docker;
     if !d.active() {
         tracing::info!(endpoint = %d.endpoint, "Docker provider off (no engine socket, or [docker] enabled = false)");
@@ -154,18 +153,40 @@ fn start_docker(
         Some(Mesh { entrypoint: name.clone(), url: format!("http://{host}:{}", addr.port()) })
     });
     let (provider, rx) = constellation_docker::DockerProvider::new(d.clone(), settings, constraint, registry);
-    let stop = {
-        let lifecycle = lifecycle.clone();
-        async move { lifecycle.reached(Phase::Stopping).await }
-    };
-    tokio::spawn(provider.run(stop));
     let glue = DockerGlue {
         node: cfg.config.node.name.clone(),
         endpoint: d.endpoint.clone(),
         mesh,
         entrypoints: cfg.entrypoints.iter().map(|(n, _)| n.clone()).collect(),
     };
-    Some(DockerFeed { rx, glue, published: Published::default() })
+    Some((provider, DockerFeed { rx, glue, published: Published::default() }))
+}
+
+/// Start the Docker provider when `[docker]` is on (see [`prepare_docker`]).
+fn start_docker(
+    cfg: &LoadedConfig,
+    registry: &prometheus::Registry,
+    lifecycle: &Lifecycle,
+    advertise: Option<std::net::IpAddr>,
+) -> Option<DockerFeed> {
+    let (provider, feed) = prepare_docker(cfg, registry, advertise)?;
+    let stop = {
+        let lifecycle = lifecycle.clone();
+        async move { lifecycle.reached(Phase::Stopping).await }
+    };
+    tokio::spawn(provider.run(stop));
+    Some(feed)
+}
+
+/// This node's container routes as one listing of the engine gives them (for
+/// `traefik dump`): `None` when the provider is off, the engine's error when it cannot be
+/// listed.
+pub async fn docker_routes_once(
+    cfg: &LoadedConfig,
+) -> Option<Result<(Vec<(String, constellation_proxy::DynamicConfig)>, Vec<ClusterInstance>), String>> {
+    let advertise = cfg.gossip.as_ref().map(|g| g.advertise.ip());
+    let (provider, feed) = prepare_docker(cfg, &prometheus::Registry::new(), advertise)?;
+    Some(provider.snapshot_once().await.map(|snap| feed.glue.local(&snap)))
 }
 
 /// A single node with Docker: every snapshot rebuilds the routes, until stopped.

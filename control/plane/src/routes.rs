@@ -205,12 +205,9 @@ impl Reloader {
         let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut build_warnings = Vec::new();
         let provided = self.provided.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let config = load_sources(&self.sources).and_then(|mut cfg| {
-            build_warnings = merge_provided(&mut cfg, provided);
-            let (cfg, w) = build(&cfg, &instances, &self.domain);
-            build_warnings.extend(w);
-            cfg.validate("cluster instances")
-                .map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+        let config = load_sources(&self.sources).and_then(|cfg| {
+            let (cfg, w) = assemble(cfg, provided, &instances, &self.domain)?;
+            build_warnings = w;
             Ok(cfg)
         });
         if let Ok(cfg) = &config {
@@ -371,7 +368,22 @@ impl Reloader {
     }
 }
 
-/// What [`Reloader::prepare`] hands to [`Reloader::publish`].
+/// The route files' configuration plus providers' parts (see [`Reloader::set_provided`])
+/// plus announced instances → the configuration a table is compiled from, validated;
+/// with the warnings of merging and building.
+pub fn assemble(
+    mut files: DynamicConfig,
+    provided: Vec<(String, DynamicConfig)>,
+    instances: &[ClusterInstance],
+    domain: &str,
+) -> Result<(DynamicConfig, Vec<String>), Vec<String>> {
+    let mut warnings = merge_provided(&mut files, provided);
+    let (cfg, w) = build(&files, instances, domain);
+    warnings.extend(w);
+    cfg.validate("cluster instances").map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    Ok((cfg, warnings))
+}
+
 /// Merge provider parts into the files' configuration (see [`Reloader::set_provided`]);
 /// returns the conflicts as warnings.
 fn merge_provided(cfg: &mut DynamicConfig, parts: Vec<(String, DynamicConfig)>) -> Vec<String> {
@@ -397,6 +409,7 @@ fn merge_provided(cfg: &mut DynamicConfig, parts: Vec<(String, DynamicConfig)>) 
     warnings
 }
 
+/// What [`Reloader::prepare`] hands to [`Reloader::publish`].
 struct Prepared {
     started: Instant,
     config: Result<DynamicConfig, Vec<String>>,
