@@ -193,3 +193,44 @@ fn replicas_merge_and_conflicts_name_both_sources() {
     assert!(!merged.http.routers.contains_key("r"), "a conflicting router is left out");
     assert!(merged.http.services.contains_key("s"), "identical services still merge");
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("http".to_string()),
+            Just("routers".to_string()),
+            Just("services".to_string()),
+            Just("middlewares".to_string()),
+            Just("loadbalancer".to_string()),
+            Just("server".to_string()),
+            Just("rule".to_string()),
+            Just("tls".to_string()),
+            Just("stripprefix".to_string()),
+            Just("prefixes[1]".to_string()),
+            Just("headers".to_string()),
+            Just("customrequestheaders".to_string()),
+            "[a-zA-Z0-9_\\[\\]-]{0,8}",
+        ]
+    }
+
+    proptest! {
+        /// Whatever the labels, translation returns a contribution or errors; it never
+        /// panics, and a contribution always validates.
+        #[test]
+        fn arbitrary_labels_never_panic(labels in prop::collection::vec(
+            (prop::collection::vec(segment(), 1..7), "[ -~]{0,24}"), 0..8)
+        ) {
+            let pairs: Vec<(String, String)> =
+                labels.into_iter().map(|(k, v)| (format!("traefik.{}", k.join(".")), v)).collect();
+            let mut c = container("p", "10.0.0.9", &[("traefik.enable", "true")]);
+            c.labels.extend(pairs);
+            if let Ok(got) = contribution(&c, &settings(), "c") {
+                prop_assert!(got.config.validate("c").is_ok());
+            }
+        }
+    }
+}
