@@ -244,6 +244,15 @@ pub fn show(config_path: Option<&Path>, name: &str) -> ExitCode {
             }
         }
     }
+    if !s.cap_add.is_empty() {
+        println!("capabilities: {}", s.cap_add.join(", "));
+    }
+    if !s.devices.is_empty() {
+        println!("devices:     {}", s.devices.join(", "));
+    }
+    for (k, v) in &s.sysctls {
+        println!("sysctl:      {k}={v}");
+    }
     match &s.healthcheck {
         None => println!("healthcheck: - (the image's own, if any)"),
         Some(h) => {

@@ -38,6 +38,9 @@ const SERVICE_KEYS: &[&str] = &[
     "healthcheck",
     "depends_on",
     "restart",
+    "cap_add",
+    "sysctls",
+    "devices",
 ];
 const NETWORK_KEYS: &[&str] = &["external", "name", "driver", "internal"];
 const VOLUME_KEYS: &[&str] = &["external", "name"];
@@ -424,6 +427,26 @@ impl Cx<'_> {
                 "healthcheck" => svc.healthcheck = Some(self.healthcheck(val, &p)?),
                 "depends_on" => svc.depends_on = self.depends_on(val, &p)?,
                 "restart" => svc.restart = self.restart(val, &p)?,
+                "cap_add" => svc.cap_add = self.plain_list(val, &p)?,
+                // The same shapes as labels: a mapping or `key=value` items.
+                "sysctls" => svc.sysctls = self.labels(val, &p)?,
+                "devices" => {
+                    let mut devices = Vec::new();
+                    for (i, d) in self.plain_list(val, &p)?.into_iter().enumerate() {
+                        // `PATH` or `PATH:PATH[:rwm]`: the model maps a device to itself.
+                        let mut parts = d.split(':');
+                        let host = parts.next().unwrap_or_default().to_string();
+                        let inside = parts.next().unwrap_or(&host).to_string();
+                        if host != inside || !host.starts_with('/') {
+                            return Err(self.err(
+                                &format!("{p}[{i}]"),
+                                format!("`{d}`: only a device at the same absolute path inside is supported"),
+                            ));
+                        }
+                        devices.push(host);
+                    }
+                    svc.devices = devices;
+                }
                 _ => return Err(self.err(&p, supported(SERVICE_KEYS))),
             }
         }
@@ -514,6 +537,14 @@ impl Cx<'_> {
                 Ok(if file.is_absolute() { file } else { self.base.join(file) })
             })
             .collect()
+    }
+
+    /// A list of plain strings (`cap_add`, `devices`).
+    fn plain_list(&self, v: &Value, path: &str) -> Result<Vec<String>> {
+        let Value::Sequence(items) = v else {
+            return Err(self.err(path, format!("expected a list, found {}", kind(v))));
+        };
+        items.iter().enumerate().map(|(i, item)| self.literal_value(item, &format!("{path}[{i}]"))).collect()
     }
 
     fn labels(&self, v: &Value, path: &str) -> Result<BTreeMap<String, String>> {

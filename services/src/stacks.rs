@@ -141,7 +141,7 @@ mod tests {
         assert_eq!(errs.len(), 2);
         assert!(matches!(&errs[0], StackError::Duplicate { name, .. } if name == "alpha"));
         let bad = errs[1].to_string();
-        assert!(bad.ends_with("bad.yml:5:5: services.web.scale: not supported (supported keys: image, container_name, command, entrypoint, environment, env_file, labels, networks, ports, volumes, healthcheck, depends_on, restart)"), "{bad}");
+        assert!(bad.ends_with("bad.yml:5:5: services.web.scale: not supported (supported keys: image, container_name, command, entrypoint, environment, env_file, labels, networks, ports, volumes, healthcheck, depends_on, restart, cap_add, sysctls, devices)"), "{bad}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

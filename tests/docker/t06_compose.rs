@@ -118,6 +118,10 @@ fn compose_constructs_reach_the_engine() {
     labels:
       {label}
     restart: always
+    cap_add: [NET_ADMIN]
+    sysctls:
+      net.ipv4.ip_forward: "1"
+    devices: ["/dev/net/tun"]
 volumes:
   data:
 "#,
@@ -148,6 +152,13 @@ volumes:
         assert!(envs.lines().any(|l| l == want), "{want} not in {envs}");
     }
     assert_eq!(inspect(&app, "{{.HostConfig.RestartPolicy.Name}}"), "always");
+    // What the WARP client needs: a capability, a sysctl, a device.
+    assert_eq!(inspect(&app, "{{.HostConfig.CapAdd}}"), "[NET_ADMIN]");
+    assert_eq!(inspect(&app, "{{index .HostConfig.Sysctls \"net.ipv4.ip_forward\"}}"), "1");
+    assert_eq!(
+        inspect(&app, "{{range .HostConfig.Devices}}{{.PathOnHost}}>{{.PathInContainer}}{{end}}"),
+        "/dev/net/tun>/dev/net/tun"
+    );
     let volume = format!("{}_data", p.stack);
     assert_eq!(
         docker_out(&["volume", "inspect", "--format", "{{index .Labels \"constellation.managed\"}}", &volume]),
