@@ -243,8 +243,15 @@ impl DockerGlue {
         parts
     }
 
-    /// Status: this node's provider and every node's containers.
-    pub fn status(&self, snap: &DockerSnapshot, view: Option<&ClusterView>, published: &Published) -> DockerStatus {
+    /// Status: this node's provider, every node's containers, and the conflicts among
+    /// `parts` (what the route builder is given).
+    pub fn status(
+        &self,
+        snap: &DockerSnapshot,
+        view: Option<&ClusterView>,
+        published: &Published,
+        parts: &[(String, DynamicConfig)],
+    ) -> DockerStatus {
         let record = |node: &str, r: &ContainerRecord| ContainerStatus {
             node: node.to_string(),
             name: r.name.clone(),
@@ -262,12 +269,7 @@ impl DockerGlue {
                 containers.extend(state.containers.iter().map(|r| record(&state.name, r)));
             }
         }
-        let (parts, _) = self.local(snap);
-        let mut all = parts;
-        if let Some(view) = view {
-            all.extend(self.remote_parts(view));
-        }
-        let (_, conflicts) = DynamicConfig::merge_shared(all);
+        let (_, conflicts) = DynamicConfig::merge_shared(parts.to_vec());
         DockerStatus {
             endpoint: self.endpoint.clone(),
             connected: snap.connected,

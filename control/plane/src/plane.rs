@@ -200,7 +200,7 @@ async fn feed_single(
         let snap = feed.rx.borrow_and_update().clone();
         let (parts, local) = feed.glue.local(&snap);
         let published = feed.glue.published(&snap);
-        admin.docker.store(Some(Arc::new(feed.glue.status(&snap, None, &published))));
+        admin.docker.store(Some(Arc::new(feed.glue.status(&snap, None, &published, &parts))));
         reloader.set_provided(parts);
         let mut all = statics.clone();
         all.extend(local);
@@ -558,12 +558,12 @@ pub async fn run(
             }
             let (mut parts, local_docker) = feed.glue.local(&snap);
             parts.extend(feed.glue.remote_parts(&view));
+            admin.docker.store(Some(Arc::new(feed.glue.status(&snap, Some(&view), &published, &parts))));
             reloader.set_provided(parts);
             // Our own containers are reached directly, not through our mesh entry point.
             let own_mesh = feed.glue.mesh.as_ref().map(|m| m.url.clone());
             instances.retain(|i| !(i.node == me && Some(&i.url) == own_mesh.as_ref()));
             instances.extend(local_docker);
-            admin.docker.store(Some(Arc::new(feed.glue.status(&snap, Some(&view), &published))));
         }
         reloader.set_instances(instances);
         let docker_changed = async {
