@@ -13,6 +13,11 @@
 //! - **kill → out**: from `docker kill` returning to the first 404 (a killed container
 //!   contributes nothing).
 //!
+//! A second series does the same for a container watched by another agent (two agents
+//! gossiping on loopback, sharing the engine, split by a constraint label, node 2
+//! reached through its mesh entry point): node 1's proxy is polled, so the figures include
+//! the state change crossing gossip.
+//!
 //! The proxy is polled every 5 ms with fresh connections. Results go to stdout and into the
 //! block between `<!-- docker-bench:start -->` and `<!-- docker-bench:end -->` of
 //! `docs/benchmarks.md` (`--no-write` skips that).
@@ -23,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use clap::Parser;
 use constellation_testkit::docker::{docker, httpd_command, test_image, DockerGuard, HTTPD_HEALTH, TEST_LABEL};
-use constellation_testkit::{fetch, report, Agent};
+use constellation_testkit::{fetch, report, take_port, Agent, Fleet, FleetSpec, NodeSpec};
 
 const START_MARK: &str = "<!-- docker-bench:start -->";
 const END_MARK: &str = "<!-- docker-bench:end -->";
@@ -79,11 +84,19 @@ struct Series {
     kill_out: Vec<Duration>,
 }
 
-async fn status_of(agent: &Agent, host: &str) -> u16 {
-    fetch(agent.web, "GET", host, "/", &[], &[]).await.map(|r| r.status).unwrap_or(0)
+async fn status_of(web: std::net::SocketAddr, host: &str) -> u16 {
+    fetch(web, "GET", host, "/", &[], &[]).await.map(|r| r.status).unwrap_or(0)
 }
 
-async fn one_run(agent: &Agent, guard: &DockerGuard, net: &str, i: usize, s: &mut Series) -> Result<()> {
+/// One container's life, polled through `web`; the `extra` label picks the watching agent.
+async fn one_run(
+    web: std::net::SocketAddr,
+    guard: &DockerGuard,
+    net: &str,
+    extra: &str,
+    i: usize,
+    s: &mut Series,
+) -> Result<()> {
     let name = guard.name(&format!("c{i}"));
     let host = format!("bench{i}.test");
     let rule = format!("traefik.http.routers.bench{i}.rule=Host(`{host}`)");
@@ -113,6 +126,8 @@ async fn one_run(agent: &Agent, guard: &DockerGuard, net: &str, i: usize, s: &mu
         &rule,
         "--label",
         &port,
+        "--label",
+        extra,
         test_image(),
     ];
     let cmd = httpd_command("bench");
@@ -120,22 +135,22 @@ async fn one_run(agent: &Agent, guard: &DockerGuard, net: &str, i: usize, s: &mu
     docker(&args).map_err(anyhow::Error::msg)?;
     let started = Instant::now();
     let healthy_at = seen_health(&name, "healthy").await?;
-    until("routed", Duration::from_secs(30), || async { status_of(agent, &host).await == 200 }).await?;
+    until("routed", Duration::from_secs(30), || async { status_of(web, &host).await == 200 }).await?;
     let routed = Instant::now();
     s.start_routed.push(routed - started);
     s.healthy_routed.push(routed.saturating_duration_since(healthy_at));
 
     docker(&["exec", &name, "/bin/busybox", "rm", "-f", "/www/health"]).map_err(anyhow::Error::msg)?;
     let unhealthy_at = seen_health(&name, "unhealthy").await?;
-    until("out when unhealthy", Duration::from_secs(30), || async { status_of(agent, &host).await == 503 }).await?;
+    until("out when unhealthy", Duration::from_secs(30), || async { status_of(web, &host).await == 503 }).await?;
     s.unhealthy_out.push(Instant::now().saturating_duration_since(unhealthy_at));
 
     docker(&["exec", &name, "/bin/busybox", "sh", "-c", "echo ok > /www/health"]).map_err(anyhow::Error::msg)?;
     seen_health(&name, "healthy").await?;
-    until("back", Duration::from_secs(30), || async { status_of(agent, &host).await == 200 }).await?;
+    until("back", Duration::from_secs(30), || async { status_of(web, &host).await == 200 }).await?;
     docker(&["kill", &name]).map_err(anyhow::Error::msg)?;
     let killed = Instant::now();
-    until("out when killed", Duration::from_secs(30), || async { status_of(agent, &host).await == 404 }).await?;
+    until("out when killed", Duration::from_secs(30), || async { status_of(web, &host).await == 404 }).await?;
     s.kill_out.push(killed.elapsed());
     let _ = docker(&["rm", "-f", &name]);
     Ok(())
@@ -156,17 +171,36 @@ fn main() -> Result<()> {
     opts.report.capture();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let load_start = report::load_average();
-    let series = rt.block_on(async {
+    let (series, remote) = rt.block_on(async {
         let guard = DockerGuard::new("bench");
         let net = guard.network("net");
         let toml = format!("[docker]\nnetwork = \"{net}\"\nconstraints = \"Label(`{TEST_LABEL}`, `{}`)\"\n", guard.tag);
         let agent = Agent::start("", &toml).await;
         let mut s = Series::default();
         for i in 0..opts.runs {
-            one_run(&agent, &guard, &net, i, &mut s).await?;
+            one_run(agent.web, &guard, &net, "bench.node=local", i, &mut s).await?;
             eprintln!("run {}/{} done", i + 1, opts.runs);
         }
-        Ok::<_, anyhow::Error>(s)
+        drop(agent);
+        // Two agents: containers labelled for node 2, requests to node 1.
+        let spec = |node: &str| {
+            let extra = format!(
+                "[docker]\nnetwork = \"{net}\"\nmesh_entrypoint = \"mesh\"\n\
+                 constraints = \"Label(`{TEST_LABEL}`, `{}`) && Label(`bench.node`, `{node}`)\"\n\
+                 [entrypoints.mesh]\naddress = \"127.0.0.1:{}\"\n",
+                guard.tag,
+                take_port()
+            );
+            NodeSpec { extra_toml: extra, ..NodeSpec::default() }
+        };
+        let mut fleet = Fleet::new(FleetSpec::new("docker-bench", vec![spec("n1"), spec("n2")]));
+        fleet.start_all(Duration::from_secs(30)).await;
+        let mut r = Series::default();
+        for i in 0..opts.runs {
+            one_run(fleet.node(1).web, &guard, &net, "bench.node=n2", 1000 + i, &mut r).await?;
+            eprintln!("two-node run {}/{} done", i + 1, opts.runs);
+        }
+        Ok::<_, anyhow::Error>((s, r))
     })?;
     let mut block = String::new();
     let _ = writeln!(block, "{START_MARK}");
@@ -185,6 +219,12 @@ fn main() -> Result<()> {
     block.push_str(&row("Docker says healthy → routed", &series.healthy_routed));
     block.push_str(&row("Docker says unhealthy → out (503)", &series.unhealthy_out));
     block.push_str(&row("`docker kill` → out (404)", &series.kill_out));
+    block.push_str("\nThe container on node 2, requests to node 1 (two agents, gossip on loopback):\n\n");
+    block.push_str("| from → to | min | median | max |\n|---|---:|---:|---:|\n");
+    block.push_str(&row("`docker run` on node 2 → routed by node 1", &remote.start_routed));
+    block.push_str(&row("Docker says healthy → routed by node 1", &remote.healthy_routed));
+    block.push_str(&row("Docker says unhealthy → out of node 1 (503)", &remote.unhealthy_out));
+    block.push_str(&row("`docker kill` → out of node 1 (404)", &remote.kill_out));
     let _ = writeln!(
         block,
         "\n\"Docker says\" is when a 20 ms poll of `docker inspect` first saw the state, so \
