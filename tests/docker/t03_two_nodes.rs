@@ -98,7 +98,17 @@ fn a_service_on_another_node_is_reached_through_its_mesh_entry_point() {
             .collect();
         assert!(names.contains(&format!("n1/{a}/healthy")) && names.contains(&format!("n2/{b}/healthy")), "{names:?}");
 
-        // Node 2's container stops: node 1 routes to its own only.
+        // Node 2's mesh entry point answers 503 for a service it does not have (what
+        // node 1 fails over on), never 404.
+        let mesh2_addr: std::net::SocketAddr = format!("127.0.0.1:{}", mesh_ports[1]).parse().unwrap();
+        let r = fetch(mesh2_addr, "GET", "two.test", "/", &[("x-constellation-service", "gone")], &[]).await.unwrap();
+        assert_eq!(r.status, 503, "{}", r.text());
+        let r = fetch(mesh2_addr, "GET", "two.test", "/", &[("x-constellation-service", "two")], &[]).await.unwrap();
+        assert_eq!((r.status, r.text().trim()), (200, "on-n2"));
+
+        // Node 2's container stops: node 1 routes to its own only, and no request fails
+        // meanwhile (node 2 answers 503 for a service it no longer has; node 1 fails over).
+        let load = Load::start(web1, "two.test");
         docker(&["stop", "-t", "1", &b]).unwrap();
         eventually("node 2's stopped replica leaves node 1's routes", Duration::from_secs(2), || async {
             let s = seen(web1, 8).await;
@@ -109,6 +119,8 @@ fn a_service_on_another_node_is_reached_through_its_mesh_entry_point() {
             }
         })
         .await;
+        let (ok, errors) = load.finish().await;
+        assert!(ok > 0 && errors.is_empty(), "{ok} answered, client errors while node 2's replica stopped: {errors:?}");
         docker(&["start", &b]).unwrap();
         guard.wait_health(&b, "healthy", Duration::from_secs(15));
         eventually("node 2's replica is back", Duration::from_secs(5), || async {

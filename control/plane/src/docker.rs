@@ -158,9 +158,23 @@ impl DockerGlue {
                     },
                 );
             }
-            if !cfg.http.routers.is_empty() {
-                parts.push((format!("docker mesh entry point of {}", self.node), cfg));
-            }
+            // A service this node no longer serves (its last replica just stopped, and
+            // the others have not heard yet) is answered 503, never 404: the sender
+            // fails over to another node's replica instead of passing on "not found".
+            let none = "constellation-mesh-none".to_string();
+            let lb = dynamic::LoadBalancer { provided: true, ..dynamic::LoadBalancer::default() };
+            cfg.http.services.insert(none.clone(), HttpService::LoadBalancer(lb));
+            cfg.http.routers.insert(
+                none.clone(),
+                HttpRouter {
+                    rule: Some("PathPrefix(`/`)".into()),
+                    entry_points: vec![mesh.entrypoint.clone()],
+                    priority: Some(MESH_PRIORITY - 1),
+                    service: Some(none),
+                    ..HttpRouter::default()
+                },
+            );
+            parts.push((format!("docker mesh entry point of {}", self.node), cfg));
         }
         (parts, instances)
     }
