@@ -62,7 +62,16 @@ mod support {
     /// resends), counting successes and keeping every failure, until [`Load::finish`].
     pub struct Load {
         stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-        task: tokio::task::JoinHandle<(u64, Vec<String>)>,
+        task: tokio::task::JoinHandle<(u64, Vec<Failure>)>,
+    }
+
+    /// One failed request of a [`Load`]: when it started and what the client saw.
+    #[derive(Debug)]
+    pub struct Failure {
+        pub started: std::time::Instant,
+        /// The status line and headers arrived, then the body stopped short.
+        pub body_cut: bool,
+        pub text: String,
     }
 
     impl Load {
@@ -73,10 +82,18 @@ mod support {
             let task = tokio::spawn(async move {
                 let (mut ok, mut errors) = (0, Vec::new());
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    let started = std::time::Instant::now();
                     match fetch(web, "GET", &host, "/", &[], &[]).await {
                         Ok(r) if r.status == 200 => ok += 1,
-                        Ok(r) => errors.push(format!("{} {}", r.status, r.text())),
-                        Err(e) => errors.push(e.to_string()),
+                        Ok(r) => errors.push(Failure {
+                            started,
+                            body_cut: false,
+                            text: format!("{} {}", r.status, r.text()),
+                        }),
+                        Err(e) => {
+                            let text = e.to_string();
+                            errors.push(Failure { started, body_cut: text.contains("error reading a body"), text })
+                        }
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
@@ -86,9 +103,28 @@ mod support {
         }
 
         /// Stops the client; the successes and the failures.
-        pub async fn finish(self) -> (u64, Vec<String>) {
+        pub async fn finish(self) -> (u64, Vec<Failure>) {
             self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
             self.task.await.unwrap()
+        }
+
+        /// Stops the client; the successes, and the failures other than the one a
+        /// process killed at `killed` may cause: the response it was writing when it
+        /// died, whose head the proxy had already passed on (no proxy can retry that;
+        /// it can only cut the client's connection, as it did). The client asks one
+        /// request at a time, so at most one can be caught like this.
+        pub async fn finish_around_kill(self, killed: std::time::Instant) -> (u64, Vec<Failure>) {
+            let (ok, mut errors) = self.finish().await;
+            let caught = errors.iter().position(|f| {
+                f.body_cut
+                    && f.started <= killed + std::time::Duration::from_secs(1)
+                    && killed <= f.started + std::time::Duration::from_secs(2)
+            });
+            if let Some(i) = caught {
+                let f = errors.remove(i);
+                tracing::info!(?f, "a response cut by the kill");
+            }
+            (ok, errors)
         }
     }
 

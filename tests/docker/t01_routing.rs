@@ -90,6 +90,7 @@ fn labelled_container_is_routed_and_follows_its_health() {
         .await;
 
         // docker kill: A leaves at once; GETs fail over to B meanwhile.
+        let killed = Instant::now();
         docker(&["kill", &a]).unwrap();
         let (_, killed_out) = eventually("killed A leaves the routes", Duration::from_secs(2), || async {
             let s = agent.status().await;
@@ -104,7 +105,7 @@ fn labelled_container_is_routed_and_follows_its_health() {
         tracing::info!(?killed_out, "killed A is out");
         assert!(bodies(&agent, 10).await.iter().all(|b| b == "200 B"));
 
-        let (ok, errors) = load.finish().await;
+        let (ok, errors) = load.finish_around_kill(killed).await;
         assert!(ok > 50, "the client made too few requests: {ok}");
         assert!(errors.is_empty(), "client errors while a healthy replica remained: {errors:?}");
 

@@ -109,6 +109,7 @@ fn a_service_on_another_node_is_reached_through_its_mesh_entry_point() {
         // Node 2's container stops: node 1 routes to its own only, and no request fails
         // meanwhile (node 2 answers 503 for a service it no longer has; node 1 fails over).
         let load = Load::start(web1, "two.test");
+        let stopped = std::time::Instant::now();
         docker(&["stop", "-t", "1", &b]).unwrap();
         eventually("node 2's stopped replica leaves node 1's routes", Duration::from_secs(2), || async {
             let s = seen(web1, 8).await;
@@ -119,7 +120,7 @@ fn a_service_on_another_node_is_reached_through_its_mesh_entry_point() {
             }
         })
         .await;
-        let (ok, errors) = load.finish().await;
+        let (ok, errors) = load.finish_around_kill(stopped).await;
         assert!(ok > 0 && errors.is_empty(), "{ok} answered, client errors while node 2's replica stopped: {errors:?}");
         docker(&["start", &b]).unwrap();
         guard.wait_health(&b, "healthy", Duration::from_secs(15));
@@ -136,6 +137,7 @@ fn a_service_on_another_node_is_reached_through_its_mesh_entry_point() {
         // Node 2's agent dies: its mesh entry point refuses, GETs fail over to node 1's
         // replica (no client error), and node 2 leaves the routes when declared down.
         let load = Load::start(web1, "two.test");
+        let killed = std::time::Instant::now();
         fleet.kill(2);
         let (_, out) = eventually("dead node 2 leaves node 1's routes", Duration::from_secs(15), || async {
             let s = fleet.node(1).must_status().await;
@@ -148,7 +150,7 @@ fn a_service_on_another_node_is_reached_through_its_mesh_entry_point() {
         })
         .await;
         tracing::info!(?out, "node 2 out of node 1's routes");
-        let (ok, errors) = load.finish().await;
+        let (ok, errors) = load.finish_around_kill(killed).await;
         assert!(ok > 0 && errors.is_empty(), "{ok} answered, client errors: {errors:?}");
         assert_eq!(seen(web1, 6).await, set(&["200 on-n1"]));
     });
