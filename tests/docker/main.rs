@@ -71,6 +71,8 @@ mod support {
         pub started: std::time::Instant,
         /// The status line and headers arrived, then the body stopped short.
         pub body_cut: bool,
+        /// What the client said (shown through `Debug` in assertion messages).
+        #[allow(dead_code)]
         pub text: String,
     }
 
