@@ -25,6 +25,7 @@ pub mod rule;
 pub mod settings;
 pub mod smart;
 pub mod table;
+pub mod tls;
 pub mod upstream;
 
 pub use address::{host_names, AddressMap, HostPort};
@@ -40,4 +41,5 @@ pub use rule::{RequestInfo, Rule, RuleError};
 pub use settings::ProxySettings;
 pub use smart::{BreakerEvent, ConnectFailures, SmartFailoverProxy};
 pub use table::{Pool, Route, RouteTable, TableHandle, Target};
+pub use tls::{AcmeMaterial, TlsHandle, TlsMetrics, TlsSnapshot};
 pub use upstream::{Upstream, UpstreamKey, UpstreamRegistry};
