@@ -112,6 +112,35 @@ launch() {
     printf -v "PID_$name" '%s' "$!"
 }
 
+# bench_facts: sets DATE, NPROC, CPU, HAPROXY_V, NGINX_V, WRK_V, C_COMMIT and C_V, the facts
+# each benchmark block names (the machine, the peers it ran beside, the commit measured).
+bench_facts() {
+    DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
+    NPROC=$(nproc)
+    CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -1) || true
+    HAPROXY_V=$(haproxy -v 2>&1 | head -1) || true
+    NGINX_V=$(nginx -v 2>&1 | head -1) || true
+    WRK_V=$( (wrk -v 2>&1 || true) | head -1 | sed 's/ Copyright.*//') || true
+    C_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    if [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+        C_COMMIT="$C_COMMIT (work tree had uncommitted changes)"
+    fi
+    C_V=$("$BIN" --version 2>/dev/null | head -1 || echo constellation)
+}
+
+# haproxy_defaults: the `defaults` section of every HAProxy the benchmarks start.
+haproxy_defaults() {
+    cat <<'EOF'
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 30s
+    http-reuse always
+EOF
+}
+
 nginx_common() { # dir: the lines every nginx here shares
     local d=$1
     mkdir -p "$d/tmp"
@@ -204,13 +233,7 @@ global
     nbthread $threads
     maxconn 4096
 
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    timeout http-keep-alive 30s
-    http-reuse always
+$(haproxy_defaults)
 
 frontend fe
     bind 127.0.0.1:$port

@@ -39,18 +39,8 @@ EXTRA_PACKAGES=(openssl)
 # shellcheck source=benches/common.sh
 source "$ROOT/benches/common.sh"
 
-DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
-NPROC=$(nproc)
-CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -1) || true
-HAPROXY_V=$(haproxy -v 2>&1 | head -1) || true
-NGINX_V=$(nginx -v 2>&1 | head -1) || true
-WRK_V=$( (wrk -v 2>&1 || true) | head -1 | sed 's/ Copyright.*//') || true
 OPENSSL_V=$(openssl version 2>/dev/null || echo unknown)
-C_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]]; then
-    C_COMMIT="$C_COMMIT (work tree had uncommitted changes)"
-fi
-C_V=$("$BIN" --version 2>/dev/null | head -1 || echo constellation)
+bench_facts
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
 CMDLINE="bash benches/https.sh"
 for v in BENCH_ROUNDS BENCH_DURATION BENCH_WARMUP BENCH_CONNS BENCH_HS_CONNS BENCH_THREADS; do
@@ -105,13 +95,7 @@ global
     tune.ssl.cachesize 0
     ssl-default-bind-options no-tls-tickets
 
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    timeout http-keep-alive 30s
-    http-reuse always
+$(haproxy_defaults)
 
 frontend fe
     bind 127.0.0.1:$port ssl crt $WORK/both.pem

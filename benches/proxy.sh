@@ -43,17 +43,7 @@ PROXIES=(haproxy nginx constellation)
 source "$ROOT/benches/common.sh"
 
 # ---------------------------------------------------------------- environment facts
-DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
-NPROC=$(nproc)
-CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -1) || true
-HAPROXY_V=$(haproxy -v 2>&1 | head -1) || true
-NGINX_V=$(nginx -v 2>&1 | head -1) || true
-WRK_V=$( (wrk -v 2>&1 || true) | head -1 | sed 's/ Copyright.*//') || true
-C_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]]; then
-    C_COMMIT="$C_COMMIT (work tree had uncommitted changes)"
-fi
-C_V=$("$BIN" --version 2>/dev/null | head -1 || echo constellation)
+bench_facts
 KERNEL=$(uname -r)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
 CMDLINE="bash benches/proxy.sh"
