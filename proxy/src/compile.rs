@@ -18,6 +18,7 @@ use crate::dynamic::{self, DynamicConfig, HttpService, TraefikDuration};
 use crate::rule::Rule;
 use crate::settings::ProxySettings;
 use crate::table::{weighted_order, HealthSpec, Middleware, Pool, Route, RouteTable, Target};
+use crate::transport::{TransportFiles, UpstreamTransport};
 use crate::upstream::{parse_server_url, UpstreamKey, UpstreamRegistry};
 
 /// Traefik's default health check interval.
@@ -65,6 +66,9 @@ struct Compiler<'a> {
     settings: &'a ProxySettings,
     registry: &'a UpstreamRegistry,
     addresses: &'a AddressMap,
+    files: &'a TransportFiles,
+    /// Compiled servers transports by name (`None`: it failed, the error is recorded).
+    transports: HashMap<String, Option<Arc<UpstreamTransport>>>,
     pools: HashMap<String, Arc<Pool>>,
     breaker_overrides: HashMap<String, Arc<BreakerConfig>>,
     default_breaker: Arc<BreakerConfig>,
@@ -163,8 +167,9 @@ impl Compiler<'_> {
         if lb.sticky.is_some() {
             self.not_applied(&object, "loadBalancer.sticky");
         }
-        if lb.servers_transport.is_some() {
-            self.not_applied(&object, "loadBalancer.serversTransport");
+        let transport = self.transport(&object, lb.servers_transport.as_deref())?;
+        for feature in &transport.unapplied {
+            self.not_applied(&object, &format!("serversTransport {}: {feature}", transport.name));
         }
         let breaker = self.breaker_overrides.get(name).cloned().unwrap_or_else(|| self.default_breaker.clone());
         let budget = self.registry.budget(name, lb.servers.len(), self.settings.max_ejection_percent);
@@ -184,12 +189,6 @@ impl Compiler<'_> {
                     continue;
                 }
             };
-            if url.tls {
-                self.warnings.push(format!(
-                    "{object}: server {}: https upstreams need TLS, which this build does not include; connections to it will fail over",
-                    server.url
-                ));
-            }
             // A name without an address stays in the pool, unavailable, so the pool's
             // size, budget and status tell the truth; the resolver logs why.
             let addr = self.addresses.address_of(&url.host, url.port);
@@ -198,7 +197,7 @@ impl Compiler<'_> {
                 url.path.clear();
             }
             let key = UpstreamKey { service: name.to_string(), url: server.url.clone() };
-            upstreams.push(self.registry.upstream(key, &url, addr, &breaker, &budget, &mut self.live));
+            upstreams.push(self.registry.upstream(key, &url, addr, &transport, &breaker, &budget, &mut self.live));
             weights.push(server.weight.unwrap_or(1).min(MAX_WEIGHT));
         }
         let health = lb.health_check.as_ref().map(|h| {
@@ -232,6 +231,49 @@ impl Compiler<'_> {
             active_retries: AtomicI64::new(0),
             panic_threshold_percent: self.settings.panic_threshold_percent,
         }))
+    }
+
+    /// The transport `reference` names (the default one when `None`), compiled once per
+    /// table; an error is recorded against the transport and `None` returned.
+    fn transport(&mut self, object: &str, reference: Option<&str>) -> Option<Arc<UpstreamTransport>> {
+        // Validation resolved the reference; `name@internal` (Traefik's default) is ours.
+        let name = match reference.map(|r| (bare(r), r.ends_with("@internal"))) {
+            None | Some((_, true)) => "default",
+            Some((name, false)) => name,
+        };
+        if let Some(t) = self.transports.get(name) {
+            return t.clone();
+        }
+        let compiled = match (name, self.cfg.http.servers_transports.get(name)) {
+            (_, Some(def)) => UpstreamTransport::compile(name, def, self.files),
+            ("default", None) => UpstreamTransport::system_default(),
+            (_, None) => {
+                self.errors.push(CompileError {
+                    origin: String::new(),
+                    object: object.to_string(),
+                    field: "serversTransport".into(),
+                    message: format!("serversTransport {name:?} is not defined"),
+                    position: None,
+                });
+                self.transports.insert(name.to_string(), None);
+                return None;
+            }
+        };
+        let out = match compiled {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                self.errors.push(CompileError {
+                    origin: String::new(),
+                    object: format!("http.serversTransports.{name}"),
+                    field: e.field,
+                    message: e.message,
+                    position: None,
+                });
+                None
+            }
+        };
+        self.transports.insert(name.to_string(), out.clone());
+        out
     }
 
     /// Every service reachable from `service` (itself included), in visiting order;
@@ -378,7 +420,8 @@ fn header_list(
 
 /// Compile `cfg` (already validated) into a route table numbered `generation`, taking
 /// the addresses of host names from `addresses` (see [`crate::address::host_names`]).
-/// Returns the table and warnings about parts that are not applied.
+/// Returns the table and warnings about parts that are not applied. Servers transports
+/// that name files need [`compile_with_files`].
 pub fn compile(
     cfg: &DynamicConfig,
     settings: &ProxySettings,
@@ -387,11 +430,27 @@ pub fn compile(
     addresses: &AddressMap,
     generation: u64,
 ) -> Result<(RouteTable, Vec<String>), Vec<CompileError>> {
+    compile_with_files(cfg, settings, entrypoints, registry, addresses, &TransportFiles::default(), generation)
+}
+
+/// [`compile`], with the contents of the files servers transports name (`rootCAs`,
+/// client certificates and keys), loaded by the caller.
+pub fn compile_with_files(
+    cfg: &DynamicConfig,
+    settings: &ProxySettings,
+    entrypoints: &[(String, SocketAddr)],
+    registry: &UpstreamRegistry,
+    addresses: &AddressMap,
+    files: &TransportFiles,
+    generation: u64,
+) -> Result<(RouteTable, Vec<String>), Vec<CompileError>> {
     let mut c = Compiler {
         cfg,
         settings,
         registry,
         addresses,
+        files,
+        transports: HashMap::new(),
         pools: HashMap::new(),
         breaker_overrides: HashMap::new(),
         default_breaker: Arc::new(settings.breaker.clone()),
@@ -651,7 +710,6 @@ mod tests {
         let (_, w) = compile(&cfg(yaml), &ProxySettings::default(), &eps, &reg, &AddressMap::new(), 1).unwrap();
         assert!(w.iter().any(|w| w.contains("entryPoints [\"websecure\"] are not configured")), "{w:?}");
         assert!(w.iter().any(|w| w.contains("tls is not supported")), "{w:?}");
-        assert!(w.iter().any(|w| w.contains("https upstreams need TLS")), "{w:?}");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //!   `highestRandomWeight` service kind are kept as their JSON value
 //!   ([`Middleware::Other`], [`HttpService::Other`]) and listed by
 //!   [`DynamicConfig::unsupported`]. An unknown kind (a typo) is a parse error.
-//! - TCP and UDP routers and services are typed; TCP middlewares, `serversTransports`
+//! - TCP and UDP routers and services are typed; TCP middlewares, TCP `serversTransports`
 //!   and the contents of `tls` options, stores and certificates are JSON values.
 //!
 //! Constellation extensions (accepted on input, never serialised, so the output still
@@ -95,9 +95,10 @@ pub struct HttpConfig {
     /// Middlewares by name.
     #[serde(default, deserialize_with = "unique_map", skip_serializing_if = "BTreeMap::is_empty")]
     pub middlewares: BTreeMap<String, Middleware>,
-    /// Servers transports by name, kept verbatim.
+    /// Servers transports by name: how connections to upstreams are made (TLS trust,
+    /// client certificates, HTTP/2, timeouts).
     #[serde(default, deserialize_with = "unique_map", skip_serializing_if = "BTreeMap::is_empty")]
-    pub servers_transports: BTreeMap<String, Value>,
+    pub servers_transports: BTreeMap<String, ServersTransport>,
 }
 
 impl HttpConfig {
@@ -409,6 +410,74 @@ pub struct StickyCookie {
     /// Cookie domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+}
+
+/// An HTTP servers transport (`http.serversTransports.<name>`), selected by a load
+/// balancer's `serversTransport`. File names (`rootCAs`, `certFile`, `keyFile`) are read
+/// by the control plane, relative to the folder of the file that defines the transport;
+/// a value starting with `-----BEGIN` is the PEM text itself (Traefik's file-or-content).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(expecting = "a servers transport (a map of transport settings)")]
+pub struct ServersTransport {
+    /// Name sent as SNI and verified in the server's certificate (default: the URL's host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Accept any server certificate (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+    /// CA certificates (PEM files) trusted instead of the system roots.
+    #[serde(default, rename = "rootCAs", skip_serializing_if = "Vec::is_empty")]
+    pub root_cas: Vec<String>,
+    /// Client certificates presented to servers that ask for one (the first is used).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<TransportCertificate>,
+    /// Idle connections kept per host (Traefik default 200; negative disables keep-alive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_idle_conns_per_host: Option<i64>,
+    /// Timeouts of the connections to servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding_timeouts: Option<ForwardingTimeouts>,
+    /// Speak HTTP/1.1 only to https servers (default false: ALPN offers h2 first).
+    #[serde(default, rename = "disableHTTP2", skip_serializing_if = "Option::is_none")]
+    pub disable_http2: Option<bool>,
+    /// URI SAN the server certificate must carry (not applied: routers using it refuse traffic).
+    #[serde(default, rename = "peerCertURI", skip_serializing_if = "Option::is_none")]
+    pub peer_cert_uri: Option<String>,
+    /// SPIFFE settings, verbatim (not applied: routers using it refuse traffic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe: Option<Value>,
+}
+
+/// A client certificate and its key (files or PEM text).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TransportCertificate {
+    /// Certificate chain, leaf first.
+    pub cert_file: String,
+    /// Private key.
+    pub key_file: String,
+}
+
+/// `forwardingTimeouts` of a servers transport.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForwardingTimeouts {
+    /// TCP and TLS connect (Traefik default 30s; Constellation's `[proxy]` connect timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dial_timeout: Option<TraefikDuration>,
+    /// Wait for response headers (and each later read); default `[proxy]` read timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_header_timeout: Option<TraefikDuration>,
+    /// How long an idle pooled connection is kept (default `[proxy]` idle timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_conn_timeout: Option<TraefikDuration>,
+    /// HTTP/2 ping interval on an idle connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_idle_timeout: Option<TraefikDuration>,
+    /// Wait for a ping answer (not applied: routers using it refuse traffic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_timeout: Option<TraefikDuration>,
 }
 
 /// Response forwarding settings.

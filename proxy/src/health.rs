@@ -33,7 +33,13 @@ fn check_url(up: &Upstream, spec: &HealthSpec, port: u16) -> String {
         None if up.tls => "https",
         None => "http",
     };
-    let host = if up.sni.contains(':') { format!("[{}]", up.sni) } else { up.sni.clone() };
+    // The URL's host is what TLS sends as SNI and verifies: the transport's serverName
+    // when set (the connection still goes to the upstream's address).
+    let name = match (&up.transport.server_name, up.tls || spec.scheme.as_deref() == Some("https")) {
+        (Some(n), true) => n,
+        _ => &up.sni,
+    };
+    let host = if name.contains(':') { format!("[{name}]") } else { name.clone() };
     let path = if spec.path.starts_with('/') { spec.path.clone() } else { format!("/{}", spec.path) };
     format!("{scheme}://{host}:{port}{path}")
 }
@@ -63,6 +69,8 @@ pub async fn probe(prober: &Prober, up: &Upstream, spec: &HealthSpec) -> ProbeRe
         headers: &headers,
         timeout: spec.timeout,
         max_body: 0,
+        // https checks trust what requests trust: the service's servers transport.
+        tls: Some(up.transport.probe_tls.clone()),
     };
     match prober.send(&req).await {
         Err(e) => ProbeResult::Fail(e.to_string()),
@@ -129,8 +137,9 @@ pub struct HealthSupervisor {
 }
 
 impl HealthSupervisor {
-    /// A supervisor for `table`, probing through `prober` (which should use
-    /// [`CertPolicy::Unverified`](crate::probe::CertPolicy::Unverified); see docs/failover.md).
+    /// A supervisor for `table`, probing through `prober`. https checks use each
+    /// upstream's transport for TLS (verified against the system roots or its
+    /// `rootCAs`, unless `insecureSkipVerify`), whatever the prober's own policy.
     pub fn new(table: TableHandle, metrics: ProxyMetrics, prober: Arc<Prober>) -> Self {
         Self { table, metrics, prober, tasks: HashMap::new() }
     }
@@ -214,7 +223,9 @@ mod tests {
             address_error: addr.is_none().then(|| "app.test:80: no such host".to_string()),
             authority: parsed.authority,
             tls: parsed.tls,
+            h2c: parsed.h2c,
             sni: parsed.host,
+            transport: Arc::new(crate::transport::UpstreamTransport::system_default().unwrap()),
             path_prefix: String::new(),
             breaker: Breaker::standalone(Arc::new(BreakerConfig::default())),
             healthy: AtomicBool::new(true),

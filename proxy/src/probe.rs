@@ -88,12 +88,15 @@ pub struct ProbeRequest<'a> {
     pub timeout: Duration,
     /// Largest body read; a longer one is [`ProbeError::TooLarge`]. 0 skips the body.
     pub max_body: usize,
+    /// TLS settings for this probe instead of the prober's [`CertPolicy`]: a health
+    /// check uses its upstream's transport (trusted roots, client certificate).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl<'a> ProbeRequest<'a> {
     /// A `GET` of `url` with no body read, within `timeout`.
     pub fn get(url: &'a str, timeout: Duration) -> Self {
-        Self { method: "GET", url, connect_to: None, host_header: None, headers: &[], timeout, max_body: 0 }
+        Self { method: "GET", url, connect_to: None, host_header: None, headers: &[], timeout, max_body: 0, tls: None }
     }
 }
 
@@ -112,7 +115,9 @@ pub struct ProbeResponse {
 pub struct Prober {
     policy: CertPolicy,
     tls: rustls::ClientConfig,
-    clients: Mutex<HashMap<(String, Option<SocketAddr>), reqwest::Client>>,
+    /// Clients by (host, address, TLS settings: 0 for the prober's own, else the
+    /// address of the request's `Arc<ClientConfig>`, kept alive by the entry).
+    clients: Mutex<HashMap<(String, Option<SocketAddr>, usize), (reqwest::Client, Option<Arc<rustls::ClientConfig>>)>>,
 }
 
 impl std::fmt::Debug for Prober {
@@ -146,14 +151,24 @@ impl Prober {
         self.policy
     }
 
-    fn client(&self, host: &str, connect_to: Option<SocketAddr>) -> Result<reqwest::Client, ProbeError> {
-        let key = (host.to_ascii_lowercase(), connect_to);
+    fn client(
+        &self,
+        host: &str,
+        connect_to: Option<SocketAddr>,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Result<reqwest::Client, ProbeError> {
+        let tls_key = tls.map(|t| Arc::as_ptr(t) as usize).unwrap_or(0);
+        let key = (host.to_ascii_lowercase(), connect_to, tls_key);
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = clients.get(&key) {
+        if let Some((c, _)) = clients.get(&key) {
             return Ok(c.clone());
         }
+        let config = match tls {
+            Some(t) => rustls::ClientConfig::clone(t),
+            None => self.tls.clone(),
+        };
         let mut builder = reqwest::Client::builder()
-            .use_preconfigured_tls(self.tls.clone())
+            .use_preconfigured_tls(config)
             .user_agent(USER_AGENT)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
@@ -167,7 +182,8 @@ impl Prober {
         if clients.len() >= MAX_CACHED_CLIENTS {
             clients.clear();
         }
-        clients.insert(key, client.clone());
+        // The entry holds the settings, so their address cannot be reused by another.
+        clients.insert(key, (client.clone(), tls.cloned()));
         Ok(client)
     }
 
@@ -192,7 +208,7 @@ impl Prober {
             }
             _ => url,
         };
-        let client = self.client(host.as_deref().unwrap_or(""), host.as_ref().and(req.connect_to))?;
+        let client = self.client(host.as_deref().unwrap_or(""), host.as_ref().and(req.connect_to), req.tls.as_ref())?;
         let method = Method::from_bytes(req.method.as_bytes())
             .map_err(|e| ProbeError::Header { name: "method".into(), reason: format!("{:?}: {e}", req.method) })?;
         let mut headers = HeaderMap::new();
@@ -250,7 +266,7 @@ fn classify(e: reqwest::Error) -> ProbeError {
 /// A certificate verifier that accepts any chain and name but still checks the
 /// handshake signatures, so the peer holds the key of the certificate it shows.
 #[derive(Debug)]
-struct NoChainCheck(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct NoChainCheck(pub(crate) Arc<rustls::crypto::CryptoProvider>);
 
 impl rustls::client::danger::ServerCertVerifier for NoChainCheck {
     fn verify_server_cert(

@@ -30,7 +30,9 @@ use crate::forwarded::{self, EntryPoint, Origin};
 use crate::framing::{self, Refusal};
 use crate::metrics::{code_class, method_label, ProxyMetrics};
 use crate::rule::RequestInfo;
+use crate::settings::ProxySettings;
 use crate::table::{Middleware, Pick, Pool, Route, RouteTable};
+use crate::transport::MAX_H2_STREAMS;
 use crate::upstream::Upstream;
 
 /// The proxy. Cheap to clone state: one `ArcSwap` and the metrics.
@@ -81,8 +83,11 @@ pub struct BreakerEvent {
 /// Why the last attempt failed, for metrics and the retry reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
-    /// TCP/TLS connect failed; nothing was sent.
+    /// TCP connect failed; nothing was sent.
     Connect,
+    /// The TLS handshake failed (bad or untrusted certificate, wrong name, no common
+    /// protocol); nothing was sent.
+    Tls,
     /// No response in time.
     Timeout,
     /// The connection was reset or closed before a complete response.
@@ -95,6 +100,7 @@ impl FailureKind {
     fn outcome_label(self) -> &'static str {
         match self {
             FailureKind::Connect => "connect_error",
+            FailureKind::Tls => "tls_error",
             FailureKind::Timeout => "timeout",
             FailureKind::Reset => "reset",
             FailureKind::Status => "status_gateway",
@@ -224,6 +230,11 @@ impl SmartFailoverProxy {
             return Some("response_started");
         }
         if !any_method {
+            // An upgrade (WebSocket) reached the upstream, which may have acted on it:
+            // never sent twice.
+            if session.is_upgrade_req() {
+                return Some("upgrade");
+            }
             if !session.req_header().method.is_idempotent() {
                 return Some("non_idempotent");
             }
@@ -338,16 +349,49 @@ fn inet(addr: Option<&pingora_core::protocols::l4::socket::SocketAddr>) -> Optio
     addr.and_then(|a| a.as_inet()).copied()
 }
 
+/// The Pingora peer for one attempt at `up`: its transport's TLS trust, SNI, client
+/// certificate and HTTP version, and timeouts bounded by what is left of the deadline.
+fn peer_for(up: &Upstream, addr: SocketAddr, settings: &ProxySettings, remaining: Duration, upgrade: bool) -> HttpPeer {
+    let t = &up.transport;
+    // An IP host is kept as the name: rustls then sends no SNI but still verifies the
+    // certificate against the IP (an empty name would make Pingora skip verification).
+    let sni = if up.tls { t.server_name.clone().unwrap_or_else(|| up.sni.clone()) } else { String::new() };
+    let mut peer = HttpPeer::new(addr, up.tls, sni);
+    let connect = t.connect_timeout.unwrap_or(settings.connect_timeout()).min(remaining);
+    peer.options.connection_timeout = Some(connect);
+    peer.options.total_connection_timeout = Some(connect);
+    peer.options.read_timeout = Some(t.read_timeout.unwrap_or(settings.read_timeout()).min(remaining));
+    peer.options.write_timeout = Some(settings.write_timeout().min(remaining));
+    peer.options.idle_timeout =
+        Some(if t.keepalive { t.idle_timeout.unwrap_or(settings.idle_timeout()) } else { Duration::ZERO });
+    peer.options.verify_cert = t.verify;
+    peer.options.verify_hostname = t.verify;
+    peer.options.ca = t.ca.clone();
+    peer.client_cert_key = t.client_cert.clone();
+    // Pingora's pool key leaves out the CA list: keep connections made under one
+    // transport apart from those of another.
+    peer.group_key = t.fingerprint;
+    peer.options.max_h2_streams = MAX_H2_STREAMS;
+    peer.options.h2_ping_interval = t.h2_ping_interval;
+    // An upgrade (WebSocket) needs HTTP/1.1's Upgrade mechanism whatever the scheme.
+    if !upgrade {
+        if up.h2c {
+            peer.options.set_http_version(2, 2);
+        } else if up.tls && t.http2 {
+            peer.options.set_http_version(2, 1);
+        }
+    }
+    peer
+}
+
 fn classify(e: &Error) -> FailureKind {
     match e.etype() {
+        ErrorType::TLSHandshakeFailure | ErrorType::TLSHandshakeTimedout | ErrorType::InvalidCert => FailureKind::Tls,
         ErrorType::ConnectTimedout
         | ErrorType::ConnectRefused
         | ErrorType::ConnectNoRoute
         | ErrorType::ConnectError
-        | ErrorType::TLSHandshakeFailure
-        | ErrorType::TLSHandshakeTimedout
         | ErrorType::HandshakeError
-        | ErrorType::InvalidCert
         | ErrorType::SocketError
         | ErrorType::BindError => FailureKind::Connect,
         ErrorType::ReadTimedout | ErrorType::WriteTimedout => FailureKind::Timeout,
@@ -469,7 +513,6 @@ impl ProxyHttp for SmartFailoverProxy {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let _ = session;
         let now = Instant::now();
         let Some(route) = self.route(ctx) else {
             return Err(Error::explain(ErrorType::InternalError, "no route in context"));
@@ -531,12 +574,7 @@ impl ProxyHttp for SmartFailoverProxy {
             None => return Err(Error::explain(ErrorType::InternalError, "no table in context")),
         };
         let remaining = ctx.deadline.saturating_duration_since(now).max(Duration::from_millis(1));
-        let mut peer = HttpPeer::new(addr, up.tls, up.sni.clone());
-        peer.options.connection_timeout = Some(settings.connect_timeout().min(remaining));
-        peer.options.total_connection_timeout = Some(settings.connect_timeout().min(remaining));
-        peer.options.read_timeout = Some(settings.read_timeout().min(remaining));
-        peer.options.write_timeout = Some(settings.write_timeout().min(remaining));
-        peer.options.idle_timeout = Some(settings.idle_timeout());
+        let peer = peer_for(&up, addr, settings, remaining, session.is_upgrade_req());
         up.in_flight.fetch_add(1, Ordering::Relaxed);
         up.requests.fetch_add(1, Ordering::Relaxed);
         ctx.tried.push(up.clone());
@@ -662,7 +700,11 @@ impl ProxyHttp for SmartFailoverProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        self.finish_attempt(ctx, Some(FailureKind::Connect));
+        let kind = match classify(&e) {
+            FailureKind::Tls => FailureKind::Tls,
+            _ => FailureKind::Connect,
+        };
+        self.finish_attempt(ctx, Some(kind));
         if let Some(f) = &self.connect_failures {
             f.record();
         }

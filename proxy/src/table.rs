@@ -387,6 +387,7 @@ mod tests {
         let cfg = Arc::new(crate::breaker::BreakerConfig::default());
         let budget = reg.budget("s", n, 50);
         let mut live = Vec::new();
+        let transport = Arc::new(crate::transport::UpstreamTransport::system_default().unwrap());
         let upstreams: Vec<_> = (0..n)
             .map(|i| {
                 let url = format!("http://127.0.0.1:{}", 9000 + i);
@@ -396,6 +397,7 @@ mod tests {
                     key,
                     &parsed,
                     Ok(format!("127.0.0.1:{}", 9000 + i).parse().unwrap()),
+                    &transport,
                     &cfg,
                     &budget,
                     &mut live,

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::breaker::{Breaker, BreakerConfig, BreakerState, EjectionBudget};
+use crate::transport::UpstreamTransport;
 
 /// Identity of an upstream: the service it serves and its server URL. Runtime state is
 /// kept for an identity as long as some route table still names it.
@@ -37,8 +38,13 @@ pub struct Upstream {
     pub authority: String,
     /// Whether the URL scheme is https.
     pub tls: bool,
-    /// Host name for SNI when `tls`.
+    /// Whether the URL scheme is h2c (cleartext HTTP/2 with prior knowledge).
+    pub h2c: bool,
+    /// The URL's host (name or IP literal): SNI and the verified name when `tls`,
+    /// unless the transport names another.
     pub sni: String,
+    /// How connections are made (TLS trust, client certificate, HTTP/2, timeouts).
+    pub transport: Arc<UpstreamTransport>,
     /// Path prefix from the URL (Traefik prepends it unless `preservePath` is off).
     pub path_prefix: String,
     /// Circuit breaker.
@@ -106,8 +112,10 @@ impl Upstream {
 /// A parsed server URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerUrl {
-    /// `http` or `https`.
+    /// `https`.
     pub tls: bool,
+    /// `h2c`: HTTP/2 without TLS, with prior knowledge (Traefik's scheme for gRPC backends).
+    pub h2c: bool,
     /// Host name or IP literal (brackets removed).
     pub host: String,
     /// Port, defaulted from the scheme.
@@ -121,11 +129,12 @@ pub struct ServerUrl {
 /// Parse an upstream URL such as `http://10.0.0.2:8080/base`.
 pub fn parse_server_url(url: &str) -> Result<ServerUrl, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
-    let tls = match uri.scheme_str() {
-        Some("http") => false,
-        Some("https") => true,
-        Some(other) => return Err(format!("unsupported scheme {other:?} in {url:?} (use http or https)")),
-        None => return Err(format!("URL {url:?} has no scheme (expected http:// or https://)")),
+    let (tls, h2c) = match uri.scheme_str() {
+        Some("http") => (false, false),
+        Some("https") => (true, false),
+        Some("h2c") => (false, true),
+        Some(other) => return Err(format!("unsupported scheme {other:?} in {url:?} (use http, https or h2c)")),
+        None => return Err(format!("URL {url:?} has no scheme (expected http://, https:// or h2c://)")),
     };
     let authority = uri.authority().ok_or_else(|| format!("URL {url:?} has no host"))?;
     let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
@@ -134,7 +143,7 @@ pub fn parse_server_url(url: &str) -> Result<ServerUrl, String> {
     }
     let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let path = uri.path().trim_end_matches('/').to_string();
-    Ok(ServerUrl { tls, host, port, path, authority: authority.as_str().to_string() })
+    Ok(ServerUrl { tls, h2c, host, port, path, authority: authority.as_str().to_string() })
 }
 
 /// Keeps upstream runtime state (breakers, health, counters) keyed by identity so that a
@@ -156,12 +165,15 @@ struct RegistryInner {
 impl UpstreamRegistry {
     /// Get or create the upstream for `key` at `addr` (or without an address, for the
     /// reason given). State is reused when the identity, the address (or the reason it
-    /// has none) and the breaker settings match; a changed address starts fresh.
+    /// has none), the breaker settings and the transport match; a changed address or
+    /// transport starts fresh.
+    #[allow(clippy::too_many_arguments)]
     pub fn upstream(
         &self,
         key: UpstreamKey,
         url: &ServerUrl,
         addr: Result<SocketAddr, String>,
+        transport: &Arc<UpstreamTransport>,
         breaker: &Arc<BreakerConfig>,
         budget: &Arc<EjectionBudget>,
         live: &mut Vec<UpstreamKey>,
@@ -176,6 +188,7 @@ impl UpstreamRegistry {
             if existing.addr == addr
                 && existing.address_error == address_error
                 && existing.breaker.config() == &**breaker
+                && existing.transport.fingerprint == transport.fingerprint
             {
                 return existing.clone();
             }
@@ -187,7 +200,9 @@ impl UpstreamRegistry {
             address_error,
             authority: url.authority.clone(),
             tls: url.tls,
+            h2c: url.h2c,
             sni: url.host.clone(),
+            transport: transport.clone(),
             path_prefix: url.path.clone(),
             breaker: Breaker::new(breaker.clone(), budget.clone()),
             healthy: AtomicBool::new(true),
@@ -240,6 +255,7 @@ mod tests {
             u,
             Ok(ServerUrl {
                 tls: false,
+                h2c: false,
                 host: "127.0.0.1".into(),
                 port: 8080,
                 path: "/base".into(),
@@ -248,6 +264,8 @@ mod tests {
         );
         let u = parse_server_url("https://[::1]/").map_err(|e| e.to_string());
         assert!(matches!(u, Ok(ServerUrl { tls: true, port: 443, ref host, .. }) if host == "::1"));
+        let u = parse_server_url("h2c://grpc.test").map_err(|e| e.to_string());
+        assert!(matches!(u, Ok(ServerUrl { tls: false, h2c: true, port: 80, .. })), "{u:?}");
         assert!(parse_server_url("ftp://x").is_err());
         assert!(parse_server_url("127.0.0.1:80").is_err());
         assert!(parse_server_url("http://").is_err());
