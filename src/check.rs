@@ -43,8 +43,20 @@ pub fn run(file: &Path, allow_unsupported: bool) -> ExitCode {
         }
     }
     let registry = UpstreamRegistry::default();
-    let compiled =
-        constellation_proxy::compile(&dynamic, &cfg.config.proxy, &cfg.entrypoints, &registry, &AddressMap::new(), 1);
+    // Files servers transports name (CAs, client certificates) are checked too.
+    let files = match constellation_plane::transport_files::load(&dynamic) {
+        Ok(f) => f,
+        Err(errors) => return fail(&errors),
+    };
+    let compiled = constellation_proxy::compile_with_files(
+        &dynamic,
+        &cfg.config.proxy,
+        &cfg.entrypoints,
+        &registry,
+        &AddressMap::new(),
+        &files,
+        1,
+    );
     let (table, warnings) = match compiled {
         Ok(t) => t,
         Err(errors) => return fail(&errors.iter().map(ToString::to_string).collect::<Vec<_>>()),

@@ -66,7 +66,7 @@ impl ProxyMetrics {
             attempts: IntCounterVec::new(
                 Opts::new(
                     "constellation_upstream_attempts_total",
-                    "Attempts to upstreams by outcome: ok, connect_error, timeout, reset, status_gateway, breaker_rejected, client_timeout.",
+                    "Attempts to upstreams by outcome: ok, connect_error, tls_error, timeout, reset, status_gateway, breaker_rejected, client_timeout.",
                 ),
                 &["service", "outcome"],
             )?,
@@ -77,7 +77,7 @@ impl ProxyMetrics {
             retries_suppressed: IntCounterVec::new(
                 Opts::new(
                     "constellation_retries_suppressed_total",
-                    "Failures that were not retried, by reason: non_idempotent, body_not_replayable, attempts_exhausted, budget, deadline, no_other_upstream, response_started.",
+                    "Failures that were not retried, by reason: non_idempotent, body_not_replayable, attempts_exhausted, budget, deadline, no_other_upstream, response_started, upgrade.",
                 ),
                 &["service", "reason"],
             )?,

@@ -112,9 +112,21 @@ fn duration(d: &Option<TraefikDuration>, field: &str) -> Result<Option<Duration>
     }
 }
 
-/// The certificates in PEM `bytes`, each checked to parse as X.509.
-fn certificates(bytes: &[u8], field: &str) -> Result<Vec<Vec<u8>>, TransportError> {
-    let err = |message: String| TransportError { field: field.to_string(), message };
+/// What a message calls a file-or-content value: the file name, or `inline PEM`.
+fn source(reference: &str) -> String {
+    if is_inline_pem(reference) {
+        "inline PEM".into()
+    } else {
+        format!("{reference:?}")
+    }
+}
+
+/// The certificates in PEM `bytes` (from `reference`), each checked to parse as X.509.
+fn certificates(bytes: &[u8], field: &str, reference: &str) -> Result<Vec<Vec<u8>>, TransportError> {
+    let err = |message: String| TransportError {
+        field: field.to_string(),
+        message: format!("{}: {message}", source(reference)),
+    };
     let mut out = Vec::new();
     for cert in CertificateDer::pem_slice_iter(bytes) {
         let cert = cert.map_err(|e| err(format!("not a PEM certificate: {e}")))?;
@@ -160,10 +172,10 @@ impl UpstreamTransport {
                 let field = format!("rootCAs[{i}]");
                 let bytes = file(&field, reference)?;
                 bytes.hash(&mut hasher);
-                for der in certificates(&bytes, &field)? {
+                for der in certificates(&bytes, &field, reference)? {
                     roots.add(CertificateDer::from(der.clone())).map_err(|e| TransportError {
                         field: field.clone(),
-                        message: format!("not usable as a CA certificate: {e}"),
+                        message: format!("{}: not usable as a CA certificate: {e}", source(reference)),
                     })?;
                     list.push(WrappedX509::new(der, pingora_core::utils::tls::parse_x509));
                 }
@@ -184,13 +196,13 @@ impl UpstreamTransport {
             Some(c) => {
                 let cert_field = "certificates[0].certFile";
                 let key_field = "certificates[0].keyFile";
-                let chain = certificates(&file(cert_field, &c.cert_file)?, cert_field)?;
+                let chain = certificates(&file(cert_field, &c.cert_file)?, cert_field, &c.cert_file)?;
                 let key_bytes = file(key_field, &c.key_file)?;
                 key_bytes.hash(&mut hasher);
                 chain.hash(&mut hasher);
                 let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| TransportError {
                     field: key_field.into(),
-                    message: format!("not a PEM private key: {e}"),
+                    message: format!("{}: not a PEM private key: {e}", source(&c.key_file)),
                 })?;
                 let key_der = key.secret_der().to_vec();
                 let certs: Vec<CertificateDer<'static>> = chain.iter().cloned().map(CertificateDer::from).collect();

@@ -15,6 +15,9 @@ mod t09_limits;
 mod t10_headers;
 mod t11_admin_safety;
 mod t12_fail_closed;
+mod t13_upstream_tls;
+mod t14_websocket;
+mod t15_upstream_h2;
 
 /// The shared kit, plus what only this suite needs.
 mod support {

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use constellation_proxy::{
-    compile, dynamic, host_names, redact, DynamicConfig, ProxyMetrics, ProxySettings, TableHandle, UpstreamRegistry,
+    compile_with_files, dynamic, host_names, redact, DynamicConfig, ProxyMetrics, ProxySettings, TableHandle,
+    TransportFiles, UpstreamRegistry,
 };
 
 use crate::admin::{unix_now, AdminState, ReloadReport};
@@ -105,6 +106,9 @@ pub struct Reloader {
     domain: String,
     instances: Mutex<Vec<ClusterInstance>>,
     provided: Mutex<Vec<(String, DynamicConfig)>>,
+    /// Files the servers transports named at the last load: part of the fingerprint,
+    /// so a replaced CA or client certificate reloads the table.
+    transport_paths: Mutex<Vec<PathBuf>>,
     kick: Notify,
 }
 
@@ -132,6 +136,7 @@ impl Reloader {
             domain: crate::config::DEFAULT_CLUSTER_DOMAIN.to_string(),
             instances: Mutex::new(Vec::new()),
             provided: Mutex::new(Vec::new()),
+            transport_paths: Mutex::new(Vec::new()),
             kick: Notify::new(),
         }
     }
@@ -189,6 +194,9 @@ impl Reloader {
         for s in &self.sources {
             s.fingerprint(&mut h);
         }
+        for p in self.transport_paths.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            RouteSource::File(p.clone()).fingerprint(&mut h);
+        }
         h.finish()
     }
 
@@ -212,7 +220,11 @@ impl Reloader {
         });
         if let Ok(cfg) = &config {
             self.resolver.want(&host_names(cfg));
+            let paths = crate::transport_files::references(cfg).into_iter().map(|r| r.3).collect();
+            *self.transport_paths.lock().unwrap_or_else(|p| p.into_inner()) = paths;
         }
+        // Files named by servers transports are read here, with the route files.
+        let config = config.and_then(|cfg| crate::transport_files::load(&cfg).map(|files| (cfg, files)));
         Prepared { started, config, build_warnings }
     }
 
@@ -242,8 +254,8 @@ impl Reloader {
         let Prepared { started, config, build_warnings } = prepared;
         let generation = self.generation.load(Ordering::Relaxed) + 1;
         let addresses = self.resolver.addresses();
-        let result = config.and_then(|cfg| {
-            compile(&cfg, &self.settings, &self.entrypoints, &self.registry, &addresses, generation)
+        let result = config.and_then(|(cfg, files)| {
+            compile_with_files(&cfg, &self.settings, &self.entrypoints, &self.registry, &addresses, &files, generation)
                 .map(|(table, warnings)| (cfg, table, warnings))
                 .map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect())
         });
@@ -412,7 +424,7 @@ fn merge_provided(cfg: &mut DynamicConfig, parts: Vec<(String, DynamicConfig)>) 
 /// What [`Reloader::prepare`] hands to [`Reloader::publish`].
 struct Prepared {
     started: Instant,
-    config: Result<DynamicConfig, Vec<String>>,
+    config: Result<(DynamicConfig, TransportFiles), Vec<String>>,
     build_warnings: Vec<String>,
 }
 

@@ -1,6 +1,8 @@
-//! The test backend: an HTTP/1.1 server on hyper whose behaviour a test switches at run
+//! The test backend: an HTTP server on hyper whose behaviour a test switches at run
 //! time (status, delay, dropped connection, chunked or slowly streamed answers, echo),
-//! recording every request with its body.
+//! recording every request with its body. It speaks HTTP/1.1 by default, h2c (HTTP/2
+//! with prior knowledge) or TLS with ALPN (h2 or HTTP/1.1) when started with a
+//! [`Serve`] mode; [`TestCa`] issues its certificates.
 
 use std::convert::Infallible;
 use std::io;
@@ -13,9 +15,9 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Channel, Full};
 use hyper::body::{Frame, Incoming};
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -34,6 +36,10 @@ pub enum Behaviour {
     Close,
     /// Answer 200 with the request body, chunked (no `Content-Length`).
     Echo,
+    /// Accept a WebSocket upgrade (101) and echo every message back.
+    WebSocketEcho,
+    /// Answer 200 `grpc-body` with trailers `grpc-status: 0` and `grpc-message: done`.
+    Trailers,
     /// Answer 200 with `chunks` chunks of [`Backend::chunk`] (`size` bytes each), `every`
     /// apart, chunked: a slow stream when `every` is long.
     Stream {
@@ -59,6 +65,8 @@ pub struct Hit {
     pub body_len: usize,
     /// The body received.
     pub body: Vec<u8>,
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
 }
 
 impl Hit {
@@ -78,6 +86,19 @@ struct Shared {
     behaviour: Mutex<Behaviour>,
     hits: Mutex<Vec<Hit>>,
     count: AtomicU64,
+    connections: AtomicU64,
+    handshake_failures: AtomicU64,
+}
+
+/// How a [`Backend`] speaks.
+#[derive(Clone)]
+pub enum Serve {
+    /// HTTP/1.1 in clear.
+    Http1,
+    /// HTTP/2 in clear with prior knowledge (what `h2c://` upstreams speak).
+    H2c,
+    /// TLS with this configuration; h2 when ALPN picks it, else HTTP/1.1.
+    Tls(Arc<tokio_rustls::rustls::ServerConfig>),
 }
 
 /// A running backend; dropping it stops it.
@@ -91,6 +112,11 @@ pub struct Backend {
 impl Backend {
     /// Starts a backend called `name` on `addr` (port 0 for any free port).
     pub async fn start(name: &str, addr: SocketAddr) -> io::Result<Backend> {
+        Self::start_with(name, addr, Serve::Http1).await
+    }
+
+    /// Starts a backend called `name` on `addr`, speaking as `serve` says.
+    pub async fn start_with(name: &str, addr: SocketAddr, serve: Serve) -> io::Result<Backend> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -98,6 +124,8 @@ impl Backend {
             behaviour: Mutex::new(Behaviour::Ok),
             hits: Mutex::new(Vec::new()),
             count: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            handshake_failures: AtomicU64::new(0),
         });
         let s = shared.clone();
         // The connections live in this task's set: aborting the task drops them all.
@@ -108,13 +136,7 @@ impl Backend {
                     accepted = listener.accept() => match accepted {
                         Ok((stream, _)) => {
                             let _ = stream.set_nodelay(true);
-                            let s = s.clone();
-                            conns.spawn(async move {
-                                let svc = service_fn(move |req| answer(req, s.clone()));
-                                let _ended = http1::Builder::new()
-                                    .serve_connection(TokioIo::new(stream), svc)
-                                    .await;
-                            });
+                            conns.spawn(serve_connection(stream, s.clone(), serve.clone()));
                         }
                         Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                     },
@@ -160,6 +182,16 @@ impl Backend {
         self.shared.count.load(Ordering::Relaxed)
     }
 
+    /// Connections accepted so far (TLS ones only once the handshake completed).
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// TLS handshakes that failed (e.g. the client refused the certificate).
+    pub fn handshake_failures(&self) -> u64 {
+        self.shared.handshake_failures.load(Ordering::Relaxed)
+    }
+
     /// Forgets the requests seen so far.
     pub fn clear(&self) {
         self.shared.hits.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -194,6 +226,37 @@ impl Drop for Backend {
     }
 }
 
+/// Serve one accepted connection as `serve` says, until it ends.
+async fn serve_connection(stream: tokio::net::TcpStream, s: Arc<Shared>, serve: Serve) {
+    let svc = {
+        let s = s.clone();
+        service_fn(move |req| answer(req, s.clone()))
+    };
+    match serve {
+        Serve::Http1 => {
+            s.connections.fetch_add(1, Ordering::Relaxed);
+            let _ended = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+        }
+        Serve::H2c => {
+            s.connections.fetch_add(1, Ordering::Relaxed);
+            let _ended = http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+        }
+        Serve::Tls(config) => {
+            let Ok(tls) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await else {
+                s.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            s.connections.fetch_add(1, Ordering::Relaxed);
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            if h2 {
+                let _ended = http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), svc).await;
+            } else {
+                let _ended = http1::Builder::new().serve_connection(TokioIo::new(tls), svc).with_upgrades().await;
+            }
+        }
+    }
+}
+
 fn full(text: String) -> Body {
     Full::new(Bytes::from(text)).boxed()
 }
@@ -214,7 +277,9 @@ fn streamed(chunks: Vec<Vec<u8>>, every: Duration) -> Body {
     rx.boxed()
 }
 
-async fn answer(req: hyper::Request<Incoming>, s: Arc<Shared>) -> Result<hyper::Response<Body>, io::Error> {
+async fn answer(mut req: hyper::Request<Incoming>, s: Arc<Shared>) -> Result<hyper::Response<Body>, io::Error> {
+    let upgrade = hyper::upgrade::on(&mut req);
+    let version = format!("{:?}", req.version());
     let method = req.method().to_string();
     let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
     let headers: Vec<(String, String)> = req
@@ -222,6 +287,7 @@ async fn answer(req: hyper::Request<Incoming>, s: Arc<Shared>) -> Result<hyper::
         .iter()
         .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).to_string()))
         .collect();
+    let ws_key = headers.iter().find(|(k, _)| k == "sec-websocket-key").map(|(_, v)| v.clone());
     let body = req.into_body().collect().await.map_err(io::Error::other)?.to_bytes().to_vec();
     s.hits.lock().unwrap_or_else(|e| e.into_inner()).push(Hit {
         method,
@@ -229,6 +295,7 @@ async fn answer(req: hyper::Request<Incoming>, s: Arc<Shared>) -> Result<hyper::
         headers,
         body_len: body.len(),
         body: body.clone(),
+        version,
     });
     s.count.fetch_add(1, Ordering::Relaxed);
     let behaviour = *s.behaviour.lock().unwrap_or_else(|e| e.into_inner());
@@ -242,6 +309,48 @@ async fn answer(req: hyper::Request<Incoming>, s: Arc<Shared>) -> Result<hyper::
         // An error from the service makes hyper drop the connection unanswered.
         Behaviour::Close => return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "told to close")),
         Behaviour::Echo => (200, streamed(vec![body], Duration::ZERO)),
+        Behaviour::WebSocketEcho => {
+            let Some(key) = ws_key else { return Err(io::Error::other("not a WebSocket handshake")) };
+            tokio::spawn(async move {
+                let Ok(upgraded) = upgrade.await else { return };
+                let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                    None,
+                )
+                .await;
+                let (mut tx, mut rx) = futures_util::StreamExt::split(ws);
+                while let Some(Ok(msg)) = futures_util::StreamExt::next(&mut rx).await {
+                    if msg.is_close() {
+                        break;
+                    }
+                    if (msg.is_text() || msg.is_binary()) && futures_util::SinkExt::send(&mut tx, msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            return hyper::Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", accept)
+                .header("x-backend", s.name.as_str())
+                .body(full(String::new()))
+                .map_err(io::Error::other);
+        }
+        Behaviour::Trailers => {
+            let (mut tx, rx) = Channel::<Bytes, Infallible>::new(2);
+            tokio::spawn(async move {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                trailers.insert("grpc-message", http::HeaderValue::from_static("done"));
+                if tx.send(Frame::data(Bytes::from_static(b"grpc-body"))).await.is_ok() {
+                    let _ = tx.send(Frame::trailers(trailers)).await;
+                }
+            });
+            (200, rx.boxed())
+        }
         Behaviour::Stream { chunks, size, every } => {
             (200, streamed((0..chunks).map(|i| Backend::chunk(i, size)).collect(), every))
         }

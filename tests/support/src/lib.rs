@@ -7,7 +7,8 @@
 //! - [`Partition`]: iptables rules that cut nodes apart in both directions, tagged with
 //!   the test process id so leftovers of a killed test are removed on the next run.
 //! - [`eventually`]: polling with deadlines instead of sleeps.
-//! - [`Backend`] and [`Client`]: a controllable HTTP/1.1 backend and a client that never
+//! - [`Backend`] and [`Client`]: a controllable HTTP/1.1, h2c or TLS (h2/HTTP/1.1) backend
+//!   ([`TestCa`] issues its certificates) and a client that never
 //!   resends, both on hyper, with chunked and slowly streamed bodies.
 //! - [`RawBackend`] and [`raw_exchange`]: raw-socket HTTP/1.1 peers for framing tests; the
 //!   backend records every byte it receives.
@@ -34,10 +35,11 @@ mod raw;
 pub mod report;
 mod scratch;
 mod status;
+mod tls;
 mod wait;
 
 pub use agent::{routes, start_agent_at, start_agent_with, Agent};
-pub use backend::{Backend, Behaviour, Hit};
+pub use backend::{Backend, Behaviour, Hit, Serve};
 pub use binary::{binary, run, run_with_limit};
 pub use client::{fetch, fetch_from, Client, Reply};
 pub use cloudflare::FakeCloudflare;
@@ -50,4 +52,5 @@ pub use status::{
     identities, lease_seen, member, member_states, members, metric_value, raft_leader, raft_term, service_status,
     upstream_status, upstream_urls, LeaseSeen,
 };
+pub use tls::{Issued, TestCa};
 pub use wait::{eventually, eventually_or, run_test, unix_ns, wait_for};
