@@ -129,7 +129,8 @@ pub struct ServerUrl {
 /// Parse an upstream URL such as `http://10.0.0.2:8080/base`.
 pub fn parse_server_url(url: &str) -> Result<ServerUrl, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
-    let (tls, h2c) = match uri.scheme_str() {
+    let scheme = uri.scheme_str().map(str::to_ascii_lowercase);
+    let (tls, h2c) = match scheme.as_deref() {
         Some("http") => (false, false),
         Some("https") => (true, false),
         Some("h2c") => (false, true),

@@ -148,7 +148,7 @@ fn check_reports_bad_route_files_by_file_object_and_field() {
             routes("app", "PathPrefix(`/`)", &["127.0.0.1:9".to_string()], ""),
             vec![
                 format!("{routes_path}:10:19: http.services.app: field \"servers[0].url\":"),
-                "\"127.0.0.1:9\" is not an absolute http:// or https:// URL".into(),
+                "\"127.0.0.1:9\" is not an absolute http://, https:// or h2c:// URL".into(),
             ],
         ),
         (

@@ -94,13 +94,13 @@ fn defined_list<V>(map: &BTreeMap<String, V>) -> String {
     names.join(", ")
 }
 
-/// Why `url` is not an absolute `http`/`https` URL with a host, if it is not.
+/// Why `url` is not an absolute `http`/`https`/`h2c` URL with a host, if it is not.
 pub(super) fn check_server_url(url: &str) -> Result<(), String> {
-    let not_absolute = || format!("{url:?} is not an absolute http:// or https:// URL with a host");
+    let not_absolute = || format!("{url:?} is not an absolute http://, https:// or h2c:// URL with a host");
     let uri: http::Uri = url.parse().map_err(|_| not_absolute())?;
     let scheme = uri.scheme_str().ok_or_else(not_absolute)?;
-    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-        return Err(format!("{url:?} has scheme {scheme:?}; only http and https are supported"));
+    if !["http", "https", "h2c"].iter().any(|s| scheme.eq_ignore_ascii_case(s)) {
+        return Err(format!("{url:?} has scheme {scheme:?}; only http, https and h2c are supported"));
     }
     let authority = uri.authority().ok_or_else(not_absolute)?;
     let host = authority.host();
