@@ -1,6 +1,8 @@
-//! An https health check against a local TLS backend with a self-signed certificate:
-//! the check completes the handshake, marks the upstream healthy while the backend
-//! answers, unhealthy when it stops, and healthy again when it is back.
+//! An https health check against a local TLS backend with a self-signed certificate
+//! (accepted through a transport with `insecureSkipVerify`: checks verify by default,
+//! see `t13_upstream_tls` for verified checks): the check completes the handshake,
+//! marks the upstream healthy while the backend answers, unhealthy when it stops, and
+//! healthy again when it is back.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -77,7 +79,11 @@ async fn https_health_check_follows_a_tls_backend() {
     let backend = TlsBackend::start(addr).await;
     let url = format!("https://app.test:{}", addr.port());
     let check = "        healthCheck:\n          path: /healthz\n          interval: 100ms\n          timeout: 1s\n          rise: 1\n          fall: 1\n";
-    let yaml = routes("app", "PathPrefix(`/`)", std::slice::from_ref(&url), check);
+    let lb = format!("        serversTransport: skip\n{check}");
+    let yaml = format!(
+        "{}  serversTransports:\n    skip:\n      insecureSkipVerify: true\n",
+        routes("app", "PathPrefix(`/`)", std::slice::from_ref(&url), &lb)
+    );
     let agent =
         start_agent_with(&yaml, "", "[resolver]\nhosts_file = \"hosts\"\n", &[("hosts", "127.0.0.1 app.test\n")], None)
             .await;
