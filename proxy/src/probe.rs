@@ -111,13 +111,16 @@ pub struct ProbeResponse {
     pub body: Bytes,
 }
 
+/// A cached client's key: host, address, TLS settings (see [`Prober`]).
+type ClientKey = (String, Option<SocketAddr>, usize);
+
 /// Sends probes. Cheap to share behind an `Arc`; see the module docs.
 pub struct Prober {
     policy: CertPolicy,
     tls: rustls::ClientConfig,
     /// Clients by (host, address, TLS settings: 0 for the prober's own, else the
     /// address of the request's `Arc<ClientConfig>`, kept alive by the entry).
-    clients: Mutex<HashMap<(String, Option<SocketAddr>, usize), (reqwest::Client, Option<Arc<rustls::ClientConfig>>)>>,
+    clients: Mutex<HashMap<ClientKey, (reqwest::Client, Option<Arc<rustls::ClientConfig>>)>>,
 }
 
 impl std::fmt::Debug for Prober {
