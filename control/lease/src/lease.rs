@@ -5,6 +5,7 @@
 //! by the leader alone (as etcd's lessor does), which then revokes it through the log.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -45,7 +46,31 @@ pub enum LeaseCommand {
         #[serde(default)]
         granted_index: Option<u64>,
     },
+    /// Set (`Some`) or delete (`None`) `key` in the replicated data, fenced: applied only
+    /// when `node` holds `lease` with `token`, else [`LeaseResponse::Stale`] and nothing
+    /// changes. Values are capped at [`MAX_VALUE`] bytes and all data at [`MAX_DATA`].
+    Put {
+        /// The lease whose holder may write (`acme`, …).
+        lease: String,
+        /// The node writing.
+        node: String,
+        /// The token it holds.
+        token: u64,
+        /// Key, at most [`MAX_KEY`] bytes.
+        key: String,
+        /// New value; `None` deletes the key.
+        value: Option<Vec<u8>>,
+    },
 }
+
+/// Largest key of the replicated data, in bytes.
+pub const MAX_KEY: usize = 512;
+/// Largest value of the replicated data, in bytes (a certificate chain and its sealed key
+/// fit many times over).
+pub const MAX_VALUE: usize = 64 * 1024;
+/// Largest total of the replicated data (keys plus values), in bytes. Snapshots carry it
+/// whole, so it stays well under the Raft frame cap.
+pub const MAX_DATA: usize = 2 * 1024 * 1024;
 
 /// What applying a command did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +108,13 @@ pub enum LeaseResponse {
         /// The current holder, if any.
         holder: Option<String>,
     },
+    /// A fenced [`LeaseCommand::Put`] was applied (also when it changed nothing).
+    Written,
+    /// A [`LeaseCommand::Put`] was refused for its size: nothing changed.
+    TooLarge {
+        /// What was too large, with the sizes (`value of 70000 bytes exceeds 65536`).
+        reason: String,
+    },
 }
 
 /// One lease as the state machine records it.
@@ -98,11 +130,37 @@ pub struct LeaseState {
     pub ttl_ms: u64,
 }
 
-/// All leases by name. The state machine proper: pure, deterministic, clock-free.
+/// All leases by name and the fenced replicated data. The state machine proper: pure,
+/// deterministic, clock-free.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseTable {
     /// Leases by name.
     pub leases: BTreeMap<String, LeaseState>,
+    /// Replicated key/value data written by lease holders ([`LeaseCommand::Put`]).
+    /// Shared behind an `Arc` so that publishing the table on every apply copies no
+    /// values; absent in snapshots of older versions (then empty).
+    #[serde(default, with = "shared_map")]
+    pub data: Data,
+}
+
+/// Serde for [`Data`] without serde's `rc` feature: the map itself, shared on load.
+mod shared_map {
+    use super::*;
+
+    pub(super) fn serialize<S: serde::Serializer>(data: &Data, s: S) -> Result<S::Ok, S::Error> {
+        data.as_ref().serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Data, D::Error> {
+        BTreeMap::deserialize(d).map(Arc::new)
+    }
+}
+
+/// The replicated key/value data: keys to opaque bytes, cheap to clone.
+pub type Data = Arc<BTreeMap<String, Vec<u8>>>;
+
+fn data_size(data: &BTreeMap<String, Vec<u8>>) -> usize {
+    data.iter().map(|(k, v)| k.len() + v.len()).sum()
 }
 
 /// A grant or renewal seen while applying; the lease clock turns it into a deadline.
@@ -154,7 +212,46 @@ impl LeaseTable {
             LeaseCommand::Revoke { lease, token, granted_index } => {
                 self.vacate(lease, *token, |state| granted_index.is_none_or(|g| g == state.granted_index))
             }
+            LeaseCommand::Put { lease, node, token, key, value } => (self.put(lease, node, *token, key, value), None),
         }
+    }
+
+    fn put(&mut self, lease: &str, node: &str, token: u64, key: &str, value: &Option<Vec<u8>>) -> LeaseResponse {
+        if !self.holds(lease, node, token) {
+            let state = self.leases.get(lease);
+            return LeaseResponse::Stale {
+                current: state.map_or(0, |s| s.token),
+                holder: state.and_then(|s| s.holder.clone()),
+            };
+        }
+        if key.len() > MAX_KEY {
+            return LeaseResponse::TooLarge { reason: format!("key of {} bytes exceeds {MAX_KEY}", key.len()) };
+        }
+        match value {
+            None => {
+                if self.data.contains_key(key) {
+                    Arc::make_mut(&mut self.data).remove(key);
+                }
+            }
+            Some(value) => {
+                if value.len() > MAX_VALUE {
+                    return LeaseResponse::TooLarge {
+                        reason: format!("value of {} bytes for {key} exceeds {MAX_VALUE}", value.len()),
+                    };
+                }
+                let old = self.data.get(key).map_or(0, |v| key.len() + v.len());
+                let total = data_size(&self.data) - old + key.len() + value.len();
+                if total > MAX_DATA {
+                    return LeaseResponse::TooLarge {
+                        reason: format!("writing {key} would make the replicated data {total} bytes, over {MAX_DATA}"),
+                    };
+                }
+                if self.data.get(key) != Some(value) {
+                    Arc::make_mut(&mut self.data).insert(key.to_string(), value.clone());
+                }
+            }
+        }
+        LeaseResponse::Written
     }
 
     fn vacate(&mut self, lease: &str, token: u64, may: impl Fn(&LeaseState) -> bool) -> (LeaseResponse, Option<Touch>) {
@@ -307,6 +404,80 @@ mod tests {
             LeaseResponse::Stale { current: 8, holder: Some("b".into()) }
         );
         assert!(t.holds("lb", "b", 8));
+    }
+
+    fn put(lease: &str, node: &str, token: u64, key: &str, value: Option<&[u8]>) -> LeaseCommand {
+        LeaseCommand::Put {
+            lease: lease.into(),
+            node: node.into(),
+            token,
+            key: key.into(),
+            value: value.map(<[u8]>::to_vec),
+        }
+    }
+
+    #[test]
+    fn puts_are_fenced_by_holder_and_token() {
+        let mut t = LeaseTable::default();
+        // Nobody holds the lease yet: refused.
+        assert_eq!(
+            t.apply(1, &put("acme", "a", 0, "k", Some(b"v0"))).0,
+            LeaseResponse::Stale { current: 0, holder: None }
+        );
+        t.apply(2, &acquire("acme", "a"));
+        assert_eq!(t.apply(3, &put("acme", "a", 2, "k", Some(b"v1"))).0, LeaseResponse::Written);
+        assert_eq!(t.data.get("k").map(Vec::as_slice), Some(&b"v1"[..]));
+        // Right token, wrong node; right node, wrong token; another lease's token.
+        let stale = LeaseResponse::Stale { current: 2, holder: Some("a".into()) };
+        assert_eq!(t.apply(4, &put("acme", "b", 2, "k", Some(b"x"))).0, stale);
+        assert_eq!(t.apply(5, &put("acme", "a", 1, "k", Some(b"x"))).0, stale);
+        t.apply(6, &acquire("dns", "a"));
+        assert!(matches!(t.apply(7, &put("acme", "a", 6, "k", Some(b"x"))).0, LeaseResponse::Stale { .. }));
+        assert_eq!(t.data.get("k").map(Vec::as_slice), Some(&b"v1"[..]));
+        // The lease moves: the old holder's token is stale, the new holder's write wins.
+        t.apply(8, &LeaseCommand::Revoke { lease: "acme".into(), token: 2, granted_index: None });
+        t.apply(9, &acquire("acme", "b"));
+        assert!(matches!(t.apply(10, &put("acme", "a", 2, "k", Some(b"old"))).0, LeaseResponse::Stale { .. }));
+        assert_eq!(t.apply(11, &put("acme", "b", 9, "k", Some(b"new"))).0, LeaseResponse::Written);
+        assert_eq!(t.data.get("k").map(Vec::as_slice), Some(&b"new"[..]));
+        // Deleting, and deleting again (a retried command), both succeed.
+        assert_eq!(t.apply(12, &put("acme", "b", 9, "k", None)).0, LeaseResponse::Written);
+        assert_eq!(t.apply(13, &put("acme", "b", 9, "k", None)).0, LeaseResponse::Written);
+        assert!(t.data.is_empty());
+    }
+
+    #[test]
+    fn puts_over_the_size_caps_are_refused_and_change_nothing() {
+        let mut t = LeaseTable::default();
+        t.apply(1, &acquire("acme", "a"));
+        let big = vec![0u8; MAX_VALUE + 1];
+        let r = t.apply(2, &put("acme", "a", 1, "k", Some(&big))).0;
+        assert!(matches!(&r, LeaseResponse::TooLarge { reason } if reason.contains("65537")), "{r:?}");
+        let long_key = "k".repeat(MAX_KEY + 1);
+        assert!(matches!(t.apply(3, &put("acme", "a", 1, &long_key, Some(b"v"))).0, LeaseResponse::TooLarge { .. }));
+        // Fill up to the total cap, then one more value is refused; replacing a value in
+        // place is still allowed.
+        let value = vec![1u8; MAX_VALUE];
+        let mut i = 0;
+        loop {
+            let r = t.apply(10 + i, &put("acme", "a", 1, &format!("v{i:03}"), Some(&value))).0;
+            if r != LeaseResponse::Written {
+                assert!(matches!(&r, LeaseResponse::TooLarge { reason } if reason.contains("over")), "{r:?}");
+                break;
+            }
+            i += 1;
+        }
+        assert!(data_size(&t.data) <= MAX_DATA);
+        assert!(!t.data.contains_key(&format!("v{i:03}")));
+        assert_eq!(t.apply(500, &put("acme", "a", 1, "v000", Some(b"small"))).0, LeaseResponse::Written);
+    }
+
+    #[test]
+    fn a_snapshot_without_data_still_loads() {
+        let old = r#"{"leases":{"lb":{"holder":"a","token":3,"granted_index":3,"ttl_ms":1000}}}"#;
+        let t: LeaseTable = serde_json::from_str(old).unwrap_or_else(|e| panic!("old snapshot: {e}"));
+        assert!(t.data.is_empty());
+        assert!(t.holds("lb", "a", 3));
     }
 
     #[test]

@@ -47,7 +47,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 pub use holder::{HolderConfig, HolderEvent, LeaseHolder};
-pub use lease::{LeaseCommand, LeaseResponse, LeaseState};
+pub use lease::{Data, LeaseCommand, LeaseResponse, LeaseState, MAX_DATA, MAX_KEY, MAX_VALUE};
 pub use membership::{Member, MembershipError};
 pub use metrics::RaftMetrics;
 pub use network::ForwardError;
@@ -170,6 +170,12 @@ pub enum LeaseError {
     /// This node is shut down.
     #[error("the raft node is shut down")]
     Shutdown,
+    /// A replicated-data write over a size cap: nothing changed.
+    #[error("replicated data write refused: {reason}")]
+    TooLarge {
+        /// What was too large.
+        reason: String,
+    },
 }
 
 /// What a node knows of the group and the leases, published on a `watch`.
@@ -235,6 +241,7 @@ struct Inner {
     keyring: Arc<Keyring>,
     sm: Arc<Mutex<SmData>>,
     view: watch::Receiver<LeaseView>,
+    data: watch::Receiver<Data>,
     metrics: Arc<RaftMetrics>,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
     closed: Arc<store::StoreClosed>,
@@ -282,7 +289,7 @@ impl LeaseNode {
         let addr = listener.local_addr().map_err(|source| RaftError::Bind { addr: cfg.bind, source })?;
         let metrics = Arc::new(RaftMetrics::register(registry)?);
         let clock = Arc::new(Mutex::new(LeaseClock::default()));
-        let store::Opened { log: log_store, sm, table: table_rx, closed } = {
+        let store::Opened { log: log_store, sm, table: table_rx, data: data_rx, closed } = {
             let (dir, clock) = (cfg.data_dir.clone(), Arc::clone(&clock));
             tokio::task::spawn_blocking(move || store::open(&dir, clock))
                 .await
@@ -363,6 +370,7 @@ impl LeaseNode {
                 keyring: cfg.keyring,
                 sm: sm_data,
                 view: view_rx,
+                data: data_rx,
                 metrics,
                 tasks,
                 closed,
@@ -392,6 +400,35 @@ impl LeaseNode {
     /// Leader, term and leases as this node sees them.
     pub fn view(&self) -> watch::Receiver<LeaseView> {
         self.inner.view.clone()
+    }
+
+    /// The replicated key/value data as this node's state machine has applied it (every
+    /// replica applies the log, so every node sees a write as soon as it applies it;
+    /// followers may lag the leader by a heartbeat). The channel changes only when the
+    /// data does.
+    pub fn data(&self) -> watch::Receiver<Data> {
+        self.inner.data.clone()
+    }
+
+    /// Sets (`Some`) or deletes (`None`) `key` in the replicated data, fenced: applied only
+    /// if this node holds `lease` with `token` when the command is applied, else
+    /// [`LeaseError::Stale`] and nothing changes. A key over [`MAX_KEY`], a value over
+    /// [`MAX_VALUE`] or data growing past [`MAX_DATA`] is [`LeaseError::TooLarge`].
+    /// Goes through the leader; retrying it is safe (the same write twice is one write).
+    pub async fn put(&self, lease: &str, token: u64, key: &str, value: Option<Vec<u8>>) -> Result<(), LeaseError> {
+        let cmd = LeaseCommand::Put {
+            lease: lease.to_string(),
+            node: self.inner.name.clone(),
+            token,
+            key: key.to_string(),
+            value,
+        };
+        match self.write(cmd).await? {
+            LeaseResponse::Written => Ok(()),
+            LeaseResponse::Stale { current, holder } => Err(LeaseError::Stale { current, holder }),
+            LeaseResponse::TooLarge { reason } => Err(LeaseError::TooLarge { reason }),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Acquires `lease` for this node, or renews it if this node holds it already (the

@@ -19,7 +19,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::lease::{LeaseClock, LeaseResponse, LeaseTable};
+use super::lease::{Data, LeaseClock, LeaseResponse, LeaseTable};
 use super::{NodeId, PeerNode, TypeConfig};
 
 /// File name of the store inside the data directory.
@@ -143,9 +143,16 @@ pub(crate) fn open(data_dir: &Path, clock: Arc<Mutex<LeaseClock>>) -> Result<Ope
         data = decode_sm(&db, &snapshot)?;
     }
     let (tx, rx) = watch::channel(data.table.clone());
+    let (data_tx, data_rx) = watch::channel(Arc::clone(&data.table.data));
     let closed = StoreClosed(closed_rx);
-    let sm = StateMachine { db: db.clone(), data: Arc::new(Mutex::new(data)), clock, published: Arc::new(tx) };
-    Ok(Opened { log: LogStore { db }, sm, table: rx, closed })
+    let sm = StateMachine {
+        db: db.clone(),
+        data: Arc::new(Mutex::new(data)),
+        clock,
+        published: Arc::new(tx),
+        published_data: Arc::new(data_tx),
+    };
+    Ok(Opened { log: LogStore { db }, sm, table: rx, data: data_rx, closed })
 }
 
 /// What [`open`] returns.
@@ -153,6 +160,8 @@ pub(crate) struct Opened {
     pub(crate) log: LogStore,
     pub(crate) sm: StateMachine,
     pub(crate) table: watch::Receiver<LeaseTable>,
+    /// The replicated data alone, sent only when it changed.
+    pub(crate) data: watch::Receiver<Data>,
     pub(crate) closed: StoreClosed,
 }
 
@@ -439,6 +448,7 @@ pub struct StateMachine {
     pub(crate) data: Arc<Mutex<SmData>>,
     clock: Arc<Mutex<LeaseClock>>,
     published: Arc<watch::Sender<LeaseTable>>,
+    published_data: Arc<watch::Sender<Data>>,
 }
 
 /// Locks a mutex, taking the data even if a panicking thread poisoned it (the data is
@@ -452,7 +462,15 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl StateMachine {
     fn publish(&self) {
         let table = lock(&self.data).table.clone();
+        let data = Arc::clone(&table.data);
         self.published.send_replace(table);
+        self.published_data.send_if_modified(|old| {
+            let changed = !Arc::ptr_eq(old, &data);
+            if changed {
+                *old = data;
+            }
+            changed
+        });
     }
 }
 

@@ -212,6 +212,51 @@ async fn three_voters_form_a_cluster_and_grant_fenced_leases() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_data_reaches_every_node_and_survives_a_restart_and_a_new_holder() {
+    let mut c = TestCluster::start("data", 3).await;
+    let leader = c.leader().await;
+    let (a, b) = ((leader + 1) % 3, (leader + 2) % 3);
+    let t1 = c.node(a).acquire("acme", TTL).await.unwrap();
+
+    // The holder writes through the leader; every replica sees it on its data channel.
+    c.node(a).put("acme", t1, "acme/account", Some(b"sealed".to_vec())).await.unwrap();
+    for i in 0..3 {
+        let mut data = c.node(i).data();
+        let seen = data.wait_for(|d| d.get("acme/account").is_some_and(|v| v == b"sealed")).await.unwrap();
+        drop(seen);
+    }
+    // Another node, and the holder with a wrong token, are refused; nothing changes.
+    let err = c.node(b).put("acme", t1, "acme/account", Some(b"evil".to_vec())).await.unwrap_err();
+    assert_eq!(err, LeaseError::Stale { current: t1, holder: Some(c.voters[a].0.clone()) });
+    let err = c.node(a).put("acme", t1 + 1, "acme/account", None).await.unwrap_err();
+    assert!(matches!(err, LeaseError::Stale { .. }), "{err:?}");
+    let err = c.node(a).put("acme", t1, "big", Some(vec![0; MAX_VALUE + 1])).await.unwrap_err();
+    assert!(matches!(&err, LeaseError::TooLarge { reason } if reason.contains("big")), "{err:?}");
+    assert_eq!(c.node(b).data().borrow().get("acme/account").map(Vec::as_slice), Some(&b"sealed"[..]));
+
+    // A follower restarts and gets the data back from its own store.
+    c.stop(b).await;
+    c.restart(b).await.unwrap();
+    let mut data = c.node(b).data();
+    data.wait_for(|d| d.get("acme/account").is_some_and(|v| v == b"sealed")).await.unwrap();
+
+    // The lease moves: the old holder's token no longer writes, the new holder's does.
+    c.node(a).release("acme", t1).await.unwrap();
+    let t2 = c.node(b).acquire("acme", TTL).await.unwrap();
+    let err = c.node(a).put("acme", t1, "acme/account", Some(b"late".to_vec())).await.unwrap_err();
+    assert!(matches!(err, LeaseError::Stale { current, .. } if current == t2), "{err:?}");
+    c.node(b).put("acme", t2, "acme/account", Some(b"newer".to_vec())).await.unwrap();
+    c.node(b).put("acme", t2, "acme/http01/tok", Some(b"ka".to_vec())).await.unwrap();
+    c.node(b).put("acme", t2, "acme/http01/tok", None).await.unwrap();
+    for i in 0..3 {
+        let mut data = c.node(i).data();
+        data.wait_for(|d| d.get("acme/account").is_some_and(|v| v == b"newer") && !d.contains_key("acme/http01/tok"))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_leader_loss_lease_is_granted_again_only_after_ttl_with_a_larger_token() {
     let mut c = TestCluster::start("failover", 3).await;
     let old = c.leader().await;
