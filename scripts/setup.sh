@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Constellation needs on a fresh Debian machine:
-# cmake (Pingora's zlib-ng build), a C compiler, iptables (partition tests), and checks
+# cmake (Pingora's zlib-ng build), a C compiler, iptables (partition tests), pebble (the
+# ACME CA of the tests), and checks
 # for the Rust toolchain; starts the Docker engine when it is installed but stopped.
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
@@ -13,6 +14,8 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 # The Docker suites import a test image from Debian's static busybox (no registry here).
 [ -x /bin/busybox ] || need+=(busybox-static)
+# The ACME tests run Let's Encrypt's Pebble and pebble-challtestsrv as the CA.
+command -v pebble >/dev/null 2>&1 || need+=(pebble)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
   SUDO=""

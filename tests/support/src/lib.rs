@@ -13,6 +13,7 @@
 //! - [`RawBackend`] and [`raw_exchange`]: raw-socket HTTP/1.1 peers for framing tests; the
 //!   backend records every byte it receives.
 //! - [`FakeCloudflare`]: a Cloudflare v4 API on a real socket.
+//! - [`Pebble`]: Let's Encrypt's ACME test server and its DNS server, real processes.
 //! - [`docker`]: the real Docker engine: a locally imported test image and a guard that
 //!   removes every labelled container and network a test made.
 //! - [`report`]: the helpers benchmarks use to write their results.
@@ -31,6 +32,7 @@ pub mod docker;
 mod fleet;
 mod node;
 mod partition;
+pub mod pebble;
 mod raw;
 pub mod report;
 mod scratch;
@@ -46,6 +48,7 @@ pub use cloudflare::FakeCloudflare;
 pub use fleet::{Fleet, FleetSpec, NodeSpec, Settled, Timings};
 pub use node::{Event, Node};
 pub use partition::{Partition, Plane};
+pub use pebble::{Pebble, PebbleSpec};
 pub use raw::{raw_exchange, RawBackend, RawReply, RawRequest};
 pub use scratch::{dead_addr, free_port, non_loopback_ip, take_cluster_port, take_port, Scratch};
 pub use status::{
