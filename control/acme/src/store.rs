@@ -330,7 +330,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("constellation-acme-store-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = FileStore::open(&dir).unwrap();
-        let mut rx = store.entries();
+        let rx = store.entries();
         store.put(0, "acme/cert/app.test", Some(b"chain".to_vec())).await.unwrap();
         store.put(0, "acme/http01/tok", Some(b"ka".to_vec())).await.unwrap();
         store.put(0, "acme/http01/tok", None).await.unwrap();
