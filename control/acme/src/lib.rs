@@ -77,6 +77,9 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 /// [`AcmeSnapshot::http01`]`[token]` as `text/plain`.
 pub const HTTP01_PATH_PREFIX: &str = "/.well-known/acme-challenge/";
 
+/// The wanted certificates: one name list per certificate, its main name first.
+pub type Wanted = BTreeSet<Vec<String>>;
+
 /// What [`Acme::start`] needs.
 pub struct AcmeInputs {
     /// The validated `[acme]`.
@@ -88,7 +91,7 @@ pub struct AcmeInputs {
     /// Whether this node orders now, and its token.
     pub fence: Arc<dyn Fence>,
     /// The wanted certificates: one name list per certificate, main name first.
-    pub domains: watch::Receiver<BTreeSet<Vec<String>>>,
+    pub domains: watch::Receiver<Wanted>,
     /// The dns-01 provider; required with `challenge = "dns-01"`.
     pub dns: Option<Arc<dyn DnsChallenge>>,
     /// Registered metrics.
@@ -116,25 +119,17 @@ pub struct Acme {
 impl Acme {
     /// Starts the orderer and the snapshot publisher on the current tokio runtime.
     pub fn start(inputs: AcmeInputs) -> Result<Acme, AcmeError> {
-        let AcmeInputs { settings, store, sealer, fence, domains, dns, metrics } = inputs;
-        if settings.config.challenge == ChallengeKind::Dns01 && dns.is_none() {
+        if inputs.settings.config.challenge == ChallengeKind::Dns01 && inputs.dns.is_none() {
             return Err(AcmeError::NoDnsProvider);
         }
+        let metrics = inputs.metrics.clone();
         let observed = Arc::new(ca::Observed { requests: Some(metrics.requests.clone()), ..Default::default() });
         // Built once here so a bad root fails at start, not on the first order.
-        ca::CaClient::new(&settings.extra_roots, Arc::clone(&observed)).map_err(AcmeError::Client)?;
+        ca::CaClient::new(&inputs.settings.extra_roots, Arc::clone(&observed)).map_err(AcmeError::Client)?;
+        let (store, sealer) = (Arc::clone(&inputs.store), inputs.sealer.clone());
         let (status_tx, status_rx) = watch::channel((false, BTreeMap::new()));
         let (snap_tx, snap_rx) = watch::channel(AcmeSnapshot::default());
-        let orderer = orderer::Orderer::new(
-            settings,
-            Arc::clone(&store),
-            sealer.clone(),
-            fence,
-            dns,
-            metrics.clone(),
-            observed,
-            status_tx,
-        );
+        let (orderer, domains) = orderer::Orderer::new(inputs, observed, status_tx);
         let run = tokio::spawn(orderer.run(domains)).abort_handle();
         let publish = tokio::spawn(publish(store, sealer, status_rx, snap_tx, metrics)).abort_handle();
         Ok(Acme { snapshot: snap_rx, tasks: vec![run, publish] })
@@ -166,7 +161,7 @@ async fn publish(
     loop {
         let data = Arc::clone(&entries.borrow_and_update());
         let (orderer, mut statuses) = status.borrow_and_update().clone();
-        let (certificates, http01, alpn01, errors) = snapshot::build(&data, &sealer);
+        let snapshot::Built { certificates, http01, alpn01, errors } = snapshot::build(&data, &sealer);
         for e in errors {
             let line = e.to_string();
             if reported.insert(line.clone()) {

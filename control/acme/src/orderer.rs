@@ -187,17 +187,14 @@ pub(crate) fn renew_at(cert: &IssuedCert, renew_before: Duration) -> u64 {
 }
 
 impl Orderer {
+    /// The orderer of `inputs` (its `domains` returned for [`Orderer::run`]).
     pub(crate) fn new(
-        settings: AcmeSettings,
-        store: Arc<dyn AcmeStore>,
-        sealer: Sealer,
-        fence: Arc<dyn Fence>,
-        dns: Option<Arc<dyn DnsChallenge>>,
-        metrics: AcmeMetrics,
+        inputs: crate::AcmeInputs,
         observed: Arc<Observed>,
         status: watch::Sender<(bool, BTreeMap<String, CertStatus>)>,
-    ) -> Orderer {
-        Orderer {
+    ) -> (Orderer, watch::Receiver<BTreeSet<Vec<String>>>) {
+        let crate::AcmeInputs { settings, store, sealer, fence, domains, dns, metrics } = inputs;
+        let orderer = Orderer {
             settings,
             store,
             sealer,
@@ -208,7 +205,8 @@ impl Orderer {
             status,
             account: None,
             backoff: HashMap::new(),
-        }
+        };
+        (orderer, domains)
     }
 
     /// Runs until `domains` closes.
@@ -233,6 +231,7 @@ impl Orderer {
             return now + STANDBY_POLL;
         };
         self.backoff.retain(|main, _| wanted.iter().any(|w| &w[0] == main));
+        self.clean_leftovers(token).await;
         let mut statuses: BTreeMap<String, CertStatus> =
             wanted.iter().map(|names| (names[0].clone(), self.stored_status(names))).collect();
         self.status.send_replace((true, statuses.clone()));
@@ -265,7 +264,6 @@ impl Orderer {
             self.status.send_replace((true, statuses.clone()));
             match self.order(names, token).await {
                 Ok(cert) => {
-                    self.metrics.orders.with_label_values(&["issued"]).inc();
                     self.backoff.remove(main);
                     tracing::info!(domain = %main, names = ?names, not_after = cert.not_after, "acme: certificate issued");
                     let at = renew_at(&cert, self.settings.renew_before());
@@ -352,6 +350,28 @@ impl Orderer {
             last_error: backoff.map(|b| b.last_error.clone()),
             next_attempt: backoff.map(|b| b.next_unix),
             failures: backoff.map_or(0, |b| b.failures),
+        }
+    }
+
+    /// Challenge answers left in the store by an orderer that lost the lease mid-order
+    /// (it must not clean up after that): no order is under way between passes, so every
+    /// one found now is stale.
+    async fn clean_leftovers(&self, token: u64) {
+        let stale: Vec<String> = self
+            .store
+            .entries()
+            .borrow()
+            .keys()
+            .filter(|k| k.starts_with(HTTP01_PREFIX) || k.starts_with(ALPN01_PREFIX))
+            .cloned()
+            .collect();
+        for key in stale {
+            if self.fenced(token).await.is_err() {
+                return;
+            }
+            if let Err(e) = self.store.put(token, &key, None).await {
+                tracing::warn!(key = %key, error = %e, "acme: stale challenge answer not removed");
+            }
         }
     }
 
@@ -515,7 +535,6 @@ impl Orderer {
             self.fenced(token).await?;
             challenge.set_ready().await?;
         }
-        drop(authorizations);
         let policy = RetryPolicy::new().timeout(ORDER_POLL_TIMEOUT).initial_delay(Duration::from_millis(200));
         self.fenced(token).await?;
         let status = order.poll_ready(&policy).await?;
@@ -538,6 +557,8 @@ impl Orderer {
         let key = format!("{CERT_PREFIX}{}", names[0]);
         self.fenced(token).await?;
         self.store.put(token, &key, Some(self.sealer.seal(&key, &record))).await?;
+        // Counted as soon as it is stored (and so served), before the clean-up.
+        self.metrics.orders.with_label_values(&["issued"]).inc();
         self.metrics.expiry.with_label_values(&[names[0].as_str()]).set(i64::try_from(not_after).unwrap_or(i64::MAX));
         Ok(cert)
     }

@@ -111,12 +111,17 @@ pub struct AcmeSnapshot {
     pub orderer: bool,
 }
 
-/// Builds the served parts of a snapshot from the store's entries. Entries that cannot
-/// be opened are skipped and returned as errors (logged by the caller, never served).
-pub(crate) fn build(
-    entries: &BTreeMap<String, Vec<u8>>,
-    sealer: &Sealer,
-) -> (Vec<IssuedCert>, BTreeMap<String, String>, BTreeMap<String, AlpnCert>, Vec<StoreError>) {
+/// The served parts of a snapshot, from the store.
+pub(crate) struct Built {
+    pub(crate) certificates: Vec<IssuedCert>,
+    pub(crate) http01: BTreeMap<String, String>,
+    pub(crate) alpn01: BTreeMap<String, AlpnCert>,
+    /// Entries that could not be opened: skipped, logged by the caller, never served.
+    pub(crate) errors: Vec<StoreError>,
+}
+
+/// Builds the served parts of a snapshot from the store's entries.
+pub(crate) fn build(entries: &BTreeMap<String, Vec<u8>>, sealer: &Sealer) -> Built {
     let mut certs = Vec::new();
     let mut http01 = BTreeMap::new();
     let mut alpn01 = BTreeMap::new();
@@ -146,7 +151,7 @@ pub(crate) fn build(
             }
         }
     }
-    (certs, http01, alpn01, errors)
+    Built { certificates: certs, http01, alpn01, errors }
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(

@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,8 +14,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use constellation_acme::{
-    Acme, AcmeConfig, AcmeInputs, AcmeMetrics, AcmeSnapshot, AcmeStore, CertState, ChallengeKind, DnsChallenge,
-    Fence, FileStore, LeaseFence, LeaseStore, Sealer, SoleNode, ACME_LEASE, ACME_TLS_ALPN, HTTP01_PATH_PREFIX,
+    Acme, AcmeConfig, AcmeInputs, AcmeMetrics, AcmeSnapshot, AcmeStore, CertState, ChallengeKind, DnsChallenge, Fence,
+    FileStore, LeaseFence, LeaseStore, Sealer, SoleNode, Wanted, ACME_LEASE, ACME_TLS_ALPN, HTTP01_PATH_PREFIX,
 };
 use constellation_lease::{LeaseNode, RaftConfig};
 use constellation_testkit::{dead_addr, Pebble, PebbleSpec, Scratch};
@@ -48,7 +47,7 @@ fn config(pebble: &Pebble, challenge: ChallengeKind) -> AcmeConfig {
     }
 }
 
-fn wanted(names: &[&[&str]]) -> (watch::Sender<BTreeSet<Vec<String>>>, watch::Receiver<BTreeSet<Vec<String>>>) {
+fn wanted(names: &[&[&str]]) -> (watch::Sender<Wanted>, watch::Receiver<Wanted>) {
     let set = names.iter().map(|n| n.iter().map(|s| s.to_string()).collect()).collect();
     watch::channel(set)
 }
@@ -56,7 +55,7 @@ fn wanted(names: &[&[&str]]) -> (watch::Sender<BTreeSet<Vec<String>>>, watch::Re
 struct Started {
     acme: Acme,
     registry: prometheus::Registry,
-    _domains: watch::Sender<BTreeSet<Vec<String>>>,
+    _domains: watch::Sender<Wanted>,
 }
 
 fn start(
@@ -123,7 +122,13 @@ async fn verify_chain(pebble: &Pebble, chain_pem: &str, name: &str) {
         rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
     use rustls::client::danger::ServerCertVerifier;
     verifier
-        .verify_server_cert(&chain[0], &chain[1..], &ServerName::try_from(name.to_string()).unwrap(), &[], UnixTime::now())
+        .verify_server_cert(
+            &chain[0],
+            &chain[1..],
+            &ServerName::try_from(name.to_string()).unwrap(),
+            &[],
+            UnixTime::now(),
+        )
         .unwrap_or_else(|e| panic!("chain for {name} does not verify against pebble's root: {e}"));
     let other = verifier.verify_server_cert(
         &chain[0],
@@ -235,7 +240,14 @@ async fn http01_order_verifies_and_a_restart_reuses_the_stored_certificate() {
     let ring = keyring();
     let store: Arc<dyn AcmeStore> = Arc::new(FileStore::open(&dir.path("acme")).unwrap());
     let cfg = config(&pebble, ChallengeKind::Http01);
-    let first = start(cfg.clone(), store, Sealer::new(Some(Arc::clone(&ring))), Arc::new(SoleNode), &[&["app.test", "www.app.test"]], None);
+    let first = start(
+        cfg.clone(),
+        store,
+        Sealer::new(Some(Arc::clone(&ring))),
+        Arc::new(SoleNode),
+        &[&["app.test", "www.app.test"]],
+        None,
+    );
     let mut snap = first.acme.snapshot();
     let hits = serve_http01(pebble.spec().http_port, snap.clone()).await;
     wait_snapshot(&mut snap, "a certificate for app.test", |s| !s.certificates.is_empty()).await;
@@ -274,7 +286,14 @@ async fn tls_alpn01_order_is_validated_through_a_real_tls_server() {
     let pebble = Pebble::start(PebbleSpec::default()).await;
     let dir = Scratch::new("acme-alpn");
     let store: Arc<dyn AcmeStore> = Arc::new(FileStore::open(&dir.path("acme")).unwrap());
-    let s = start(config(&pebble, ChallengeKind::TlsAlpn01), store, Sealer::new(None), Arc::new(SoleNode), &[&["alpn.test"]], None);
+    let s = start(
+        config(&pebble, ChallengeKind::TlsAlpn01),
+        store,
+        Sealer::new(None),
+        Arc::new(SoleNode),
+        &[&["alpn.test"]],
+        None,
+    );
     let mut snap = s.acme.snapshot();
     let hits = serve_alpn01(pebble.spec().tls_port, snap.clone()).await;
     wait_snapshot(&mut snap, "a certificate for alpn.test", |s| !s.certificates.is_empty()).await;
@@ -362,7 +381,14 @@ async fn a_node_that_does_not_hold_the_lease_makes_no_ca_call_until_it_does() {
     let dir = Scratch::new("acme-fence");
     let store: Arc<dyn AcmeStore> = Arc::new(FileStore::open(&dir.path("acme")).unwrap());
     let (flip, fence) = watch::channel(None);
-    let s = start(config(&pebble, ChallengeKind::Http01), store, Sealer::new(None), Arc::new(Switch(fence)), &[&["fenced.test"]], None);
+    let s = start(
+        config(&pebble, ChallengeKind::Http01),
+        store,
+        Sealer::new(None),
+        Arc::new(Switch(fence)),
+        &[&["fenced.test"]],
+        None,
+    );
     let mut snap = s.acme.snapshot();
     serve_http01(pebble.spec().http_port, snap.clone()).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -381,7 +407,14 @@ async fn short_lived_certificates_are_renewed_before_they_expire() {
     let pebble = Pebble::start(PebbleSpec { validity_secs: Some(15), ..PebbleSpec::default() }).await;
     let dir = Scratch::new("acme-renew");
     let store: Arc<dyn AcmeStore> = Arc::new(FileStore::open(&dir.path("acme")).unwrap());
-    let s = start(config(&pebble, ChallengeKind::Http01), store, Sealer::new(None), Arc::new(SoleNode), &[&["renew.test"]], None);
+    let s = start(
+        config(&pebble, ChallengeKind::Http01),
+        store,
+        Sealer::new(None),
+        Arc::new(SoleNode),
+        &[&["renew.test"]],
+        None,
+    );
     let mut snap = s.acme.snapshot();
     serve_http01(pebble.spec().http_port, snap.clone()).await;
     wait_snapshot(&mut snap, "a first certificate", |s| !s.certificates.is_empty()).await;
@@ -406,7 +439,14 @@ async fn orders_succeed_when_pebble_rejects_half_of_all_nonces() {
     let pebble = Pebble::start(PebbleSpec { nonce_reject_percent: 50, ..PebbleSpec::default() }).await;
     let dir = Scratch::new("acme-nonce");
     let store: Arc<dyn AcmeStore> = Arc::new(FileStore::open(&dir.path("acme")).unwrap());
-    let s = start(config(&pebble, ChallengeKind::Http01), store, Sealer::new(None), Arc::new(SoleNode), &[&["nonce.test"]], None);
+    let s = start(
+        config(&pebble, ChallengeKind::Http01),
+        store,
+        Sealer::new(None),
+        Arc::new(SoleNode),
+        &[&["nonce.test"]],
+        None,
+    );
     let mut snap = s.acme.snapshot();
     serve_http01(pebble.spec().http_port, snap.clone()).await;
     wait_snapshot(&mut snap, "a certificate despite bad nonces", |s| !s.certificates.is_empty()).await;
@@ -438,7 +478,11 @@ async fn failing_ca(dir: &Scratch) -> (String, std::path::PathBuf, Arc<AtomicUsi
                 let Ok(tls) = acceptor.accept(stream).await else { return };
                 let service = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
                     counter.fetch_add(1, Ordering::Relaxed);
-                    async { Ok::<_, Infallible>(Response::builder().status(500).body(Full::new(Bytes::from("boom"))).unwrap()) }
+                    async {
+                        Ok::<_, Infallible>(
+                            Response::builder().status(500).body(Full::new(Bytes::from("boom"))).unwrap(),
+                        )
+                    }
                 });
                 let io = hyper_util::rt::TokioIo::new(tls);
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
@@ -520,7 +564,8 @@ async fn lease_cluster(n: usize) -> LeaseCluster {
             heartbeat: Duration::from_millis(50),
             lease_ttl: Duration::from_secs(3),
         };
-        let node = LeaseNode::start_on(cfg, l, &prometheus::Registry::new(), std::future::pending::<()>()).await.unwrap();
+        let node =
+            LeaseNode::start_on(cfg, l, &prometheus::Registry::new(), std::future::pending::<()>()).await.unwrap();
         nodes.push(node);
     }
     let deadline = Instant::now() + WAIT;
@@ -543,7 +588,14 @@ async fn three_nodes_share_one_order_and_a_new_holder_reuses_it() {
         let (tx, rx) = watch::channel(None);
         let store: Arc<dyn AcmeStore> = Arc::new(LeaseStore::new(node.clone(), ACME_LEASE));
         let fence: Arc<dyn Fence> = Arc::new(LeaseFence::new(node.clone(), ACME_LEASE, rx));
-        let s = start(config(&pebble, ChallengeKind::Http01), store, Sealer::new(Some(Arc::clone(&ring))), fence, &[&["shared.test"]], None);
+        let s = start(
+            config(&pebble, ChallengeKind::Http01),
+            store,
+            Sealer::new(Some(Arc::clone(&ring))),
+            fence,
+            &[&["shared.test"]],
+            None,
+        );
         tokens.push(tx);
         started.push(s);
     }
