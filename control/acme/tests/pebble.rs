@@ -256,7 +256,11 @@ async fn http01_order_verifies_and_a_restart_reuses_the_stored_certificate() {
     verify_chain(&pebble, &cert.chain_pem, "app.test").await;
     verify_chain(&pebble, &cert.chain_pem, "www.app.test").await;
     assert!(hits.load(Ordering::Relaxed) >= 2, "pebble validated both names through our server");
-    assert_eq!(snap.borrow().status["app.test"].state, CertState::Valid);
+    wait_snapshot(&mut snap, "status valid", |s| {
+        s.status.get("app.test").is_some_and(|st| st.state == CertState::Valid)
+    })
+    .await;
+    assert!(snap.borrow().status["app.test"].renew_at.is_some());
     assert!(!format!("{cert:?}").contains("PRIVATE KEY"), "Debug never shows the key");
     // Challenge answers are cleaned once the order is done.
     wait_snapshot(&mut snap, "http-01 answers removed", |s| s.http01.is_empty()).await;
