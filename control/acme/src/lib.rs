@@ -11,7 +11,7 @@
 //! sealed with the cluster key ([`Sealer`]) when one is configured.
 //!
 //! Using it (what the control plane does):
-//! ```ignore
+//! ```text
 //! let settings = config.validate()?;                         // [acme] from the agent file
 //! let store: Arc<dyn AcmeStore> = match lease_node {
 //!     Some(node) => Arc::new(LeaseStore::new(node.clone(), ACME_LEASE)),

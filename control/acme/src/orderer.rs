@@ -584,3 +584,42 @@ pub(crate) fn validity(chain_pem: &str) -> Result<(u64, u64), String> {
     let secs = |t: i64| u64::try_from(t).unwrap_or(0);
     Ok((secs(v.not_before.timestamp()), secs(v.not_after.timestamp())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(not_before: u64, not_after: u64) -> IssuedCert {
+        IssuedCert {
+            domains: vec!["a.test".into()],
+            chain_pem: String::new(),
+            key_pem: String::new(),
+            not_before,
+            not_after,
+        }
+    }
+
+    #[test]
+    fn renewal_is_due_in_the_window_but_never_before_a_third_of_the_lifetime() {
+        let day = 86_400;
+        // 90 days, 30-day window: day 60.
+        assert_eq!(renew_at(&cert(0, 90 * day), Duration::from_secs(30 * day)), 60 * day);
+        // 6 days, 30-day window: after 2 days, not at once.
+        assert_eq!(renew_at(&cert(1_000, 1_000 + 6 * day), Duration::from_secs(30 * day)), 1_000 + 2 * day);
+    }
+
+    #[test]
+    fn wanted_names_are_normalised_and_keyed_by_main_name() {
+        let wanted: BTreeSet<Vec<String>> = [
+            vec!["App.Test.".to_string(), "www.app.test".into(), "app.test".into()],
+            vec!["app.test".to_string()],
+            vec![],
+        ]
+        .into_iter()
+        .collect();
+        let out = normalise(&wanted);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0][0], "app.test");
+        assert_eq!(out[0].iter().filter(|n| *n == "app.test").count(), 1);
+    }
+}

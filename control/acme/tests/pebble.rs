@@ -457,8 +457,13 @@ async fn orders_succeed_when_pebble_rejects_half_of_all_nonces() {
     verify_chain(&pebble, &snap.borrow().certificates[0].chain_pem.clone(), "nonce.test").await;
 }
 
-/// An https server answering 500 to everything, counting requests.
-async fn failing_ca(dir: &Scratch) -> (String, std::path::PathBuf, Arc<AtomicUsize>) {
+/// An https server answering `status` (with `Retry-After: retry_after` when given) to
+/// everything, counting requests.
+async fn failing_ca(
+    dir: &Scratch,
+    status: u16,
+    retry_after: Option<u64>,
+) -> (String, std::path::PathBuf, Arc<AtomicUsize>) {
     let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
     let ca_file = dir.write("failing-ca.pem", &ca.cert.pem());
     let key = PrivateKeyDer::try_from(ca.signing_key.serialize_der()).unwrap();
@@ -482,11 +487,14 @@ async fn failing_ca(dir: &Scratch) -> (String, std::path::PathBuf, Arc<AtomicUsi
                 let Ok(tls) = acceptor.accept(stream).await else { return };
                 let service = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
                     counter.fetch_add(1, Ordering::Relaxed);
-                    async {
-                        Ok::<_, Infallible>(
-                            Response::builder().status(500).body(Full::new(Bytes::from("boom"))).unwrap(),
-                        )
+                    let mut reply = Response::builder().status(status);
+                    if let Some(secs) = retry_after {
+                        reply = reply
+                            .header("retry-after", secs.to_string())
+                            .header("content-type", "application/problem+json");
                     }
+                    let body = r#"{"type":"urn:ietf:params:acme:error:rateLimited","detail":"slow down","status":429}"#;
+                    async move { Ok::<_, Infallible>(reply.body(Full::new(Bytes::from(body))).unwrap()) }
                 });
                 let io = hyper_util::rt::TokioIo::new(tls);
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
@@ -500,7 +508,7 @@ async fn failing_ca(dir: &Scratch) -> (String, std::path::PathBuf, Arc<AtomicUsi
 async fn a_ca_answering_500_or_down_is_retried_with_backoff_and_reported() {
     init_tracing();
     let dir = Scratch::new("acme-500");
-    let (directory, ca_file, hits) = failing_ca(&dir).await;
+    let (directory, ca_file, hits) = failing_ca(&dir, 500, None).await;
     let cfg = AcmeConfig {
         directory,
         ca_file: Some(ca_file),
@@ -636,4 +644,32 @@ async fn three_nodes_share_one_order_and_a_new_holder_reuses_it() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(total(&started), 1.0, "no second order after the fail-over");
     assert_eq!(snap.borrow().certificates.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_ca_is_left_alone_for_its_retry_after() {
+    init_tracing();
+    let dir = Scratch::new("acme-429");
+    let (directory, ca_file, hits) = failing_ca(&dir, 429, Some(3)).await;
+    let cfg =
+        AcmeConfig { directory, ca_file: Some(ca_file), retry_min_ms: 100, retry_max_ms: 200, ..AcmeConfig::default() };
+    let store: Arc<dyn AcmeStore> = Arc::new(FileStore::open(&dir.path("acme")).unwrap());
+    let s = start(cfg, store, Sealer::new(None), Arc::new(SoleNode), &[&["limited.test"]], None);
+    let mut snap = s.acme.snapshot();
+    wait_snapshot(&mut snap, "the failure reported", |s| {
+        s.status.get("limited.test").is_some_and(|st| st.state == CertState::Failed)
+    })
+    .await;
+    let status = snap.borrow().status["limited.test"].clone();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(status.next_attempt.unwrap() >= now + 1, "next attempt honours Retry-After: {status:?}");
+    // With a 100-200 ms backoff alone there would be ~15 attempts in 2.5 s; Retry-After
+    // (3 s) allows one.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(hits.load(Ordering::Relaxed), 1, "the CA was asked again before its Retry-After");
+    wait_snapshot(&mut snap, "a second attempt after Retry-After", |s| {
+        s.status.get("limited.test").is_some_and(|st| st.failures >= 2)
+    })
+    .await;
+    assert_eq!(hits.load(Ordering::Relaxed), 2);
 }
