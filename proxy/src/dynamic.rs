@@ -1128,20 +1128,109 @@ pub struct UdpWeighted {
 // TLS
 // ---------------------------------------------------------------------------------------
 
-/// The `tls` section; entries are kept verbatim.
+/// The `tls` section: certificates, options by name, certificate stores by name.
+/// Values are checked when TLS is compiled (`crate::tls`), with file:line:column.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(expecting = "the tls section (a map with certificates, options, stores)")]
 pub struct TlsConfig {
     /// Certificates (`certFile`, `keyFile`, `stores`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub certificates: Vec<Value>,
+    pub certificates: Vec<TlsCertificate>,
     /// TLS options by name.
     #[serde(default, deserialize_with = "unique_map", skip_serializing_if = "BTreeMap::is_empty")]
-    pub options: BTreeMap<String, Value>,
+    pub options: BTreeMap<String, TlsOptions>,
     /// Certificate stores by name.
     #[serde(default, deserialize_with = "unique_map", skip_serializing_if = "BTreeMap::is_empty")]
-    pub stores: BTreeMap<String, Value>,
+    pub stores: BTreeMap<String, TlsStore>,
+}
+
+/// One `tls.certificates[]` entry. `certFile` and `keyFile` are paths (relative to the
+/// file that names them) or the PEM text itself, as in Traefik.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(expecting = "a certificate (a map with certFile, keyFile, stores)")]
+pub struct TlsCertificate {
+    /// The certificate chain, PEM: a path or the text.
+    #[serde(default)]
+    pub cert_file: String,
+    /// The private key, PEM: a path or the text.
+    #[serde(default)]
+    pub key_file: String,
+    /// Stores it joins (only `default` exists).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stores: Vec<String>,
+}
+
+/// `tls.options.<name>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(expecting = "TLS options (a map with minVersion, cipherSuites, clientAuth, sniStrict, ...)")]
+pub struct TlsOptions {
+    /// `VersionTLS12` or `VersionTLS13` (default TLS 1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<String>,
+    /// `VersionTLS12` or `VersionTLS13` (default TLS 1.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_version: Option<String>,
+    /// Cipher suites by their IANA/Go names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cipher_suites: Vec<String>,
+    /// Key-exchange groups (`X25519`, `CurveP256`, `CurveP384`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub curve_preferences: Vec<String>,
+    /// Client certificates (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
+    /// Refuse handshakes whose server name matches no certificate (and those with none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni_strict: Option<bool>,
+    /// ALPN protocols offered, in order (default `h2`, `http/1.1`, `acme-tls/1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpn_protocols: Option<Vec<String>>,
+    /// Accepted for compatibility: the server never issues session tickets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_session_tickets: Option<bool>,
+    /// Deprecated in Traefik; accepted and ignored (the server's order is used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefer_server_cipher_suites: Option<bool>,
+}
+
+/// `tls.options.<name>.clientAuth`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientAuth {
+    /// CA certificates (paths or PEM text) client certificates must chain to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ca_files: Vec<String>,
+    /// `NoClientCert`, `VerifyClientCertIfGiven`, `RequireAndVerifyClientCert`
+    /// (`RequestClientCert` and `RequireAnyClientCert` are refused: no verification).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth_type: Option<String>,
+}
+
+/// `tls.stores.<name>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsStore {
+    /// The certificate served when no other matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_certificate: Option<StoreCertificate>,
+    /// Traefik's ACME-generated default certificate (not supported: refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_generated_cert: Option<Value>,
+}
+
+/// A store's `defaultCertificate`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StoreCertificate {
+    /// The certificate chain, PEM: a path or the text.
+    #[serde(default)]
+    pub cert_file: String,
+    /// The private key, PEM: a path or the text.
+    #[serde(default)]
+    pub key_file: String,
 }
 
 // ---------------------------------------------------------------------------------------

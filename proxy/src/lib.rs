@@ -26,6 +26,7 @@ pub mod settings;
 pub mod smart;
 pub mod table;
 pub mod transport;
+pub mod tls;
 pub mod upstream;
 
 pub use address::{host_names, AddressMap, HostPort};
@@ -42,4 +43,5 @@ pub use settings::ProxySettings;
 pub use smart::{BreakerEvent, ConnectFailures, SmartFailoverProxy};
 pub use table::{Pool, Route, RouteTable, TableHandle, Target};
 pub use transport::{TransportError, TransportFiles, UpstreamTransport};
+pub use tls::{AcmeMaterial, TlsHandle, TlsMetrics, TlsSnapshot};
 pub use upstream::{Upstream, UpstreamKey, UpstreamRegistry};

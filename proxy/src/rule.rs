@@ -113,6 +113,26 @@ impl Rule {
     pub fn default_priority(&self) -> usize {
         self.source.len()
     }
+
+    /// The literal names of its `Host` matchers (lower-cased, in rule order, without
+    /// those under a `!`): what a certificate for the router must cover, as Traefik
+    /// derives ACME domains and TLS options from a router's rule.
+    pub fn hosts(&self) -> Vec<&str> {
+        fn walk<'a>(e: &'a Expr, out: &mut Vec<&'a str>) {
+            match e {
+                Expr::Match(Matcher::Host(h)) => {
+                    if !out.contains(&&**h) {
+                        out.push(h);
+                    }
+                }
+                Expr::Match(_) | Expr::Not(_) => {}
+                Expr::And(es) | Expr::Or(es) => es.iter().for_each(|e| walk(e, out)),
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.expr, &mut out);
+        out
+    }
 }
 
 impl PartialEq for Rule {

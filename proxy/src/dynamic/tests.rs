@@ -872,8 +872,8 @@ fn merge_concatenates_tls_certificates() {
     all.merge(c, "c.json").unwrap();
     let tls = all.tls.as_ref().unwrap();
     assert_eq!(
-        tls.certificates,
-        [json!({"certFile": "b.crt", "keyFile": "b.key"}), json!({"certFile": "c.crt", "keyFile": "c.key"}),]
+        tls.certificates.iter().map(|c| (c.cert_file.as_str(), c.key_file.as_str())).collect::<Vec<_>>(),
+        [("b.crt", "b.key"), ("c.crt", "c.key")]
     );
 }
 
