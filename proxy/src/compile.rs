@@ -494,9 +494,6 @@ pub fn compile_with_files(
     let mut routes = Vec::new();
     for (rname, router) in &cfg.http.routers {
         let object = format!("http.routers.{rname}");
-        if router.tls.is_some() {
-            c.not_applied(&object, "tls");
-        }
         let rule_text = router.rule.clone().unwrap_or_default();
         let rule = match Rule::parse(&rule_text) {
             Ok(r) => r,
@@ -598,13 +595,22 @@ pub fn compile_with_files(
             retry_interval,
             refused: !unapplied.is_empty() && !settings.allow_unsupported,
             unapplied,
+            tls: router.tls.is_some(),
         });
     }
     if !cfg.tcp.routers.is_empty() || !cfg.udp.routers.is_empty() {
         c.warnings.push("tcp/udp routers are not supported yet (parsed, served to Traefik, not proxied here)".into());
     }
-    if cfg.tls.is_some() {
-        c.warnings.push("tls: certificates and options are not supported yet (parsed, served to Traefik)".into());
+    // TLS options, stores and certificate entries (file contents are checked when the
+    // control plane builds the TLS snapshot).
+    for e in crate::tls::check(cfg) {
+        c.errors.push(CompileError {
+            origin: String::new(),
+            object: e.object,
+            field: e.field,
+            message: e.message,
+            position: None,
+        });
     }
     if !c.errors.is_empty() {
         let mut errors = c.errors;
@@ -709,7 +715,7 @@ mod tests {
         let eps = vec![("web".to_string(), "127.0.0.1:80".parse().unwrap())];
         let (_, w) = compile(&cfg(yaml), &ProxySettings::default(), &eps, &reg, &AddressMap::new(), 1).unwrap();
         assert!(w.iter().any(|w| w.contains("entryPoints [\"websecure\"] are not configured")), "{w:?}");
-        assert!(w.iter().any(|w| w.contains("tls is not supported")), "{w:?}");
+        assert!(!w.iter().any(|w| w.contains("tls") || w.contains("TLS")), "routers with tls and https upstreams are served: {w:?}");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,12 @@ use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::{Peek, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::tls::{hello, TlsHandle, TlsMetrics, ALPN_ACME};
 use serde::{Deserialize, Serialize};
 
 /// Default deadline for a whole request head (ms), as Traefik's
@@ -212,6 +215,20 @@ pub struct Entrypoint {
     head_timeouts: IntCounter,
     idle_timeouts: IntCounter,
     body_timeouts: IntCounter,
+    protocols: Protocols,
+    /// Unix second of the last handshake-failure log line (one per 10 s).
+    tls_logged_at: AtomicU64,
+}
+
+/// What an entry point speaks, from `[entrypoints.<name>]` `tls`, `http2`, `h2c`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Protocols {
+    /// TLS termination (routers with `tls` are served here).
+    pub tls: bool,
+    /// On a TLS entry point, offer HTTP/2 over ALPN.
+    pub http2: bool,
+    /// On a plain entry point, accept cleartext HTTP/2 (prior knowledge).
+    pub h2c: bool,
 }
 
 impl std::fmt::Debug for Entrypoint {
@@ -240,7 +257,20 @@ impl Entrypoint {
             head_timeouts: metrics.timeouts.with_label_values(&[name, "head"]),
             idle_timeouts: metrics.timeouts.with_label_values(&[name, "idle"]),
             body_timeouts: metrics.timeouts.with_label_values(&[name, "body"]),
+            protocols: Protocols::default(),
+            tls_logged_at: AtomicU64::new(0),
         }
+    }
+
+    /// The same entry point speaking `protocols`.
+    pub fn with_protocols(mut self, protocols: Protocols) -> Self {
+        self.protocols = protocols;
+        self
+    }
+
+    /// What it speaks.
+    pub fn protocols(&self) -> Protocols {
+        self.protocols
     }
 
     /// The entry point's name.
@@ -367,13 +397,116 @@ fn keepalive_secs(limits: &Limits) -> u64 {
 pub struct LimitedApp<A> {
     app: Arc<A>,
     entrypoints: Vec<Arc<Entrypoint>>,
+    tls: Option<(TlsHandle, TlsMetrics)>,
+}
+
+/// The client preface of cleartext HTTP/2 (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Why a TLS connection ended before its first request.
+fn hello_failure(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        "truncated"
+    } else {
+        "closed"
+    }
 }
 
 impl<A> LimitedApp<A> {
     /// `app` behind `entrypoints`; a connection is matched to the entry point by its
     /// local address (the first one when none matches).
     pub fn new(app: A, entrypoints: Vec<Arc<Entrypoint>>) -> Self {
-        Self { app: Arc::new(app), entrypoints }
+        Self { app: Arc::new(app), entrypoints, tls: None }
+    }
+
+    /// Terminate TLS on the entry points with `tls` using the snapshot in `handle`,
+    /// counting failures into `metrics`. Without it, those entry points close every
+    /// connection (counted, reason `no_tls`).
+    pub fn with_tls(mut self, handle: TlsHandle, metrics: TlsMetrics) -> Self {
+        self.tls = Some((handle, metrics));
+        self
+    }
+
+    fn tls_failed(&self, entry: &Entrypoint, reason: &str, peer: Option<SocketAddr>, detail: &dyn std::fmt::Display) {
+        if let Some((_, m)) = &self.tls {
+            m.handshake_failures.with_label_values(&[entry.name.as_str(), reason]).inc();
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let last = entry.tls_logged_at.load(Ordering::Relaxed);
+        if now >= last + 10
+            && entry.tls_logged_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::info!(entrypoint = %entry.name, peer = ?peer, reason, detail = %detail, "TLS handshake failed (one line per 10 s per entry point)");
+        } else {
+            tracing::debug!(entrypoint = %entry.name, peer = ?peer, reason, detail = %detail, "TLS handshake failed");
+        }
+    }
+
+    /// Read the ClientHello (peeked, so rustls reads it again), pick the acceptor for its
+    /// server name and handshake. `None`: the connection is done (failed, counted, or
+    /// an ACME tls-alpn-01 validation answered).
+    async fn handshake(&self, entry: &Entrypoint, stream: Stream, peer: Option<SocketAddr>) -> Option<Stream> {
+        let Some((handle, _)) = &self.tls else {
+            self.tls_failed(entry, "no_tls", peer, &"no TLS snapshot");
+            return None;
+        };
+        // The acceptor needs the concrete TCP stream the listener boxed.
+        let Ok(l4) = stream.into_any().downcast::<L4Stream>() else {
+            self.tls_failed(entry, "not_tcp", peer, &"not a TCP stream");
+            return None;
+        };
+        let mut stream = *l4;
+        let mut header = [0u8; hello::RECORD_HEADER_LEN];
+        if let Err(e) = stream.try_peek(&mut header).await {
+            self.tls_failed(entry, hello_failure(&e), peer, &e);
+            return None;
+        }
+        let len = match hello::record_len(&header) {
+            Ok(n) => n,
+            Err(e) => {
+                self.tls_failed(entry, e.label(), peer, &e);
+                return None;
+            }
+        };
+        // At most 5 + 16384 bytes, allocated only for a well-formed record header.
+        let mut record = vec![0u8; hello::RECORD_HEADER_LEN + len];
+        if let Err(e) = stream.try_peek(&mut record).await {
+            self.tls_failed(entry, hello_failure(&e), peer, &e);
+            return None;
+        }
+        let hello = match hello::parse(&record) {
+            Ok(h) => h,
+            Err(e) => {
+                self.tls_failed(entry, e.label(), peer, &e);
+                return None;
+            }
+        };
+        drop(record);
+        let snapshot = handle.load_full();
+        let sni = hello.server_name.as_deref();
+        if hello.offers(ALPN_ACME) {
+            if let Some(acceptor) = sni.and_then(|n| snapshot.acme_alpn(n)) {
+                // RFC 8737: the challenge certificate, ALPN acme-tls/1, then close.
+                match acceptor.tls_handshake(stream).await {
+                    Ok(mut tls) => {
+                        use pingora_core::protocols::Shutdown;
+                        tracing::info!(entrypoint = %entry.name, domain = ?sni, "answered an ACME tls-alpn-01 validation");
+                        tls.shutdown().await;
+                    }
+                    Err(e) => self.tls_failed(entry, "handshake", peer, &e),
+                }
+                return None;
+            }
+        }
+        let acceptor = snapshot.acceptor(sni, entry.protocols.http2).clone();
+        drop(snapshot);
+        match acceptor.tls_handshake(stream).await {
+            Ok(tls) => Some(Box::new(tls)),
+            Err(e) => {
+                self.tls_failed(entry, "handshake", peer, &e);
+                None
+            }
+        }
     }
 
     /// The entry points, for status.
@@ -419,13 +552,49 @@ where
         let entry = self.entrypoint_for(local)?.clone();
         // Dropping the stream closes the connection: nothing is read or written.
         let _admission = entry.admit(peer.map(|p| p.ip()))?;
+        let limits = entry.limits.clone();
+        let mut stream = stream;
+        let first_deadline = accepted + limits.read_timeout;
+        if entry.protocols.tls {
+            match tokio::time::timeout_at(first_deadline.into(), self.handshake(&entry, stream, peer)).await {
+                Ok(Some(s)) => stream = s,
+                Ok(None) => return None,
+                Err(_) => {
+                    self.tls_failed(&entry, "timeout", peer, &"no complete handshake within read_timeout_ms");
+                    return None;
+                }
+            }
+        } else if entry.protocols.h2c {
+            // Only the preface starts with "PRI ": peek 4 bytes first, so a short HTTP/1
+            // request is never waited on for 24.
+            let mut four = [0u8; 4];
+            let mut preface = [0u8; 24];
+            let peeked = tokio::time::timeout_at(first_deadline.into(), async {
+                stream.try_peek(&mut four).await?;
+                if four == H2_PREFACE[..4] {
+                    stream.try_peek(&mut preface).await?;
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            match peeked {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return None,
+                Err(_) => {
+                    entry.head_timeouts.inc();
+                    return None;
+                }
+            }
+            if &preface == H2_PREFACE {
+                return ServerApp::process_new(&self.app, stream, shutdown).await;
+            }
+        }
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
-            || self.app.server_options().is_some_and(|o| o.h2c || o.force_custom);
+            || self.app.server_options().is_some_and(|o| o.force_custom);
         if h2 {
             // HTTP/2 and custom protocols keep Pingora's own loop; only the caps apply.
             return ServerApp::process_new(&self.app, stream, shutdown).await;
         }
-        let limits = entry.limits.clone();
         let conn = Arc::new(Connection { entry: entry.clone(), head_done: AtomicBool::new(false) });
         let mut session = ServerSession::new_http1(stream);
         Self::prepare(&mut session, &limits, &conn);
@@ -448,9 +617,9 @@ where
             // Idle until the next request's first byte (or the client closes).
             let mut first = [0u8; 1];
             let mut stopping = shutdown.clone();
-            tokio::select! {
+            let peekable = tokio::select! {
                 peeked = tokio::time::timeout(limits.idle_timeout, stream.try_peek(&mut first)) => match peeked {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(p)) => p,
                     Ok(Err(_)) => return None,
                     Err(_) => {
                         entry.idle_timeouts.inc();
@@ -458,8 +627,11 @@ where
                     }
                 },
                 _ = stopping.wait_for(|s| *s) => return None,
-            }
-            deadline = Instant::now() + limits.read_timeout;
+            };
+            // A TLS stream cannot be peeked: the idle wait and the next head then share
+            // one deadline.
+            let wait = if peekable { Duration::ZERO } else { limits.idle_timeout };
+            deadline = Instant::now() + wait + limits.read_timeout;
             session = ServerSession::new_http1(stream);
             if let Some(p) = persistent {
                 p.apply_to_session(&mut session);

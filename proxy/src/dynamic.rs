@@ -1547,6 +1547,24 @@ impl DynamicConfig {
         locate(text, object, field).or_else(|| locate(text, object, "")).map(|p| (origin, p))
     }
 
+    /// Like [`DynamicConfig::position`], for keys without a recorded origin too (the
+    /// `tls` section's `certificates[i]`): the first source text where the key is found.
+    pub fn position_anywhere(&self, object: &str, field: &str) -> Option<(&str, Position)> {
+        if let Some(found) = self.position(object, field) {
+            return Some(found);
+        }
+        let (head, rest) = match object.split_once('.') {
+            Some((h, r)) => (h, format!("{r}.{field}")),
+            None => (object, field.to_string()),
+        };
+        self.texts.iter().find_map(|(origin, text)| locate(text, head, &rest).map(|p| (origin.as_str(), p)))
+    }
+
+    /// The names of the source texts merged into this configuration.
+    pub fn source_names(&self) -> Vec<&str> {
+        self.texts.keys().map(String::as_str).collect()
+    }
+
     /// Add everything `other` defines (from `origin`, used for objects whose origin
     /// `other` did not record). A name that both define is an error naming both
     /// origins; then nothing is merged. TLS certificates are concatenated.

@@ -86,6 +86,18 @@ pub struct EntryPoint {
     pub scheme: Scheme,
     /// Whom it believes.
     pub forwarded: ForwardedPolicy,
+    /// Every request is redirected to another (HTTPS) entry point (Traefik's
+    /// `http.redirections.entryPoint`); `None` routes normally.
+    pub redirect: Option<EntryRedirect>,
+}
+
+/// Where an entry point redirects every request: `https://<host>:<port><path>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRedirect {
+    /// The target entry point's port (left out of the URL when 443).
+    pub port: u16,
+    /// 301/308 when true, 302/307 when false (the safe-method code first).
+    pub permanent: bool,
 }
 
 /// What the proxy writes into the forwarding headers of one request.

@@ -34,7 +34,7 @@ pub use breaker::{Breaker, BreakerConfig, BreakerState, EjectionBudget};
 pub use compile::{compile, compile_with_files, CompileError};
 pub use downstream::{DownstreamMetrics, Entrypoint, LimitedApp, TransportConfig};
 pub use dynamic::DynamicConfig;
-pub use forwarded::{EntryPoint, ForwardedPolicy, IpNet, Scheme};
+pub use forwarded::{EntryPoint, EntryRedirect, ForwardedPolicy, IpNet, Scheme};
 pub use health::HealthSupervisor;
 pub use metrics::ProxyMetrics;
 pub use probe::{CertPolicy, ProbeError, ProbeRequest, ProbeResponse, Prober};

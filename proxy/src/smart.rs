@@ -42,6 +42,7 @@ pub struct SmartFailoverProxy {
     events: Option<tokio::sync::mpsc::UnboundedSender<BreakerEvent>>,
     connect_failures: Option<Arc<ConnectFailures>>,
     entrypoints: Arc<[EntryPoint]>,
+    tls: Option<crate::tls::TlsHandle>,
 }
 
 /// Failed upstream connects, counted and signalled without blocking, so whoever
@@ -137,7 +138,7 @@ pub struct RequestCtx {
 impl SmartFailoverProxy {
     /// A proxy reading snapshots from `table` and reporting into `metrics`.
     pub fn new(table: Arc<ArcSwap<RouteTable>>, metrics: ProxyMetrics) -> Self {
-        Self { table, metrics, events: None, connect_failures: None, entrypoints: Arc::from([]) }
+        Self { table, metrics, events: None, connect_failures: None, entrypoints: Arc::from([]), tls: None }
     }
 
     /// The entry points the proxy listens on, with their scheme and forwarded-headers
@@ -145,6 +146,12 @@ impl SmartFailoverProxy {
     /// untrusted peer.
     pub fn with_entrypoints(mut self, entrypoints: Vec<EntryPoint>) -> Self {
         self.entrypoints = entrypoints.into();
+        self
+    }
+
+    /// Answer ACME http-01 challenges on plain entry points from `tls`'s snapshot.
+    pub fn with_tls(mut self, tls: crate::tls::TlsHandle) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -290,6 +297,49 @@ impl SmartFailoverProxy {
         ctx.status = 400;
         session.set_keepalive(None);
         self.respond(session, 400, &[], refusal.body()).await?;
+        Ok(true)
+    }
+
+    /// On a plain entry point: answer a pending ACME http-01 challenge (before routing,
+    /// an unknown token routes normally, as Traefik), then apply the entry point's
+    /// redirection to HTTPS. Returns whether a response was sent.
+    async fn answer_challenge_or_redirect(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        const PREFIX: &str = "/.well-known/acme-challenge/";
+        let path = session.req_header().uri.path();
+        if let (Some(tls), Some(token)) = (&self.tls, path.strip_prefix(PREFIX)) {
+            let method = &session.req_header().method;
+            if matches!(*method, http::Method::GET | http::Method::HEAD) {
+                let snapshot = tls.load();
+                if let Some(answer) = snapshot.http01(token) {
+                    let body = answer.to_string();
+                    ctx.status = 200;
+                    let mut resp = ResponseHeader::build(200, Some(2))?;
+                    resp.insert_header("content-type", "text/plain")?;
+                    resp.insert_header("content-length", body.len().to_string())?;
+                    session.write_response_header(Box::new(resp), false).await?;
+                    session.write_response_body(Some(Bytes::from(body)), true).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        let local = inet(session.server_addr());
+        let Some(redirect) = EntryPoint::find(&self.entrypoints, local).and_then(|e| e.redirect) else {
+            return Ok(false);
+        };
+        let req = session.req_header();
+        let host = split_host(request_host(req));
+        let port = if redirect.port == 443 { String::new() } else { format!(":{}", redirect.port) };
+        let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let location = format!("https://{host}{port}{path}");
+        let safe = matches!(req.method, http::Method::GET | http::Method::HEAD);
+        let status = match (redirect.permanent, safe) {
+            (true, true) => 301,
+            (true, false) => 308,
+            (false, true) => 302,
+            (false, false) => 307,
+        };
+        ctx.status = status;
+        self.respond(session, status, &[("location", location)], "").await?;
         Ok(true)
     }
 
@@ -451,6 +501,10 @@ impl ProxyHttp for SmartFailoverProxy {
             return Ok(true);
         }
         self.forwarded_origin(session, ctx);
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        if !tls && self.answer_challenge_or_redirect(session, ctx).await? {
+            return Ok(true);
+        }
         let table = self.table.load_full();
         ctx.deadline = ctx.start + table.settings.request_timeout();
         ctx.client_ip = inet(session.client_addr()).map(|a| a.ip());
@@ -465,7 +519,7 @@ impl ProxyHttp for SmartFailoverProxy {
                 headers: &req.headers,
                 client_ip: ctx.client_ip,
             };
-            table.route(&info, local).map(|(i, _)| i)
+            table.route(&info, local, tls).map(|(i, _)| i)
         };
         ctx.table = Some(table);
         let Some(idx) = found else {

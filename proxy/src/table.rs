@@ -56,6 +56,9 @@ pub struct Route {
     /// Whether requests matching it are refused (503 naming the router and the
     /// features) because of `unapplied`, rather than served without them.
     pub refused: bool,
+    /// Whether the router has `tls`: served only on TLS entry points (and one without
+    /// it only on plain ones), Traefik's rule.
+    pub tls: bool,
 }
 
 /// A compiled middleware.
@@ -341,8 +344,9 @@ impl RouteTable {
         Self { generation: 0, routes: Vec::new(), pools: Vec::new(), entrypoints: Vec::new(), settings }
     }
 
-    /// The highest-priority route matching the request on entrypoint `local`.
-    pub fn route(&self, req: &RequestInfo<'_>, local: Option<SocketAddr>) -> Option<(usize, &Route)> {
+    /// The highest-priority route matching the request on entrypoint `local`, among
+    /// the routers with `tls` when the connection is TLS (`tls`), else those without.
+    pub fn route(&self, req: &RequestInfo<'_>, local: Option<SocketAddr>, tls: bool) -> Option<(usize, &Route)> {
         let entrypoint = local.and_then(|l| {
             self.entrypoints
                 .iter()
@@ -352,7 +356,7 @@ impl RouteTable {
         self.routes.iter().enumerate().find(|(_, r)| {
             let on_entrypoint =
                 r.entry_points.is_empty() || entrypoint.is_none_or(|ep| r.entry_points.iter().any(|e| e == ep));
-            on_entrypoint && r.rule.matches(req)
+            on_entrypoint && r.tls == tls && r.rule.matches(req)
         })
     }
 }

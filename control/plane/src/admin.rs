@@ -71,6 +71,8 @@ pub struct AdminState {
     pub entrypoints: ArcSwap<Vec<Arc<constellation_proxy::downstream::Entrypoint>>>,
     /// The Docker provider's status (none when it is off).
     pub docker: ArcSwapOption<crate::status::DockerStatus>,
+    /// Certificates served (set with each TLS snapshot).
+    pub certificates: ArcSwap<Vec<constellation_proxy::tls::CertInfo>>,
     /// Refused admin requests, counted and logged once per [`REFUSAL_LOG_EVERY`].
     refusals: Refusals,
 }
@@ -99,6 +101,7 @@ impl AdminState {
             draining: AtomicBool::new(false),
             entrypoints: ArcSwap::from_pointee(Vec::new()),
             docker: ArcSwapOption::empty(),
+            certificates: ArcSwap::from_pointee(Vec::new()),
             refusals,
         }
     }
@@ -128,6 +131,21 @@ impl AdminState {
             routes: routes_of(&table),
             services: services_of(&table),
             docker: self.docker.load_full().map(|d| (*d).clone()),
+            certificates: {
+                let now = (unix_now_ms() / 1000) as i64;
+                self.certificates
+                    .load()
+                    .iter()
+                    .map(|c| crate::status::CertificateStatus {
+                        names: c.names.clone(),
+                        source: c.source.clone(),
+                        file: c.file.clone(),
+                        not_after_unix: c.not_after_unix,
+                        days_left: (c.not_after_unix - now).div_euclid(86_400),
+                        issuer: c.issuer.clone(),
+                    })
+                    .collect()
+            },
         }
     }
 }

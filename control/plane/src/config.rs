@@ -208,6 +208,30 @@ pub struct EntrypointConfig {
     /// point `forwardedHeaders`). Default: nobody.
     #[serde(default, alias = "forwardedHeaders")]
     pub forwarded_headers: ForwardedHeadersConfig,
+    /// Terminate TLS here: routers with `tls` are served on this entry point (and only
+    /// on TLS ones), certificates chosen by SNI (see docs/tls.md). Default false.
+    #[serde(default)]
+    pub tls: bool,
+    /// On a TLS entry point, offer HTTP/2 over ALPN (`h2`, then `http/1.1`). Default true.
+    #[serde(default = "default_true")]
+    pub http2: bool,
+    /// On a plain entry point, accept cleartext HTTP/2 with prior knowledge (h2c).
+    /// Default false.
+    #[serde(default)]
+    pub h2c: bool,
+    /// Redirect every request to this TLS entry point (`https://host:its-port/path`),
+    /// Traefik's `http.redirections.entryPoint.to`; ACME http-01 challenges are still
+    /// answered. Default: none.
+    #[serde(default, alias = "redirectTo", skip_serializing_if = "Option::is_none")]
+    pub redirect_to: Option<String>,
+    /// With `redirect_to`: 301 (GET, HEAD) / 308 (other methods) when true, 302 / 307 when
+    /// false (Traefik's `permanent`). Default true.
+    #[serde(default = "default_true", alias = "redirectPermanent")]
+    pub redirect_permanent: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `[entrypoints.<name>.forwarded_headers]`, Traefik's entry point `forwardedHeaders`.
@@ -288,6 +312,11 @@ impl Default for AgentConfig {
                 address: DEFAULT_WEB_ADDRESS.into(),
                 transport: TransportConfig::default(),
                 forwarded_headers: ForwardedHeadersConfig::default(),
+                tls: false,
+                http2: true,
+                h2c: false,
+                redirect_to: None,
+                redirect_permanent: true,
             },
         );
         Self {
@@ -598,12 +627,35 @@ pub fn validate_all(
             let fh = &ep.forwarded_headers;
             let forwarded = constellation_proxy::ForwardedPolicy::parse(&fh.trusted_ips, fh.insecure)
                 .map_err(|e| bad(&format!("entrypoints.{name}.forwarded_headers.trusted_ips"), e.to_string()))?;
+            if ep.tls && ep.h2c {
+                return Err(bad(
+                    &format!("entrypoints.{name}.h2c"),
+                    "h2c is cleartext HTTP/2; on a TLS entry point HTTP/2 is negotiated over ALPN (http2 = true)".into(),
+                ));
+            }
+            let redirect = match &ep.redirect_to {
+                None => None,
+                Some(to) => {
+                    let key = format!("entrypoints.{name}.redirect_to");
+                    let Some(target) = config.entrypoints.get(to) else {
+                        return Err(bad(&key, format!("no entrypoint named {to:?}")));
+                    };
+                    if !target.tls {
+                        return Err(bad(&key, format!("entrypoint {to:?} has no tls = true; redirects go to HTTPS")));
+                    }
+                    if ep.tls {
+                        return Err(bad(&key, "a TLS entry point cannot redirect to another one".into()));
+                    }
+                    let port = addr(&format!("entrypoints.{to}.address"), &target.address)?.port();
+                    Some(constellation_proxy::EntryRedirect { port, permanent: ep.redirect_permanent })
+                }
+            };
             entrypoint_policies.push(constellation_proxy::EntryPoint {
                 name: name.clone(),
                 address,
-                // TLS entrypoints do not exist yet; when they do, they say `https` here.
-                scheme: constellation_proxy::Scheme::Http,
+                scheme: if ep.tls { constellation_proxy::Scheme::Https } else { constellation_proxy::Scheme::Http },
                 forwarded,
+                redirect,
             });
         }
         Ok((entrypoints, entrypoint_policies))
@@ -891,6 +943,13 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("raft.lb_lease", "Front-door lease, contended by nodes with role \"lb\"."),
     ("raft.dns_lease", "DNS-writer lease, contended by nodes with role \"dns\"."),
     ("entrypoints.web.address", "Where the proxy listens (ip:port). Add [entrypoints.<name>] for more."),
+    ("entrypoints.web.tls", "Terminate TLS here (routers with tls are served only on TLS entry points)."),
+    ("entrypoints.web.http2", "On a TLS entry point, offer HTTP/2 over ALPN."),
+    ("entrypoints.web.h2c", "On a plain entry point, accept cleartext HTTP/2 (prior knowledge)."),
+    (
+        "entrypoints.web.redirect_permanent",
+        "With redirect_to = \"<tls entrypoint>\": 301/308 when true, 302/307 when false.",
+    ),
     (
         "entrypoints.web.transport.read_timeout_ms",
         "Deadline for a whole request head, from accept or its first byte (Traefik readTimeout).",

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use constellation_proxy::tls::{AcmeMaterial, TlsFiles, TlsHandle, TlsMetrics};
 use constellation_proxy::{
     compile_with_files, dynamic, host_names, redact, DynamicConfig, ProxyMetrics, ProxySettings, TableHandle,
     TransportFiles, UpstreamRegistry,
@@ -50,7 +51,10 @@ impl RouteSource {
             RouteSource::File(p) => {
                 let name = p.display().to_string();
                 let text = std::fs::read_to_string(p).map_err(|e| format!("{name}: cannot read: {e}"))?;
-                dynamic::parse_named(&name, &text).map_err(|e| e.to_string())
+                let mut cfg = dynamic::parse_named(&name, &text).map_err(|e| e.to_string())?;
+                // Certificate paths are relative to the file naming them.
+                crate::tls_files::absolutize(&mut cfg, p.parent().unwrap_or(std::path::Path::new(".")));
+                Ok(cfg)
             }
             RouteSource::Embedded { name, text } => {
                 dynamic::parse_str(text, dynamic::Format::Yaml, name).map_err(|e| e.to_string())
@@ -110,6 +114,19 @@ pub struct Reloader {
     /// so a replaced CA or client certificate reloads the table.
     transport_paths: Mutex<Vec<PathBuf>>,
     kick: Notify,
+    tls: Option<(TlsHandle, TlsMetrics)>,
+    /// What the TLS snapshot in force was built from (rebuilt by [`Reloader::set_acme`]).
+    tls_inputs: Mutex<TlsInputs>,
+    /// Certificate files of the last configuration, watched with the route files.
+    tls_paths: Mutex<Vec<String>>,
+}
+
+/// The inputs of the TLS snapshot in force.
+#[derive(Default)]
+struct TlsInputs {
+    config: Option<DynamicConfig>,
+    files: TlsFiles,
+    acme: AcmeMaterial,
 }
 
 impl Reloader {
@@ -138,6 +155,54 @@ impl Reloader {
             provided: Mutex::new(Vec::new()),
             transport_paths: Mutex::new(Vec::new()),
             kick: Notify::new(),
+            tls: None,
+            tls_inputs: Mutex::new(TlsInputs::default()),
+            tls_paths: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Also build a TLS snapshot (certificates, options, ACME material) with each table
+    /// and swap it into `handle`; a configuration whose TLS part fails (a key not
+    /// matching its certificate, an unreadable file) is rejected whole, and the
+    /// snapshot and table in force stay.
+    pub fn with_tls(mut self, handle: TlsHandle, metrics: TlsMetrics) -> Self {
+        self.tls = Some((handle, metrics));
+        self
+    }
+
+    /// Replace ACME's certificates and pending challenges, and rebuild the TLS snapshot
+    /// from the configuration and files in force (nothing is read again). Material that
+    /// does not parse is left out with a warning; the rest is served.
+    pub fn set_acme(&self, material: AcmeMaterial) -> Result<(), Vec<String>> {
+        let Some((handle, metrics)) = &self.tls else {
+            return Err(vec!["TLS is not enabled on this reloader".into()]);
+        };
+        let mut inputs = self.tls_inputs.lock().unwrap_or_else(|p| p.into_inner());
+        if inputs.acme == material {
+            return Ok(());
+        }
+        let empty = DynamicConfig::default();
+        let cfg = inputs.config.as_ref().unwrap_or(&empty);
+        let (snapshot, warnings) = crate::tls_files::build(cfg, &inputs.files, &material)?;
+        for w in &warnings {
+            tracing::warn!(detail = %w, "tls");
+        }
+        inputs.acme = material;
+        drop(inputs);
+        self.swap_tls(handle, metrics, snapshot);
+        Ok(())
+    }
+
+    fn swap_tls(&self, handle: &TlsHandle, metrics: &TlsMetrics, snapshot: constellation_proxy::TlsSnapshot) {
+        metrics.observe(&snapshot, unix_now() as i64);
+        self.admin.certificates.store(Arc::new(snapshot.certificates()));
+        handle.store(Arc::new(snapshot));
+    }
+
+    /// Refresh `constellation_cert_expiry_seconds` (the clock moves between reloads).
+    pub fn observe_certificates(&self) {
+        if let Some((handle, metrics)) = &self.tls {
+            metrics.observe(&handle.load(), unix_now() as i64);
         }
     }
 
@@ -197,6 +262,8 @@ impl Reloader {
         for p in self.transport_paths.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             RouteSource::File(p.clone()).fingerprint(&mut h);
         }
+        let paths = self.tls_paths.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        crate::tls_files::fingerprint(&paths, &mut h);
         h.finish()
     }
 
@@ -223,9 +290,29 @@ impl Reloader {
             let paths = crate::transport_files::references(cfg).into_iter().map(|r| r.3).collect();
             *self.transport_paths.lock().unwrap_or_else(|p| p.into_inner()) = paths;
         }
+        let mut tls_files = TlsFiles::new();
+        let config = match config {
+            Ok(cfg) if self.tls.is_some() => {
+                let paths = crate::tls_files::watched(&cfg);
+                let mut known = self.tls_paths.lock().unwrap_or_else(|p| p.into_inner());
+                if *known != paths {
+                    *known = paths;
+                    drop(known);
+                    *self.fingerprint.lock().unwrap_or_else(|p| p.into_inner()) = self.current_fingerprint();
+                }
+                match crate::tls_files::read(&cfg) {
+                    Ok(files) => {
+                        tls_files = files;
+                        Ok(cfg)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
+        };
         // Files named by servers transports are read here, with the route files.
         let config = config.and_then(|cfg| crate::transport_files::load(&cfg).map(|files| (cfg, files)));
-        Prepared { started, config, build_warnings }
+        Prepared { started, config, build_warnings, tls_files }
     }
 
     /// Load, validate, compile with the addresses known now, and swap in a new table.
@@ -251,13 +338,25 @@ impl Reloader {
     }
 
     fn publish(&self, prepared: Prepared) -> Result<u64, Vec<String>> {
-        let Prepared { started, config, build_warnings } = prepared;
+        let Prepared { started, config, build_warnings, tls_files } = prepared;
         let generation = self.generation.load(Ordering::Relaxed) + 1;
         let addresses = self.resolver.addresses();
         let result = config.and_then(|(cfg, files)| {
             compile_with_files(&cfg, &self.settings, &self.entrypoints, &self.registry, &addresses, &files, generation)
                 .map(|(table, warnings)| (cfg, table, warnings))
                 .map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect())
+        });
+        // The TLS snapshot of the same configuration; it fails the reload as a whole.
+        let result = result.and_then(|(cfg, table, mut warnings)| {
+            let Some((handle, metrics)) = &self.tls else { return Ok((cfg, table, warnings)) };
+            let acme = self.tls_inputs.lock().unwrap_or_else(|p| p.into_inner()).acme.clone();
+            let (snapshot, w) = crate::tls_files::build(&cfg, &tls_files, &acme)?;
+            warnings.extend(w);
+            self.swap_tls(handle, metrics, snapshot);
+            let mut inputs = self.tls_inputs.lock().unwrap_or_else(|p| p.into_inner());
+            inputs.config = Some(cfg.clone());
+            inputs.files = tls_files;
+            Ok((cfg, table, warnings))
         });
         self.metrics.compile_seconds.observe(started.elapsed().as_secs_f64());
         match result {
@@ -426,6 +525,7 @@ struct Prepared {
     started: Instant,
     config: Result<(DynamicConfig, TransportFiles), Vec<String>>,
     build_warnings: Vec<String>,
+    tls_files: TlsFiles,
 }
 
 /// Stops the resolver task when the watcher ends.

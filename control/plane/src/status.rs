@@ -52,6 +52,27 @@ pub struct Status {
     /// The Docker provider; `null` when it is off.
     #[serde(default)]
     pub docker: Option<DockerStatus>,
+    /// Certificates served on TLS entry points (never key material), the default last.
+    #[serde(default)]
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// One served certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// DNS names it covers (wildcards as `*.example.com`).
+    pub names: Vec<String>,
+    /// `file`, `acme`, `default` or `self-signed`.
+    pub source: String,
+    /// The file it was read from, when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// notAfter, Unix seconds.
+    pub not_after_unix: i64,
+    /// Whole days until notAfter (negative once expired).
+    pub days_left: i64,
+    /// The issuer's common name.
+    pub issuer: String,
 }
 
 /// The Docker provider of this node, and the containers of every node.

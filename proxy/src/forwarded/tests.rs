@@ -184,6 +184,7 @@ fn entry_point_is_found_by_local_address() {
         address: addr.parse().unwrap(),
         scheme: Scheme::Http,
         forwarded: ForwardedPolicy::default(),
+        redirect: None,
     };
     let all = [ep("web", "127.0.0.1:8080"), ep("any", "0.0.0.0:9090"), ep("v6", "[::]:7070")];
     let find = |l: &str| EntryPoint::find(&all, Some(l.parse().unwrap())).map(|e| e.name.as_str());
