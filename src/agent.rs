@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use constellation_plane::config::{LoadedConfig, EMBEDDED_ROUTES};
 use constellation_plane::plane::{Lifecycle, Phase};
 use constellation_plane::{AdminApp, AdminState, Reloader, Resolver, RouteSource};
-use constellation_proxy::downstream::auto_max_connections;
+use constellation_proxy::downstream::{auto_max_connections, Protocols};
+use constellation_proxy::{TlsHandle, TlsMetrics, TlsSnapshot};
 use constellation_proxy::{
     CertPolicy, ConnectFailures, DownstreamMetrics, Entrypoint, HealthSupervisor, LimitedApp, Prober, ProxyMetrics,
     RouteTable, SmartFailoverProxy,
@@ -138,7 +139,15 @@ fn entrypoint_limits(cfg: &LoadedConfig, metrics: &DownstreamMetrics) -> Vec<Arc
     tracing::debug!(nofile, auto_max_connections = auto, "file limit");
     cfg.entrypoints
         .iter()
-        .map(|(name, addr)| Arc::new(Entrypoint::new(name, *addr, transport(name).limits(auto), metrics)))
+        .map(|(name, addr)| {
+            let protocols = cfg
+                .config
+                .entrypoints
+                .get(name)
+                .map(|e| Protocols { tls: e.tls, http2: e.http2, h2c: e.h2c })
+                .unwrap_or_default();
+            Arc::new(Entrypoint::new(name, *addr, transport(name).limits(auto), metrics).with_protocols(protocols))
+        })
         .collect()
 }
 
@@ -148,6 +157,9 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
     let registry = prometheus::Registry::new();
     let metrics = ProxyMetrics::register(&registry).map_err(|e| StartError::Runtime(e.to_string()))?;
     let downstream = DownstreamMetrics::register(&registry).map_err(|e| StartError::Runtime(e.to_string()))?;
+    let tls_metrics = TlsMetrics::register(&registry).map_err(|e| StartError::Runtime(e.to_string()))?;
+    // Certificates and options; the first reload replaces this with the route files' own.
+    let tls: TlsHandle = Arc::new(ArcSwap::from_pointee(TlsSnapshot::empty()));
     crate::pingora_log::count_into(metrics.downstream_disconnects.clone());
     let settings = cfg.config.proxy.clone();
     let table: constellation_proxy::TableHandle = Arc::new(ArcSwap::from_pointee(RouteTable::empty(settings.clone())));
@@ -166,7 +178,8 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
             admin.clone(),
         )
         .with_domain(&cfg.config.cluster.domain)
-        .with_resolver(resolver),
+        .with_resolver(resolver)
+        .with_tls(tls.clone(), tls_metrics.clone()),
     );
     // The first table must be valid: an agent that starts with no routes would look
     // healthy while serving nothing. Its host names are looked up first, on a runtime of
@@ -226,16 +239,27 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
     server.bootstrap();
 
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let proxy_app = pingora_proxy::http_proxy(
+    let mut proxy_app = pingora_proxy::http_proxy(
         &server.configuration,
         SmartFailoverProxy::new(table.clone(), metrics.clone())
             .with_entrypoints(cfg.entrypoint_policies.clone())
             .with_events(events_tx)
-            .with_connect_failures(connect_failures),
+            .with_connect_failures(connect_failures)
+            .with_tls(tls.clone()),
     );
     let entrypoints = entrypoint_limits(&cfg, &downstream);
+    if entrypoints.iter().any(|e| e.protocols().h2c) {
+        // LimitedApp peeks the preface on `h2c = true` entry points only and hands
+        // just those connections to Pingora's loop, which must then accept h2c.
+        let mut options = pingora_core::apps::HttpServerOptions::default();
+        options.h2c = true;
+        proxy_app.server_options = Some(options);
+    }
     admin.entrypoints.store(Arc::new(entrypoints.clone()));
-    let mut proxy = Service::new("SmartFailoverProxy".to_string(), LimitedApp::new(proxy_app, entrypoints.clone()));
+    let mut proxy = Service::new(
+        "SmartFailoverProxy".to_string(),
+        LimitedApp::new(proxy_app, entrypoints.clone()).with_tls(tls.clone(), tls_metrics.clone()),
+    );
     for e in &entrypoints {
         let (name, l) = (e.name(), e.limits());
         let addr = cfg.entrypoints.iter().find(|(n, _)| n == name).map(|(_, a)| *a);
@@ -245,6 +269,8 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
             %addr,
             max_connections = l.max_connections,
             max_connections_per_ip = l.max_connections_per_ip,
+            tls = e.protocols().tls,
+            h2c = e.protocols().h2c,
             read_timeout_ms = l.read_timeout.as_millis() as u64,
             idle_timeout_ms = l.idle_timeout.as_millis() as u64,
             "proxy listening"

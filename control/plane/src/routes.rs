@@ -456,6 +456,7 @@ impl Reloader {
                 _ = tokio::time::sleep(interval) => false,
                 _ = self.kick.notified() => true,
             };
+            self.observe_certificates();
             if !kicked {
                 // Reading the files blocks: do it on the blocking pool, never on the
                 // runtime's workers.
