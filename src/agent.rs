@@ -10,11 +10,11 @@ use constellation_plane::config::{LoadedConfig, EMBEDDED_ROUTES};
 use constellation_plane::plane::{Lifecycle, Phase};
 use constellation_plane::{AdminApp, AdminState, Reloader, Resolver, RouteSource};
 use constellation_proxy::downstream::{auto_max_connections, Protocols};
-use constellation_proxy::{TlsHandle, TlsMetrics, TlsSnapshot};
 use constellation_proxy::{
     CertPolicy, ConnectFailures, DownstreamMetrics, Entrypoint, HealthSupervisor, LimitedApp, Prober, ProxyMetrics,
     RouteTable, SmartFailoverProxy,
 };
+use constellation_proxy::{TlsHandle, TlsMetrics, TlsSnapshot};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};

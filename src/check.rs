@@ -61,7 +61,15 @@ pub fn run(file: &Path, allow_unsupported: bool) -> ExitCode {
         Ok(t) => t,
         Err(errors) => return fail(&errors.iter().map(ToString::to_string).collect::<Vec<_>>()),
     };
-    for w in dynamic.unsupported().iter().chain(&warnings) {
+    // Certificate, key and CA files: read and checked as a reload would.
+    let tls = constellation_plane::tls_files::read(&dynamic).and_then(|files| {
+        constellation_plane::tls_files::build(&dynamic, &files, &constellation_proxy::AcmeMaterial::default())
+    });
+    let tls_warnings = match tls {
+        Ok((_, w)) => w,
+        Err(errors) => return fail(&errors),
+    };
+    for w in dynamic.unsupported().iter().chain(&warnings).chain(&tls_warnings) {
         println!("warning: {w}");
     }
     let mut errors = Vec::new();

@@ -630,7 +630,8 @@ pub fn validate_all(
             if ep.tls && ep.h2c {
                 return Err(bad(
                     &format!("entrypoints.{name}.h2c"),
-                    "h2c is cleartext HTTP/2; on a TLS entry point HTTP/2 is negotiated over ALPN (http2 = true)".into(),
+                    "h2c is cleartext HTTP/2; on a TLS entry point HTTP/2 is negotiated over ALPN (http2 = true)"
+                        .into(),
                 ));
             }
             let redirect = match &ep.redirect_to {

@@ -132,7 +132,10 @@ mod tests {
         assert_eq!(errs.len(), 3, "{errs:?}");
         assert!(errs[0].contains("tls.certificates[0].certFile: /etc/c/certs/a.crt: cannot read"), "{errs:?}");
         assert!(errs[2].starts_with("/etc/c/routes.yaml:"), "{errs:?}");
-        assert_eq!(split_key("tls.options.m.clientAuth.caFiles[0]"), ("tls.options.m".into(), "clientAuth.caFiles[0]".into()));
+        assert_eq!(
+            split_key("tls.options.m.clientAuth.caFiles[0]"),
+            ("tls.options.m".into(), "clientAuth.caFiles[0]".into())
+        );
         assert_eq!(split_key("tls.certificates[1].certFile"), ("tls.certificates[1]".into(), "certFile".into()));
     }
 }

@@ -102,8 +102,8 @@ pub fn parse_pair(chain_pem: &[u8], key_pem: &[u8], source: CertSource) -> Resul
 
 /// DNS names, notAfter and issuer CN of a DER certificate.
 fn describe(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64, String), String> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| format!("certificate: not a valid X.509 certificate ({e})"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("certificate: not a valid X.509 certificate ({e})"))?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {

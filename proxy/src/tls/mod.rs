@@ -249,8 +249,10 @@ fn check_options(object: &str, o: &TlsOptions, files: Option<&TlsFiles>) -> Resu
     if lo > hi {
         errors.push(err(object, "maxVersion", "is below minVersion"));
     }
-    let versions: Vec<&'static SupportedProtocolVersion> =
-        [&rustls::version::TLS12, &rustls::version::TLS13].into_iter().filter(|v| (lo..=hi).contains(&rank(v))).collect();
+    let versions: Vec<&'static SupportedProtocolVersion> = [&rustls::version::TLS12, &rustls::version::TLS13]
+        .into_iter()
+        .filter(|v| (lo..=hi).contains(&rank(v)))
+        .collect();
     let mut provider = (*certs::provider()).clone();
     if !o.cipher_suites.is_empty() {
         let mut chosen = Vec::new();
@@ -337,7 +339,8 @@ fn check_options(object: &str, o: &TlsOptions, files: Option<&TlsFiles>) -> Resu
                         errors.push(err(object, &field, format!("{f}: not read")));
                         continue;
                     };
-                    let certs: Result<Vec<CertificateDer<'static>>, _> = CertificateDer::pem_slice_iter(bytes).collect();
+                    let certs: Result<Vec<CertificateDer<'static>>, _> =
+                        CertificateDer::pem_slice_iter(bytes).collect();
                     match certs {
                         Ok(list) if !list.is_empty() => {
                             for c in list {
@@ -473,7 +476,8 @@ impl TlsSnapshot {
             if c.cert_file.is_empty() || c.key_file.is_empty() {
                 continue;
             }
-            let source = CertSource::File(if is_inline_pem(&c.cert_file) { "inline".into() } else { c.cert_file.clone() });
+            let source =
+                CertSource::File(if is_inline_pem(&c.cert_file) { "inline".into() } else { c.cert_file.clone() });
             match pair(&format!("tls.certificates[{i}]"), &c.cert_file, &c.key_file, source) {
                 Ok(e) => entries.push(Arc::new(e)),
                 Err(e) => errors.push(e),
@@ -488,8 +492,11 @@ impl TlsSnapshot {
         let mut default = certs::self_signed();
         if let Some(d) = tls.stores.get("default").and_then(|s| s.default_certificate.as_ref()) {
             if !d.cert_file.is_empty() && !d.key_file.is_empty() {
-                let source =
-                    CertSource::Default(if is_inline_pem(&d.cert_file) { "inline".into() } else { d.cert_file.clone() });
+                let source = CertSource::Default(if is_inline_pem(&d.cert_file) {
+                    "inline".into()
+                } else {
+                    d.cert_file.clone()
+                });
                 match pair("tls.stores.default.defaultCertificate", &d.cert_file, &d.key_file, source) {
                     Ok(e) => default = Arc::new(e),
                     Err(e) => errors.push(e),
