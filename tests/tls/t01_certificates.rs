@@ -6,7 +6,7 @@ use crate::support::*;
 
 fn certs_yaml(default: bool, strict: bool) -> String {
     let mut y = String::from(
-        "tls:\n  certificates:\n    - certFile: a.crt\n      keyFile: a.key\n    - certFile: b.crt\n      keyFile: b.key\n    - certFile: certs/w.crt\n      keyFile: certs/w.key\n",
+        "tls:\n  certificates:\n    - certFile: a.crt\n      keyFile: a.key\n    - certFile: b.crt\n      keyFile: b.key\n    - certFile: w.crt\n      keyFile: w.key\n",
     );
     if default {
         y.push_str(
@@ -37,8 +37,8 @@ fn each_name_gets_its_certificate_and_unknown_names_the_default() {
             ("a.key", a.key.as_str()),
             ("b.crt", b.cert.as_str()),
             ("b.key", b.key.as_str()),
-            ("certs/w.crt", w.cert.as_str()),
-            ("certs/w.key", w.key.as_str()),
+            ("w.crt", w.cert.as_str()),
+            ("w.key", w.key.as_str()),
             ("d.crt", d.cert.as_str()),
             ("d.key", d.key.as_str()),
         ];
@@ -84,8 +84,8 @@ fn without_a_default_the_self_signed_one_and_sni_strict_refuses_unknown_names() 
             ("a.key", a.key.as_str()),
             ("b.crt", b.cert.as_str()),
             ("b.key", b.key.as_str()),
-            ("certs/w.crt", w.cert.as_str()),
-            ("certs/w.key", w.key.as_str()),
+            ("w.crt", w.cert.as_str()),
+            ("w.key", w.key.as_str()),
         ];
         // `default` options are strict here: every name not covered is refused.
         let routes = tls_routes(&[("a", "Host(`a.test`)", Some("{}"))], &backend.url(), &certs_yaml(false, false))
