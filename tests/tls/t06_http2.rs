@@ -75,8 +75,8 @@ fn h2c_on_an_h2c_entry_point_and_failover_over_h2() {
         let url = format!("http://127.0.0.1:{h2c_port}/");
         let (code, out, err) = curl(&["--http2-prior-knowledge", "-H", "Host: p.test", "-w", " %{http_version}", &url]);
         assert_eq!((code, out.as_str()), (0, "live\n 2"), "{err}");
-        let (code, out, err) = curl(&["--http1.0", "-H", "Host: p.test", "-w", " %{http_version}", &url]);
-        assert_eq!((code, out.as_str()), (0, "live\n 1.0"), "{err}");
+        let (code, out, err) = curl(&["--http1.1", "-H", "Host: p.test", "-w", " %{http_version}", &url]);
+        assert_eq!((code, out.as_str()), (0, "live\n 1.1"), "{err}");
         // Not on the plain `web` entry point without h2c.
         let web = format!("http://127.0.0.1:{}/", agent.web.port());
         let (code, _, _) = curl(&["--http2-prior-knowledge", "-H", "Host: p.test", &web]);

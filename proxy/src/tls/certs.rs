@@ -95,7 +95,12 @@ pub fn parse_pair(chain_pem: &[u8], key_pem: &[u8], source: CertSource) -> Resul
     let signer =
         provider().key_provider.load_private_key(key).map_err(|e| format!("key: unusable private key ({e})"))?;
     let certified = CertifiedKey::new(chain, signer);
-    certified.keys_match().map_err(|_| "key: the private key does not match the certificate".to_string())?;
+    // `Unknown`: webpki could not read the public key (a tls-alpn-01 challenge
+    // certificate carries a critical extension it does not know); only a proven
+    // mismatch is an error.
+    if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) = certified.keys_match() {
+        return Err("key: the private key does not match the certificate".to_string());
+    }
     let (names, not_after, issuer) = describe(&certified.cert[0])?;
     Ok(CertEntry { key: Arc::new(certified), names, not_after, issuer, source })
 }

@@ -66,3 +66,16 @@ fn acme_material_serves_challenges() {
     assert!(snap.acme_alpn("ch.test").is_some());
     assert!(!format!("{m:?}").contains("thumb"));
 }
+
+#[test]
+fn tls_alpn01_challenge_certificates_with_the_critical_acme_extension_are_served() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["ch.test".to_string()]).unwrap();
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&[7u8; 32])];
+    let cert = params.self_signed(&key).unwrap();
+    let mut m = AcmeMaterial::default();
+    m.alpn01.insert("ch.test".into(), (cert.pem(), key.serialize_pem()));
+    let (snap, warnings) = TlsSnapshot::build(&DynamicConfig::default(), &TlsFiles::new(), &m).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(snap.acme_alpn("ch.test").is_some());
+}
