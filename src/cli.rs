@@ -48,6 +48,16 @@ async fn call<T: DeserializeOwned>(
     serde_json::from_slice(&bytes).with_context(|| format!("{url} did not return the expected JSON"))
 }
 
+/// `3d 4h`, `5h 2m`, `40s`.
+fn human_secs(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 => format!("{}d {}h", s / 86_400, s % 86_400 / 3_600),
+        s if s >= 3_600 => format!("{}h {}m", s / 3_600, s % 3_600 / 60),
+        s if s >= 60 => format!("{}m {}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
 fn or_dash(v: Option<impl ToString>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_string())
 }
@@ -154,6 +164,52 @@ pub async fn status(admin: &str, json: bool, token: Option<&str>) -> anyhow::Res
         }
         for c in &d.conflicts {
             println!("  CONFLICT (left out): {c}");
+        }
+    }
+    if !s.certificates.is_empty() {
+        println!("\nCERTIFICATES");
+        println!("  {:<36} {:<12} {:>9} {:<24} FILE", "NAMES", "SOURCE", "DAYS LEFT", "ISSUER");
+        for c in &s.certificates {
+            let names = if c.names.is_empty() { "(no names)".to_string() } else { c.names.join(",") };
+            println!(
+                "  {:<36} {:<12} {:>9} {:<24} {}",
+                names,
+                c.source,
+                c.days_left,
+                c.issuer,
+                or_dash(c.file.as_ref())
+            );
+        }
+    }
+    if let Some(a) = &s.acme {
+        let role = if a.orderer { "this node orders" } else { "another node orders" };
+        println!(
+            "\nACME  resolver {}: {} via {}, storage {}{}, {role}",
+            a.resolver,
+            a.directory,
+            a.challenge,
+            a.storage,
+            if a.encrypted { " (encrypted)" } else { "" }
+        );
+        println!("  {:<36} {:<9} {:>11} {:>11}  LAST ERROR", "DOMAINS", "STATE", "EXPIRES IN", "RENEW IN");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let left = |t: Option<u64>| t.map(|t| human_secs(t.saturating_sub(now))).unwrap_or_else(|| "-".into());
+        for c in &a.certificates {
+            let state = serde_json::to_value(c.state).ok().and_then(|v| v.as_str().map(str::to_string));
+            println!(
+                "  {:<36} {:<9} {:>11} {:>11}  {}",
+                c.domains.join(","),
+                state.unwrap_or_default(),
+                left(c.not_after),
+                left(c.renew_at),
+                or_dash(c.last_error.as_ref())
+            );
+        }
+        for r in &a.unknown_resolvers {
+            println!("  UNKNOWN RESOLVER {r:?}: its routers get the default certificate");
         }
     }
     println!("\nROUTES");

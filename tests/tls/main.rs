@@ -11,6 +11,7 @@ mod t04_options;
 mod t05_routing;
 mod t06_http2;
 mod t07_acme;
+mod t08_pebble;
 
 /// The shared kit, plus what only this suite needs.
 mod support {

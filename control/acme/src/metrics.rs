@@ -9,8 +9,10 @@ pub struct AcmeMetrics {
     pub orders: IntCounterVec,
     /// `constellation_acme_requests_total`: HTTP requests sent to the CA.
     pub requests: IntCounter,
-    /// `constellation_cert_expiry_seconds{domain}`: Unix time at which the certificate
-    /// for `domain` (its main name) expires, on every node.
+    /// `constellation_acme_cert_not_after_timestamp_seconds{domain}`: Unix time at which
+    /// the stored certificate for `domain` (its main name) expires, on every node. (The
+    /// proxy's `constellation_cert_expiry_seconds{domain}` counts down to it for every
+    /// served certificate.)
     pub expiry: IntGaugeVec,
 }
 
@@ -23,7 +25,10 @@ impl AcmeMetrics {
         )?;
         let requests = IntCounter::new("constellation_acme_requests_total", "HTTP requests sent to the ACME CA")?;
         let expiry = IntGaugeVec::new(
-            Opts::new("constellation_cert_expiry_seconds", "Unix time at which the ACME certificate expires"),
+            Opts::new(
+                "constellation_acme_cert_not_after_timestamp_seconds",
+                "Unix time at which the stored ACME certificate for a main name expires",
+            ),
             &["domain"],
         )?;
         registry.register(Box::new(orders.clone()))?;

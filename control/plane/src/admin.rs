@@ -73,6 +73,8 @@ pub struct AdminState {
     pub docker: ArcSwapOption<crate::status::DockerStatus>,
     /// Certificates served (set with each TLS snapshot).
     pub certificates: ArcSwap<Vec<constellation_proxy::tls::CertInfo>>,
+    /// The ACME resolver, when `[acme]` is configured.
+    pub acme: ArcSwapOption<crate::status::AcmeStatus>,
     /// Refused admin requests, counted and logged once per [`REFUSAL_LOG_EVERY`].
     refusals: Refusals,
 }
@@ -102,6 +104,7 @@ impl AdminState {
             entrypoints: ArcSwap::from_pointee(Vec::new()),
             docker: ArcSwapOption::empty(),
             certificates: ArcSwap::from_pointee(Vec::new()),
+            acme: ArcSwapOption::empty(),
             refusals,
         }
     }
@@ -146,6 +149,7 @@ impl AdminState {
                     })
                     .collect()
             },
+            acme: self.acme.load_full().map(|a| (*a).clone()),
         }
     }
 }

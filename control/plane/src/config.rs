@@ -52,6 +52,9 @@ pub struct AgentConfig {
     pub docker: constellation_docker::DockerConfig,
     /// Stack definitions beyond the built-in catalogue, for `services` and `deploy`.
     pub services: ServicesConfig,
+    /// ACME certificates: the certificate resolver named `default` (see docs/acme.md).
+    /// Off unless present.
+    pub acme: Option<constellation_acme::AcmeConfig>,
 }
 
 /// `[services]`.
@@ -334,6 +337,7 @@ impl Default for AgentConfig {
             dns: None,
             docker: constellation_docker::DockerConfig::default(),
             services: ServicesConfig::default(),
+            acme: None,
         }
     }
 }
@@ -414,6 +418,8 @@ pub struct LoadedConfig {
     pub gossip: Option<ResolvedGossip>,
     /// Raft voters: name and Raft address (cluster address port + 1).
     pub raft_voters: Vec<(String, SocketAddr)>,
+    /// `[acme]` checked, with `ca_file` made absolute and read; `None` without `[acme]`.
+    pub acme: Option<constellation_acme::AcmeSettings>,
 }
 
 /// Gossip settings with addresses parsed and the key loaded.
@@ -844,6 +850,8 @@ pub fn validate_all(
     };
     let dns = dns_section(&mut config);
     keep(&mut errors, dns);
+    let acme = acme_section(&mut config, base_dir).map_err(|(key, message)| bad(&key, message));
+    let acme = keep(&mut errors, acme);
     // Each [docker] key is checked on its own, so every mistake is reported at once.
     let d = &config.docker;
     if d.endpoint.trim().is_empty() {
@@ -874,7 +882,9 @@ pub fn validate_all(
     if !errors.is_empty() {
         return Err(errors);
     }
+    let Some(acme) = acme else { return Err(errors) };
     Ok(LoadedConfig {
+        acme,
         config,
         base_dir: base_dir.to_path_buf(),
         origin: origin.to_string(),
@@ -885,6 +895,37 @@ pub fn validate_all(
         gossip,
         raft_voters,
     })
+}
+
+/// `[acme]`: `ca_file` relative to the agent file, every key checked, and the challenge
+/// matched to what this node can answer it on. An error is (key, message).
+fn acme_section(
+    config: &mut AgentConfig,
+    base_dir: &Path,
+) -> Result<Option<constellation_acme::AcmeSettings>, (String, String)> {
+    let Some(acme) = config.acme.as_mut() else { return Ok(None) };
+    if let Some(f) = acme.ca_file.take() {
+        acme.ca_file = Some(base_dir.join(f));
+    }
+    let settings = acme.validate().map_err(|e| match e {
+        constellation_acme::ConfigError::Invalid { key, problem } => (format!("acme.{key}"), problem),
+    })?;
+    let tls = config.entrypoints.values().any(|e| e.tls);
+    let plain = config.entrypoints.values().any(|e| !e.tls);
+    let problem = match settings.config.challenge {
+        _ if !tls => Some("ACME certificates are served on TLS entry points: add one with tls = true"),
+        constellation_acme::ChallengeKind::Http01 if !plain => {
+            Some("http-01 is answered on a plain entry point (port 80 in production): add one, or use tls-alpn-01")
+        }
+        constellation_acme::ChallengeKind::Dns01 if config.dns.is_none() => {
+            Some("dns-01 writes TXT records through the Cloudflare client: configure [dns]")
+        }
+        _ => None,
+    };
+    match problem {
+        Some(p) => Err(("acme.challenge".into(), p.into())),
+        None => Ok(Some(settings)),
+    }
 }
 
 /// Load a config file (or the embedded default when `path` is `None`), apply the

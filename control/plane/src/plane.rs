@@ -326,9 +326,10 @@ pub async fn run(
         reloader.set_instances(statics.clone());
         let feeder = start_docker(&cfg, &registry, &lifecycle, None)
             .map(|feed| tokio::spawn(feed_single(feed, reloader.clone(), admin.clone(), statics)));
+        let acme = start_acme_alone(&cfg, &reloader, &admin, &registry);
         idle_until_stopped(&lifecycle, &admin).await;
-        if let Some(f) = feeder {
-            f.abort();
+        for task in feeder.into_iter().chain(acme) {
+            task.abort();
         }
         return;
     };
@@ -369,6 +370,7 @@ pub async fn run(
     tracing::info!(gossip = %cluster.gossip_addr(), cluster = %cluster.cluster_addr(), seeds = ?g.seeds, "joined gossip");
 
     let mut tasks = tokio::task::JoinSet::new();
+    let mut acme_task = None;
     // Public IP for this node's state.
     {
         let cluster = cluster.clone();
@@ -470,6 +472,11 @@ pub async fn run(
                 if roles.iter().any(|r| r == "dns") {
                     wanted.push(cfg.config.raft.dns_lease.clone());
                 }
+                // The ACME orderer is the front door's business: nodes with role `lb`
+                // contend for the `acme` lease.
+                if cfg.acme.is_some() && roles.iter().any(|r| r == "lb") {
+                    wanted.push(constellation_acme::ACME_LEASE.to_string());
+                }
                 let ttl = Duration::from_millis(cfg.config.raft.lease_ttl_ms);
                 let holders: Vec<Arc<constellation_lease::LeaseHolder>> = wanted
                     .iter()
@@ -514,8 +521,28 @@ pub async fn run(
                         (_, Err(e)) => tracing::error!(error = %e, "DNS controller cannot start"),
                     }
                 }
+                if let Some(settings) = cfg.acme.clone() {
+                    let token = wanted
+                        .iter()
+                        .zip(&holders)
+                        .find(|(l, _)| *l == constellation_acme::ACME_LEASE)
+                        .map(|(_, h)| h.held());
+                    let placement = crate::acme::Placement::Lease { node: node.clone(), token };
+                    acme_task = crate::acme::start(
+                        settings,
+                        placement,
+                        Some(cluster_keyring.clone()),
+                        None,
+                        reloader.clone(),
+                        admin.clone(),
+                        &registry,
+                    );
+                }
                 let history = cfg.base_dir.join(&cfg.config.node.data_dir).join("lease-history.jsonl");
-                let leases = [cfg.config.raft.lb_lease.clone(), cfg.config.raft.dns_lease.clone()];
+                let mut leases = vec![cfg.config.raft.lb_lease.clone(), cfg.config.raft.dns_lease.clone()];
+                if cfg.acme.is_some() {
+                    leases.push(constellation_acme::ACME_LEASE.to_string());
+                }
                 tasks.spawn(lease_loop(node.clone(), holders.clone(), wanted.clone(), leases, history, admin.clone()));
                 admin.lease_node.store(Some(Arc::new(node.clone())));
                 draining_holders = (holders, wanted);
@@ -525,6 +552,12 @@ pub async fn run(
         }
     }
 
+    if cfg.acme.is_some() && lease_node.is_none() {
+        // Without the lease group there is no shared store: each node orders its own
+        // certificates (as Traefik's open-source edition does).
+        tracing::warn!("[acme] on a node outside the lease group: it orders and keeps certificates on its own");
+        acme_task = start_acme_alone(&cfg, &reloader, &admin, &registry);
+    }
     let mut docker = start_docker(&cfg, &registry, &lifecycle, Some(g.advertise.ip()));
     let static_count = local.len();
     let me = cfg.config.node.name.clone();
@@ -591,11 +624,28 @@ pub async fn run(
         }
     }
     tasks.abort_all();
+    if let Some(task) = acme_task {
+        task.abort();
+    }
     if let Some(node) = lease_node {
         node.shutdown().await;
     }
     cluster.leave().await;
     let _ = stop_tx.send(true);
+}
+
+/// ACME on its own: account and certificates in `<data_dir>/acme`, this node orders.
+fn start_acme_alone(
+    cfg: &LoadedConfig,
+    reloader: &Arc<Reloader>,
+    admin: &Arc<AdminState>,
+    registry: &prometheus::Registry,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let settings = cfg.acme.clone()?;
+    let dir = cfg.base_dir.join(&cfg.config.node.data_dir).join("acme");
+    let keyring = cfg.gossip.as_ref().and_then(|g| Keyring::parse(&g.keyring_text).ok()).map(Arc::new);
+    let placement = crate::acme::Placement::Alone { dir: &dir };
+    crate::acme::start(settings, placement, keyring, None, reloader.clone(), admin.clone(), registry)
 }
 
 /// The DNS controller's fence: a linearizable check of the DNS-writer lease.
@@ -658,7 +708,7 @@ async fn lease_loop(
     node: constellation_lease::LeaseNode,
     holders: Vec<Arc<constellation_lease::LeaseHolder>>,
     names: Vec<String>,
-    leases: [String; 2],
+    leases: Vec<String>,
     history: std::path::PathBuf,
     admin: Arc<AdminState>,
 ) {

@@ -119,7 +119,13 @@ pub struct Reloader {
     tls_inputs: Mutex<TlsInputs>,
     /// Certificate files of the last configuration, watched with the route files.
     tls_paths: Mutex<Vec<String>>,
+    /// What ACME should order, by resolver, from the configuration in force.
+    acme_wanted: tokio::sync::watch::Sender<AcmeWanted>,
 }
+
+/// Certificates ACME should order, by resolver name: one name list per certificate,
+/// its main name first (see [`constellation_proxy::tls::acme_domains`]).
+pub type AcmeWanted = std::collections::BTreeMap<String, std::collections::BTreeSet<Vec<String>>>;
 
 /// The inputs of the TLS snapshot in force.
 #[derive(Default)]
@@ -158,6 +164,7 @@ impl Reloader {
             tls: None,
             tls_inputs: Mutex::new(TlsInputs::default()),
             tls_paths: Mutex::new(Vec::new()),
+            acme_wanted: tokio::sync::watch::channel(AcmeWanted::new()).0,
         }
     }
 
@@ -197,6 +204,11 @@ impl Reloader {
         metrics.observe(&snapshot, unix_now() as i64);
         self.admin.certificates.store(Arc::new(snapshot.certificates()));
         handle.store(Arc::new(snapshot));
+    }
+
+    /// The certificates ACME should order, updated with every accepted configuration.
+    pub fn acme_wanted(&self) -> tokio::sync::watch::Receiver<AcmeWanted> {
+        self.acme_wanted.subscribe()
     }
 
     /// Refresh `constellation_cert_expiry_seconds` (the clock moves between reloads).
@@ -353,6 +365,12 @@ impl Reloader {
             let (snapshot, w) = crate::tls_files::build(&cfg, &tls_files, &acme)?;
             warnings.extend(w);
             self.swap_tls(handle, metrics, snapshot);
+            let wanted = constellation_proxy::tls::acme_domains(&cfg);
+            self.acme_wanted.send_if_modified(|w| {
+                let changed = *w != wanted;
+                *w = wanted;
+                changed
+            });
             let mut inputs = self.tls_inputs.lock().unwrap_or_else(|p| p.into_inner());
             inputs.config = Some(cfg.clone());
             inputs.files = tls_files;

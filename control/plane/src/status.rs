@@ -55,6 +55,40 @@ pub struct Status {
     /// Certificates served on TLS entry points (never key material), the default last.
     #[serde(default)]
     pub certificates: Vec<CertificateStatus>,
+    /// The ACME resolver; `null` when `[acme]` is not configured.
+    #[serde(default)]
+    pub acme: Option<AcmeStatus>,
+}
+
+/// The ACME certificate resolver on this node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AcmeStatus {
+    /// The resolver's name routers use in `tls.certResolver` (`default`).
+    pub resolver: String,
+    /// The CA's directory URL.
+    pub directory: String,
+    /// `http-01`, `tls-alpn-01` or `dns-01`.
+    pub challenge: String,
+    /// `raft` (replicated, every voter serves) or `file` (this node's data dir).
+    pub storage: String,
+    /// Account key, certificate keys and challenge certificates are sealed with the
+    /// cluster key.
+    pub encrypted: bool,
+    /// This node orders now (it holds the `acme` lease, or runs alone).
+    pub orderer: bool,
+    /// Wanted and stored certificates: state, expiry, renewal time, last error.
+    #[serde(default)]
+    pub certificates: Vec<constellation_acme::CertStatus>,
+    /// Resolver names routers use that are not configured (they get the default
+    /// certificate).
+    #[serde(default)]
+    pub unknown_resolvers: Vec<String>,
+    /// http-01 challenges answered now.
+    #[serde(default)]
+    pub pending_http01: usize,
+    /// tls-alpn-01 challenges answered now.
+    #[serde(default)]
+    pub pending_alpn01: usize,
 }
 
 /// One served certificate.

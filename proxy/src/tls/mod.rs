@@ -644,29 +644,40 @@ impl rustls::server::ResolvesServerCert for Single {
     }
 }
 
-/// What ACME must order, by resolver: each router with `tls.certResolver` wants its
-/// `tls.domains` (main and SANs, wildcards allowed), or when it has none, the literal
-/// names of its `Host` rule (Traefik's behaviour).
-pub fn acme_domains(cfg: &DynamicConfig) -> BTreeMap<String, BTreeSet<String>> {
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+/// What ACME must order, by resolver: one name list per certificate, its main name
+/// first. A router with `tls.certResolver` wants one certificate per `tls.domains`
+/// entry (main, then SANs; wildcards allowed) or, when it has none, one for the literal
+/// names of its `Host` rule (Traefik's behaviour). Names are lower-cased and a list
+/// repeated by several routers is ordered once.
+pub fn acme_domains(cfg: &DynamicConfig) -> BTreeMap<String, BTreeSet<Vec<String>>> {
+    let mut out: BTreeMap<String, BTreeSet<Vec<String>>> = BTreeMap::new();
+    let mut push = |resolver: &str, names: Vec<String>| {
+        let mut list: Vec<String> = Vec::with_capacity(names.len());
+        for n in names.into_iter().map(|n| n.trim_end_matches('.').to_ascii_lowercase()) {
+            if !n.is_empty() && !list.contains(&n) {
+                list.push(n);
+            }
+        }
+        if !list.is_empty() {
+            out.entry(resolver.to_string()).or_default().insert(list);
+        }
+    };
     for r in cfg.http.routers.values() {
         let Some(t) = &r.tls else { continue };
         let Some(resolver) = t.cert_resolver.as_deref().filter(|s| !s.is_empty()) else { continue };
-        let set = out.entry(resolver.to_string()).or_default();
         match t.domains.as_ref().filter(|d| !d.is_empty()) {
             Some(domains) => {
                 for d in domains {
-                    set.extend(d.main.iter().chain(d.sans.iter().flatten()).map(|n| n.to_ascii_lowercase()));
+                    push(resolver, d.main.iter().chain(d.sans.iter().flatten()).cloned().collect());
                 }
             }
             None => {
                 if let Ok(rule) = Rule::parse(r.rule.as_deref().unwrap_or("")) {
-                    set.extend(rule.hosts().into_iter().map(str::to_string));
+                    push(resolver, rule.hosts().into_iter().map(str::to_string).collect());
                 }
             }
         }
     }
-    out.retain(|_, s| !s.is_empty());
     out
 }
 

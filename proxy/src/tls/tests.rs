@@ -49,8 +49,9 @@ fn snapshot_picks_certificates_and_options_by_name() {
 fn acme_domains_follow_traefik() {
     let yaml = "http:\n  routers:\n    a:\n      rule: \"Host(`a.test`) || (Host(`b.test`) && !Host(`c.test`))\"\n      service: s\n      tls:\n        certResolver: default\n    w:\n      rule: \"HostRegexp(`.+`)\"\n      service: s\n      tls:\n        certResolver: le\n        domains:\n          - main: \"*.w.test\"\n            sans: [w.test]\n    plain:\n      rule: \"Host(`p.test`)\"\n      service: s\n  services:\n    s:\n      loadBalancer:\n        servers: [{url: \"http://127.0.0.1:1\"}]\n";
     let d = acme_domains(&cfg(yaml));
-    assert_eq!(d["default"], BTreeSet::from(["a.test".to_string(), "b.test".to_string()]));
-    assert_eq!(d["le"], BTreeSet::from(["*.w.test".to_string(), "w.test".to_string()]));
+    let list = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(d["default"], BTreeSet::from([list(&["a.test", "b.test"])]));
+    assert_eq!(d["le"], BTreeSet::from([list(&["*.w.test", "w.test"])]));
     assert_eq!(d.len(), 2);
 }
 

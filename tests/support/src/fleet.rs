@@ -59,6 +59,10 @@ pub struct NodeSpec {
     pub extra_toml: String,
     /// Key file name in the fleet directory; default `cluster.key`.
     pub key_file: Option<String>,
+    /// `[node] roles` of this node instead of the fleet's.
+    pub roles: Option<Vec<String>>,
+    /// `[routes] files` (names in the fleet directory); default none.
+    pub route_files: Vec<String>,
 }
 
 impl NodeSpec {
@@ -231,7 +235,9 @@ impl Fleet {
             1 => "[]".to_string(),
             _ => format!("[\"{}\"]", self.nodes[0].gossip),
         };
-        let roles: Vec<String> = self.spec.roles.iter().map(|r| format!("\"{r}\"")).collect();
+        let roles: Vec<String> =
+            spec.roles.as_ref().unwrap_or(&self.spec.roles).iter().map(|r| format!("\"{r}\"")).collect();
+        let files: Vec<String> = spec.route_files.iter().map(|f| format!("\"{f}\"")).collect();
         let roles = if roles.is_empty() { String::new() } else { format!("roles = [{}]\n", roles.join(", ")) };
         let push_pull = self.spec.push_pull_ms.map(|ms| format!("push_pull_interval_ms = {ms}\n")).unwrap_or_default();
         let raft = match self.spec.raft {
@@ -259,7 +265,7 @@ impl Fleet {
              [cluster]\naddress = \"{cluster}\"\n\
              [admin]\naddress = \"{admin}\"\n\
              [entrypoints.web]\naddress = \"{web}\"\n\
-             [routes]\nwatch_interval_ms = 100\n\
+             [routes]\nfiles = [{files}]\nwatch_interval_ms = 100\n\
              {raft}{instances}{extra}\n",
             name = node.name,
             gossip = node.gossip,
@@ -267,6 +273,7 @@ impl Fleet {
             admin = node.admin,
             web = node.web,
             extra = spec.extra_toml,
+            files = files.join(", "),
         );
         self.dir.write(&format!("{}.toml", node.name), &text);
     }
