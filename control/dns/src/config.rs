@@ -202,6 +202,13 @@ impl DnsConfig {
         format!("managed-by=constellation cluster={}", self.cluster_id)
     }
 
+    /// The comment of this cluster's dns-01 challenge TXT records. It is not the ownership
+    /// marker (the reconciler's list by comment does not match it, and `cluster_id` has no
+    /// spaces, so no other cluster's marker can equal it).
+    pub fn challenge_marker(&self) -> String {
+        format!("{} acme-challenge", self.marker())
+    }
+
     /// Time between two full reconciliations.
     pub fn reconcile_interval(&self) -> Duration {
         Duration::from_millis(self.reconcile_interval_ms)

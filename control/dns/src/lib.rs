@@ -6,6 +6,10 @@
 //! `managed-by=constellation cluster=<cluster_id>`; anything else is never changed or
 //! deleted unless `adopt` is set.
 //!
+//! dns-01 challenge TXT records (`_acme-challenge.<domain>`, see [`AcmeTxt`]) carry
+//! `managed-by=constellation cluster=<cluster_id> acme-challenge` instead: the reconciler
+//! never lists, changes or deletes them, and only [`AcmeTxt::clear_txt`] removes them.
+//!
 //! This crate knows nothing of gossip or Raft: the control plane feeds it a
 //! [`controller::Topology`] and a [`controller::Fence`].
 
@@ -25,6 +29,8 @@ mod reconcile;
 mod record;
 #[cfg(test)]
 mod tests;
+mod txt;
+mod zone;
 
 pub use bucket::TokenBucket;
 pub use client::RetryPolicy;
@@ -37,6 +43,7 @@ pub use metrics::DnsMetrics;
 pub use plan::{plan, Ownership, Plan, Update};
 pub use reconcile::{Applied, Outcome, Reconciler};
 pub use record::{Record, RecordType, RemoteRecord};
+pub use txt::{AcmeTxt, ACME_TXT_TTL};
 
 /// Everything that can go wrong talking to Cloudflare. None of them carries the token.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +122,17 @@ pub enum DnsError {
     Client {
         /// What failed.
         detail: String,
+    },
+    /// A dns-01 challenge for a name outside `dns.zone`; nothing was sent.
+    #[error(
+        "cannot publish the dns-01 challenge of {domain:?}: it is not inside the zone {zone:?} (dns.zone); \
+         issue that name with http-01 or tls-alpn-01, or through a DNS provider for its own zone"
+    )]
+    OutsideZone {
+        /// The domain as asked.
+        domain: String,
+        /// The configured zone.
+        zone: String,
     },
     /// A call that needs the API was made without a token.
     #[error("no DNS API token (dns.api_token_file or CONSTELLATION_DNS__API_TOKEN): running dry, nothing is sent to Cloudflare")]

@@ -29,7 +29,10 @@ impl DnsMetrics {
             &["endpoint", "result"],
         )?;
         let writes = IntCounterVec::new(
-            Opts::new("constellation_dns_writes_total", "DNS records written, by op (create, update, delete)."),
+            Opts::new(
+                "constellation_dns_writes_total",
+                "DNS records written, by op (create, update, delete; txt_create, txt_delete for dns-01 challenges).",
+            ),
             &["op"],
         )?;
         let drift = IntCounter::new(

@@ -5,26 +5,22 @@
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::Registry;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use super::api::{
-    CreateRecord, DeleteRecord, ListRecords, ListZones, PatchRecord, RecordBody, RecordFilter, RECORDS_PER_PAGE,
-};
-use super::bucket::TokenBucket;
-use super::client::{Api, RetryPolicy};
+use super::api::{CreateRecord, DeleteRecord, PatchRecord, RecordBody, RecordFilter};
+use super::client::RetryPolicy;
 use super::config::DnsConfig;
 use super::desired::Desired;
 use super::metrics::DnsMetrics;
 use super::plan::{plan, Ownership, Plan};
 use super::record::{Record, RecordType, RemoteRecord};
+use super::txt::AcmeTxt;
+use super::zone::{lock, Zone};
 use super::DnsError;
-
-/// Pages read at most per list (100 records each).
-const MAX_PAGES: u32 = 100;
 
 /// What one reconciliation did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,10 +54,9 @@ pub struct Applied {
 /// Reconciles the Cloudflare zone with the desired records. Cheap to share behind an `Arc`.
 pub struct Reconciler {
     cfg: DnsConfig,
-    api: Option<Api>,
+    zone: Arc<Zone>,
     metrics: DnsMetrics,
     owner: Ownership,
-    zone_id: Mutex<Option<String>>,
     /// Records known to be in place after the last good cycle: a later write to one of
     /// them, with the same desired content, is a drift correction.
     synced: Mutex<HashMap<(String, RecordType), Record>>,
@@ -79,26 +74,12 @@ impl Reconciler {
     /// [`Reconciler::new`] with an explicit retry policy.
     pub fn with_retry(cfg: DnsConfig, registry: &Registry, retry: RetryPolicy) -> Result<Reconciler, DnsError> {
         cfg.validate()?;
-        let metrics = DnsMetrics::register(registry).map_err(|e| DnsError::Client { detail: e.to_string() })?;
-        let bucket = Arc::new(TokenBucket::new(cfg.rate_per_5min, cfg.rate_burst, Instant::now()));
-        let api = match &cfg.token {
-            Some(token) => Some(Api::new(
-                &cfg.api_url,
-                token,
-                cfg.request_timeout(),
-                bucket,
-                retry,
-                metrics.clone(),
-                cfg.zone_name(),
-            )?),
-            None => None,
-        };
+        let zone = Zone::new(&cfg, registry, retry)?;
         let owner = Ownership { marker: cfg.marker(), adopt: cfg.adopt };
         Ok(Reconciler {
-            zone_id: Mutex::new(cfg.zone_id.clone()),
+            metrics: zone.metrics().clone(),
+            zone,
             cfg,
-            api,
-            metrics,
             owner,
             synced: Mutex::new(HashMap::new()),
             last_skipped: Mutex::new(BTreeSet::new()),
@@ -113,26 +94,18 @@ impl Reconciler {
 
     /// True when there is no token: plans are logged, nothing is sent.
     pub fn is_dry_run(&self) -> bool {
-        self.api.is_none()
+        self.zone.api().is_none()
+    }
+
+    /// A dns-01 TXT writer sharing this reconciler's client, request budget, zone id and
+    /// metrics (one process should not run two budgets against one Cloudflare account).
+    pub fn acme_txt(&self) -> AcmeTxt {
+        AcmeTxt::from_zone(self.zone.clone(), &self.cfg)
     }
 
     /// The zone id: configured, or looked up once by name (`GET zones?name=`).
     pub async fn zone_id(&self) -> Result<String, DnsError> {
-        if let Some(id) = lock(&self.zone_id).clone() {
-            return Ok(id);
-        }
-        let api = self.api.as_ref().ok_or(DnsError::DryRun)?;
-        let zone = self.cfg.zone_name();
-        let resp = api.call("list_zones", &ListZones { name: zone.clone() }).await?;
-        let id = resp
-            .result
-            .0
-            .into_iter()
-            .find(|z| z.name.eq_ignore_ascii_case(&zone))
-            .map(|z| z.id)
-            .ok_or(DnsError::ZoneNotFound { zone })?;
-        *lock(&self.zone_id) = Some(id.clone());
-        Ok(id)
+        self.zone.id().await
     }
 
     /// The records at every name of `desired`, plus our own records anywhere in the zone.
@@ -147,25 +120,7 @@ impl Reconciler {
     }
 
     async fn list(&self, zone_id: &str, filter: RecordFilter) -> Result<Vec<RemoteRecord>, DnsError> {
-        let api = self.api.as_ref().ok_or(DnsError::DryRun)?;
-        let mut out = Vec::new();
-        for page in 1..=MAX_PAGES {
-            let ep = ListRecords { zone_id: zone_id.to_string(), filter: filter.clone(), page };
-            let resp = api.call("list_records", &ep).await?;
-            let n = resp.result.0.len();
-            for raw in &resp.result.0 {
-                match RemoteRecord::from_json(raw) {
-                    Some(r) => out.push(r),
-                    None => warn!(record = %raw, "DNS record without id, name or type; ignored"),
-                }
-            }
-            let total_pages =
-                resp.result_info.as_ref().and_then(|i| i.get("total_pages")).and_then(Value::as_u64).unwrap_or(1);
-            if u64::from(page) >= total_pages || n < RECORDS_PER_PAGE as usize {
-                break;
-            }
-        }
-        Ok(out)
+        self.zone.list(zone_id, filter).await
     }
 
     /// One reconciliation: list, plan, then — right before the first write — `fence()`;
@@ -177,7 +132,7 @@ impl Reconciler {
         Fut: Future<Output = bool>,
     {
         let _cycle = self.cycle.lock().await;
-        let Some(api) = &self.api else {
+        let Some(api) = self.zone.api() else {
             let plan = plan(desired, &[], &self.owner);
             for r in &plan.create {
                 info!(name = %r.name, r#type = %r.kind, content = %r.content, "dry run (no DNS API token): would write record");
@@ -307,8 +262,4 @@ enum Op<'a> {
     Update(&'a super::plan::Update),
     Create(&'a Record),
     Delete(&'a RemoteRecord),
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

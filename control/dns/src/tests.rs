@@ -14,14 +14,14 @@ use serde_json::json;
 use super::*;
 use constellation_testkit::cloudflare::{FakeCloudflare, Fault};
 
-const TOKEN: &str = "good-token-0123456789";
-const ZONE: &str = "example.com";
+pub(crate) const TOKEN: &str = "good-token-0123456789";
+pub(crate) const ZONE: &str = "example.com";
 
-fn ip(s: &str) -> IpAddr {
+pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn cfg(url: &str) -> DnsConfig {
+pub(crate) fn cfg(url: &str) -> DnsConfig {
     DnsConfig {
         zone: ZONE.into(),
         api_url: url.into(),
@@ -35,28 +35,28 @@ fn cfg(url: &str) -> DnsConfig {
     }
 }
 
-fn fast_retry() -> RetryPolicy {
+pub(crate) fn fast_retry() -> RetryPolicy {
     RetryPolicy { attempts: 5, base: Duration::from_millis(50), max: Duration::from_millis(400) }
 }
 
-fn reconciler(cfg: DnsConfig) -> (Reconciler, Registry) {
+pub(crate) fn reconciler(cfg: DnsConfig) -> (Reconciler, Registry) {
     let reg = Registry::new();
     (Reconciler::with_retry(cfg, &reg, fast_retry()).unwrap(), reg)
 }
 
-fn node(name: &str, addr: &str) -> NodeAddr {
+pub(crate) fn node(name: &str, addr: &str) -> NodeAddr {
     NodeAddr { name: name.into(), ip: Some(ip(addr)), keep: true }
 }
 
-fn want(c: &DnsConfig, leader: &str, nodes: &[NodeAddr]) -> Desired {
+pub(crate) fn want(c: &DnsConfig, leader: &str, nodes: &[NodeAddr]) -> Desired {
     desired(c, Some(ip(leader)), nodes)
 }
 
-async fn fence_ok() -> bool {
+pub(crate) async fn fence_ok() -> bool {
     true
 }
 
-fn metric(reg: &Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric(reg: &Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
     reg.gather()
         .iter()
         .filter(|f| f.name() == name)
@@ -66,20 +66,20 @@ fn metric(reg: &Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-fn applied(o: Outcome) -> Applied {
+pub(crate) fn applied(o: Outcome) -> Applied {
     match o {
         Outcome::Applied(a) => a,
         other => panic!("expected Applied, got {other:?}"),
     }
 }
 
-fn methods(fake: &FakeCloudflare) -> Vec<String> {
+pub(crate) fn methods(fake: &FakeCloudflare) -> Vec<String> {
     fake.log().iter().map(|r| r.method.clone()).collect()
 }
 
 /// A fake with one zone, a CAA record at the apex (unknown to the crate's types) and an
 /// unrelated TXT record.
-async fn fake_zone() -> (FakeCloudflare, String) {
+pub(crate) async fn fake_zone() -> (FakeCloudflare, String) {
     let fake = FakeCloudflare::start(TOKEN).await.unwrap();
     let zid = fake.add_zone(ZONE);
     fake.insert_raw(
@@ -352,7 +352,7 @@ async fn no_leader_leaves_apex_and_wildcard_as_they_are() {
 
 // === Pure ===
 
-fn remote(id: &str, name: &str, kind: &str, content: &str, comment: Option<&str>) -> RemoteRecord {
+pub(crate) fn remote(id: &str, name: &str, kind: &str, content: &str, comment: Option<&str>) -> RemoteRecord {
     RemoteRecord {
         id: id.into(),
         name: name.into(),
@@ -364,7 +364,7 @@ fn remote(id: &str, name: &str, kind: &str, content: &str, comment: Option<&str>
     }
 }
 
-fn owner() -> Ownership {
+pub(crate) fn owner() -> Ownership {
     Ownership { marker: "managed-by=constellation cluster=c1".into(), adopt: false }
 }
 
