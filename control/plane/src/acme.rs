@@ -19,6 +19,19 @@ use crate::admin::AdminState;
 use crate::routes::{AcmeWanted, Reloader};
 use crate::status::AcmeStatus;
 
+/// dns-01 through the DNS controller's Cloudflare client.
+pub struct CloudflareTxt(pub constellation_dns::AcmeTxt);
+
+#[async_trait::async_trait]
+impl DnsChallenge for CloudflareTxt {
+    async fn set_txt(&self, domain: &str, value: &str) -> Result<(), String> {
+        self.0.set_txt(domain, value).await.map_err(|e| e.to_string())
+    }
+    async fn clear_txt(&self, domain: &str) -> Result<(), String> {
+        self.0.clear_txt(domain).await.map_err(|e| e.to_string())
+    }
+}
+
 /// The resolver `[acme]` defines (Traefik's `certResolver` name).
 pub const DEFAULT_RESOLVER: &str = "default";
 

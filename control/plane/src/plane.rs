@@ -487,6 +487,9 @@ pub async fn run(
                         ))
                     })
                     .collect();
+                // dns-01 TXT records go through the same Cloudflare client (and rate
+                // budget) as the DNS controller's writes when this node runs one.
+                let mut acme_txt: Option<constellation_dns::AcmeTxt> = None;
                 // DNS follows the front door while this node holds the dns-writer lease.
                 if let Some(dns_cfg) = cfg.config.dns.clone() {
                     let dns_held = wanted
@@ -496,6 +499,7 @@ pub async fn run(
                         .map(|(_, h)| h.held());
                     match (dns_held, constellation_dns::Reconciler::new(dns_cfg, &registry)) {
                         (Some(dns_held), Ok(reconciler)) => {
+                            acme_txt = Some(reconciler.acme_txt());
                             let (topo_tx, topology) = tokio::sync::watch::channel(Topology::default());
                             tasks.spawn(topology_loop(
                                 node.view(),
@@ -528,11 +532,21 @@ pub async fn run(
                         .find(|(l, _)| *l == constellation_acme::ACME_LEASE)
                         .map(|(_, h)| h.held());
                     let placement = crate::acme::Placement::Lease { node: node.clone(), token };
+                    let dns01 = match (settings.config.challenge, acme_txt, &cfg.config.dns) {
+                        (constellation_acme::ChallengeKind::Dns01, Some(txt), _) => Some(txt),
+                        (constellation_acme::ChallengeKind::Dns01, None, Some(dns_cfg)) => {
+                            constellation_dns::AcmeTxt::new(dns_cfg, &registry)
+                                .map_err(|e| tracing::error!(error = %e, "acme: dns-01 cannot use the Cloudflare client"))
+                                .ok()
+                        }
+                        _ => None,
+                    };
+                    let dns01 = dns01.map(|t| Arc::new(crate::acme::CloudflareTxt(t)) as Arc<dyn constellation_acme::DnsChallenge>);
                     acme_task = crate::acme::start(
                         settings,
                         placement,
                         Some(cluster_keyring.clone()),
-                        None,
+                        dns01,
                         reloader.clone(),
                         admin.clone(),
                         &registry,
