@@ -192,10 +192,7 @@ pub async fn status(admin: &str, json: bool, token: Option<&str>) -> anyhow::Res
             if a.encrypted { " (encrypted)" } else { "" }
         );
         println!("  {:<36} {:<9} {:>11} {:>11}  LAST ERROR", "DOMAINS", "STATE", "EXPIRES IN", "RENEW IN");
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let left = |t: Option<u64>| t.map(|t| human_secs(t.saturating_sub(now))).unwrap_or_else(|| "-".into());
         for c in &a.certificates {
             let state = serde_json::to_value(c.state).ok().and_then(|v| v.as_str().map(str::to_string));

@@ -715,7 +715,10 @@ mod tests {
         let eps = vec![("web".to_string(), "127.0.0.1:80".parse().unwrap())];
         let (_, w) = compile(&cfg(yaml), &ProxySettings::default(), &eps, &reg, &AddressMap::new(), 1).unwrap();
         assert!(w.iter().any(|w| w.contains("entryPoints [\"websecure\"] are not configured")), "{w:?}");
-        assert!(!w.iter().any(|w| w.contains("tls") || w.contains("TLS")), "routers with tls and https upstreams are served: {w:?}");
+        assert!(
+            !w.iter().any(|w| w.contains("tls") || w.contains("TLS")),
+            "routers with tls and https upstreams are served: {w:?}"
+        );
     }
 
     #[test]

@@ -25,8 +25,8 @@ pub mod rule;
 pub mod settings;
 pub mod smart;
 pub mod table;
-pub mod transport;
 pub mod tls;
+pub mod transport;
 pub mod upstream;
 
 pub use address::{host_names, AddressMap, HostPort};
@@ -42,6 +42,6 @@ pub use rule::{RequestInfo, Rule, RuleError};
 pub use settings::ProxySettings;
 pub use smart::{BreakerEvent, ConnectFailures, SmartFailoverProxy};
 pub use table::{Pool, Route, RouteTable, TableHandle, Target};
-pub use transport::{TransportError, TransportFiles, UpstreamTransport};
 pub use tls::{AcmeMaterial, TlsHandle, TlsMetrics, TlsSnapshot};
+pub use transport::{TransportError, TransportFiles, UpstreamTransport};
 pub use upstream::{Upstream, UpstreamKey, UpstreamRegistry};

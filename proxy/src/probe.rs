@@ -113,6 +113,8 @@ pub struct ProbeResponse {
 
 /// A cached client's key: host, address, TLS settings (see [`Prober`]).
 type ClientKey = (String, Option<SocketAddr>, usize);
+/// A cached client and the TLS settings its key points at (kept alive by the entry).
+type CachedClient = (reqwest::Client, Option<Arc<rustls::ClientConfig>>);
 
 /// Sends probes. Cheap to share behind an `Arc`; see the module docs.
 pub struct Prober {
@@ -120,7 +122,7 @@ pub struct Prober {
     tls: rustls::ClientConfig,
     /// Clients by (host, address, TLS settings: 0 for the prober's own, else the
     /// address of the request's `Arc<ClientConfig>`, kept alive by the entry).
-    clients: Mutex<HashMap<ClientKey, (reqwest::Client, Option<Arc<rustls::ClientConfig>>)>>,
+    clients: Mutex<HashMap<ClientKey, CachedClient>>,
 }
 
 impl std::fmt::Debug for Prober {

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::support::*;
 
@@ -175,9 +175,13 @@ fn three_agents_share_one_order_answer_http01_anywhere_fail_over_and_renew_witho
         fleet.kill(old);
         let survivor = if old == 1 { 2 } else { 1 };
         let ((new_holder, _), moved) = fleet
-            .wait_new_holder(&[survivor, 3], "acme", (&fleet.node(old).name.clone(), token), Duration::from_secs(20), || {
-                fleet.dump()
-            })
+            .wait_new_holder(
+                &[survivor, 3],
+                "acme",
+                (&fleet.node(old).name.clone(), token),
+                Duration::from_secs(20),
+                || fleet.dump(),
+            )
             .await;
         assert_eq!(new_holder, fleet.node(survivor).name);
         eprintln!("acme lease moved to {new_holder} {moved:?} after kill -9");
@@ -194,7 +198,8 @@ fn three_agents_share_one_order_answer_http01_anywhere_fail_over_and_renew_witho
         let stop = Instant::now() + Duration::from_secs(lifetime);
         let mut probes = Vec::new();
         for &i in &[survivor, 3] {
-            let (addr, root, failures, handshakes) = (secure[i - 1], root.clone(), failures.clone(), handshakes.clone());
+            let (addr, root, failures, handshakes) =
+                (secure[i - 1], root.clone(), failures.clone(), handshakes.clone());
             let first = first.clone();
             probes.push(tokio::spawn(async move {
                 let mut last_error = None;
@@ -222,7 +227,11 @@ fn three_agents_share_one_order_answer_http01_anywhere_fail_over_and_renew_witho
         }
         for (p, i) in probes.into_iter().zip([survivor, 3]) {
             let (renewed, last_error) = p.await.unwrap();
-            assert!(renewed, "n{i} did not serve a renewed certificate within {lifetime} s\n{}", context(&fleet, &pebble));
+            assert!(
+                renewed,
+                "n{i} did not serve a renewed certificate within {lifetime} s\n{}",
+                context(&fleet, &pebble)
+            );
             assert!(last_error.is_none(), "n{i}: {last_error:?}");
         }
         assert_eq!(failures.load(Ordering::Relaxed), 0, "failed handshakes during renewal");

@@ -281,7 +281,10 @@ async fn http01_order_verifies_and_a_restart_reuses_the_stored_certificate() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(issued(&second), 0.0, "no second order after a restart");
     assert_eq!(metric(&second.registry, "constellation_acme_requests_total", None), 0.0);
-    assert!(metric(&second.registry, "constellation_acme_cert_not_after_timestamp_seconds", Some(("domain", "app.test"))) > 0.0);
+    assert!(
+        metric(&second.registry, "constellation_acme_cert_not_after_timestamp_seconds", Some(("domain", "app.test")))
+            > 0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -536,12 +536,15 @@ pub async fn run(
                         (constellation_acme::ChallengeKind::Dns01, Some(txt), _) => Some(txt),
                         (constellation_acme::ChallengeKind::Dns01, None, Some(dns_cfg)) => {
                             constellation_dns::AcmeTxt::new(dns_cfg, &registry)
-                                .map_err(|e| tracing::error!(error = %e, "acme: dns-01 cannot use the Cloudflare client"))
+                                .map_err(
+                                    |e| tracing::error!(error = %e, "acme: dns-01 cannot use the Cloudflare client"),
+                                )
                                 .ok()
                         }
                         _ => None,
                     };
-                    let dns01 = dns01.map(|t| Arc::new(crate::acme::CloudflareTxt(t)) as Arc<dyn constellation_acme::DnsChallenge>);
+                    let dns01 = dns01
+                        .map(|t| Arc::new(crate::acme::CloudflareTxt(t)) as Arc<dyn constellation_acme::DnsChallenge>);
                     acme_task = crate::acme::start(
                         settings,
                         placement,
