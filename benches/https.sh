@@ -5,9 +5,6 @@
 #
 # Usage: bash benches/https.sh
 #
-# Needs TLS entry points (`tls = true`, issue 11), which are not on main yet: until they
-# land, `constellation config check` rejects its agent.toml and the script stops there.
-#
 # All three proxies serve the same certificate and key (ECDSA P-256, made by openssl for
 # the run), TLS 1.3 offered by all three, session resumption turned off everywhere
 # (nginx `ssl_session_cache off; ssl_session_tickets off`, HAProxy `no-tls-tickets` and

@@ -556,7 +556,10 @@ where
         let mut stream = stream;
         let first_deadline = accepted + limits.read_timeout;
         if entry.protocols.tls {
-            match tokio::time::timeout_at(first_deadline.into(), self.handshake(&entry, stream, peer)).await {
+            // Boxed: the handshake's state (rustls' and the hello reader's) would
+            // otherwise sit inline in every connection's task, plain ones included.
+            let handshake = Box::pin(self.handshake(&entry, stream, peer));
+            match tokio::time::timeout_at(first_deadline.into(), handshake).await {
                 Ok(Some(s)) => stream = s,
                 Ok(None) => return None,
                 Err(_) => {
@@ -586,14 +589,32 @@ where
                 }
             }
             if &preface == H2_PREFACE {
-                return ServerApp::process_new(&self.app, stream, shutdown).await;
+                return Box::pin(ServerApp::process_new(&self.app, stream, shutdown)).await;
             }
         }
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
             || self.app.server_options().is_some_and(|o| o.force_custom);
         if h2 {
             // HTTP/2 and custom protocols keep Pingora's own loop; only the caps apply.
-            return ServerApp::process_new(&self.app, stream, shutdown).await;
+            return Box::pin(ServerApp::process_new(&self.app, stream, shutdown)).await;
+        }
+        // Wait for the first byte before building a session. Every state of this future
+        // lives in the connection's task for as long as the connection does, so the
+        // request's (large) state is boxed below and only allocated once a request
+        // starts: a connection that sends nothing costs this small future, not a request.
+        let mut first = [0u8; 1];
+        let mut stopping = shutdown.clone();
+        tokio::select! {
+            peeked = tokio::time::timeout_at(first_deadline.into(), stream.try_peek(&mut first)) => match peeked {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return None,
+                Err(_) => {
+                    entry.head_timeouts.inc();
+                    tracing::debug!(entrypoint = %entry.name, peer = ?peer, "no request within the head deadline; connection closed");
+                    return None;
+                }
+            },
+            _ = stopping.wait_for(|s| *s) => return None,
         }
         let conn = Arc::new(Connection { entry: entry.clone(), head_done: AtomicBool::new(false) });
         let mut session = ServerSession::new_http1(stream);
@@ -606,7 +627,7 @@ where
         loop {
             let served = tokio::select! {
                 biased;
-                served = self.app.process_new_http(session, shutdown) => served,
+                served = Box::pin(self.app.process_new_http(session, shutdown)) => served,
                 _ = head_expired(&conn, deadline) => {
                     entry.head_timeouts.inc();
                     tracing::debug!(entrypoint = %entry.name, peer = ?peer, "request head not complete in time; connection closed");

@@ -330,7 +330,12 @@ impl SmartFailoverProxy {
         let host = split_host(request_host(req));
         let port = if redirect.port == 443 { String::new() } else { format!(":{}", redirect.port) };
         let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let location = format!("https://{host}{port}{path}");
+        // An IPv6 literal keeps its brackets in a URL.
+        let location = if host.contains(':') {
+            format!("https://[{host}]{port}{path}")
+        } else {
+            format!("https://{host}{port}{path}")
+        };
         let safe = matches!(req.method, http::Method::GET | http::Method::HEAD);
         let status = match (redirect.permanent, safe) {
             (true, true) => 301,

@@ -104,3 +104,47 @@ fn h2c_on_an_h2c_entry_point_and_failover_over_h2() {
         assert!(retries >= 1.0, "{}", agent.metrics().await);
     });
 }
+
+#[test]
+fn grpc_style_trailers_pass_from_an_h2c_upstream_to_an_h2_client() {
+    run_test(|| async {
+        let backend = Backend::start_with("grpc", "127.0.0.1:0".parse().unwrap(), Serve::H2c).await.unwrap();
+        backend.set(Behaviour::Trailers);
+        let ca = Ca::new("Test CA");
+        let a = ca.leaf(&["a.test"]);
+        let server = format!("h2c://{}", backend.addr);
+        let routes = tls_routes(
+            &[("a", "Host(`a.test`)", Some("{}"))],
+            &server,
+            "tls:\n  certificates:\n    - {certFile: a.crt, keyFile: a.key}\n",
+        );
+        let (ep, secure) = websecure("");
+        let agent = start_agent_with(&routes, "", &ep, &[("a.crt", &a.cert), ("a.key", &a.key)], None).await;
+        let ca_file = agent.dir.write("ca.pem", &ca.pem);
+        let resolve = format!("a.test:{}:127.0.0.1", secure.port());
+        let url = format!("https://a.test:{}/pkg.Service/Call", secure.port());
+        // curl prints HTTP/2 trailers with the headers (-D -), after the body's head.
+        let (code, out, err) = curl(&[
+            "--http2",
+            "--resolve",
+            &resolve,
+            "--cacert",
+            ca_file.to_str().unwrap(),
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            &url,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.starts_with("HTTP/2 200"), "{out}");
+        let lower = out.to_ascii_lowercase();
+        assert!(lower.contains("grpc-status: 0"), "trailer grpc-status kept: {out}");
+        assert!(lower.contains("grpc-message: done"), "trailer grpc-message kept: {out}");
+        assert_eq!(backend.count(), 1);
+    });
+}
