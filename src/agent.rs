@@ -179,7 +179,8 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
         )
         .with_domain(&cfg.config.cluster.domain)
         .with_resolver(resolver)
-        .with_tls(tls.clone(), tls_metrics.clone()),
+        .with_tls(tls.clone(), tls_metrics.clone())
+        .with_entrypoint_tls(cfg.entrypoint_tls()),
     );
     // The first table must be valid: an agent that starts with no routes would look
     // healthy while serving nothing. Its host names are looked up first, on a runtime of

@@ -100,3 +100,52 @@ fn redirect_to_must_name_a_tls_entry_point() {
         );
     });
 }
+
+#[test]
+fn entry_point_tls_defaults_serve_plain_routers_there_with_tls_and_keep_their_plain_side() {
+    run_test(|| async {
+        let backend = Backend::start("app", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let ca = Ca::new("Test CA");
+        let a = ca.leaf(&["a.test"]);
+        // `both` lists no entry point (it is on web and websecure), `only` lists websecure.
+        let routes = format!(
+            "http:\n  routers:\n    both:\n      rule: \"Host(`a.test`)\"\n      service: app\n    only:\n      rule: \"Host(`a.test`) && PathPrefix(`/only`)\"\n      entryPoints: [websecure]\n      service: app\n  services:\n    app:\n      loadBalancer:\n        servers:\n          - url: \"{}\"\ntls:\n  certificates:\n    - {{certFile: a.crt, keyFile: a.key}}\n  options:\n    modern:\n      minVersion: VersionTLS13\n",
+            backend.url()
+        );
+        let (ep, secure) = websecure("[entrypoints.websecure.http.tls]\noptions = \"modern\"\n");
+        let agent = start_agent_with(&routes, "", &ep, &[("a.crt", &a.cert), ("a.key", &a.key)], None).await;
+
+        // Plain side unchanged; TLS side served with the entry point's options (TLS 1.3).
+        assert_eq!(agent.get("a.test", "/").await.status, 200);
+        let mut c = connect(secure, Some("a.test"), &["http/1.1"]).await.unwrap();
+        assert_eq!(c.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+        assert_eq!(request(&mut c, "a.test", "/", true).await.0, 200);
+        let mut c = connect(secure, Some("a.test"), &["http/1.1"]).await.unwrap();
+        assert_eq!(request(&mut c, "a.test", "/only/x", true).await.0, 200);
+        assert_eq!(agent.get("a.test", "/only/x").await.status, 200, "web: matched by `both`, not `only`");
+        let (code, _, err) = curl(&[
+            "-k",
+            "--tls-max",
+            "1.2",
+            "--resolve",
+            &format!("a.test:{}:127.0.0.1", secure.port()),
+            &format!("https://a.test:{}/", secure.port()),
+        ]);
+        assert_ne!(code, 0, "TLS 1.2 refused by the entry point's options: {err}");
+
+        let s = agent.status().await;
+        let names: Vec<&str> = s["routes"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert!(names.contains(&"both") && names.contains(&"websecure-both") && names.contains(&"only"), "{names:?}");
+
+        // A TLS default on a plain entry point is a configuration error naming the key.
+        let dir = Scratch::new("eptls");
+        let file = dir.write(
+            "agent.toml",
+            "[entrypoints.web]\naddress = \"127.0.0.1:18080\"\n[entrypoints.web.http.tls]\ncertResolver = \"default\"\n",
+        );
+        let out = std::process::Command::new(binary()).args(["config", "check"]).arg(&file).output().unwrap();
+        assert_eq!(out.status.code(), Some(78));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("entrypoints.web.http.tls") && err.contains("tls = true"), "{err}");
+    });
+}

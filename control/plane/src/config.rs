@@ -197,6 +197,23 @@ pub struct NodeConfig {
     pub roles: Vec<String>,
 }
 
+/// `[entrypoints.<name>.http]`: Traefik's entry point `http` options.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntrypointHttp {
+    /// Traefik's `http.tls` (keys `certResolver`, `options`, `domains`, as in a router's
+    /// `tls`): on a TLS entry point, routers without their own `tls` that are attached to
+    /// it are served on it with these settings. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<constellation_proxy::dynamic::RouterTls>,
+}
+
+impl EntrypointHttp {
+    fn is_empty(&self) -> bool {
+        self.tls.is_none()
+    }
+}
+
 /// `[entrypoints.<name>]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -231,6 +248,9 @@ pub struct EntrypointConfig {
     /// false (Traefik's `permanent`). Default true.
     #[serde(default = "default_true", alias = "redirectPermanent")]
     pub redirect_permanent: bool,
+    /// Traefik's entry point `http` options (`[entrypoints.<name>.http.tls]`).
+    #[serde(default, skip_serializing_if = "EntrypointHttp::is_empty")]
+    pub http: EntrypointHttp,
 }
 
 fn default_true() -> bool {
@@ -320,6 +340,7 @@ impl Default for AgentConfig {
                 h2c: false,
                 redirect_to: None,
                 redirect_permanent: true,
+                http: EntrypointHttp::default(),
             },
         );
         Self {
@@ -452,6 +473,11 @@ impl std::fmt::Debug for ResolvedGossip {
 }
 
 impl LoadedConfig {
+    /// The TLS entry points with router TLS defaults (`[entrypoints.<name>.http.tls]`).
+    pub fn entrypoint_tls(&self) -> Vec<(String, constellation_proxy::dynamic::RouterTls)> {
+        self.config.entrypoints.iter().filter_map(|(name, ep)| ep.http.tls.clone().map(|t| (name.clone(), t))).collect()
+    }
+
     /// Absolute paths of the route files.
     pub fn route_files(&self) -> Vec<PathBuf> {
         self.config.routes.files.iter().map(|f| self.base_dir.join(f)).collect()
@@ -638,6 +664,12 @@ pub fn validate_all(
                     &format!("entrypoints.{name}.h2c"),
                     "h2c is cleartext HTTP/2; on a TLS entry point HTTP/2 is negotiated over ALPN (http2 = true)"
                         .into(),
+                ));
+            }
+            if ep.http.tls.is_some() && !ep.tls {
+                return Err(bad(
+                    &format!("entrypoints.{name}.http.tls"),
+                    "TLS defaults for routers need a TLS entry point: add tls = true".into(),
                 ));
             }
             let redirect = match &ep.redirect_to {

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use constellation_proxy::dynamic::RouterTls;
 use constellation_proxy::tls::{AcmeMaterial, TlsFiles, TlsHandle, TlsMetrics};
 use constellation_proxy::{
     compile_with_files, dynamic, host_names, redact, DynamicConfig, ProxyMetrics, ProxySettings, TableHandle,
@@ -121,6 +122,8 @@ pub struct Reloader {
     tls_paths: Mutex<Vec<String>>,
     /// What ACME should order, by resolver, from the configuration in force.
     acme_wanted: tokio::sync::watch::Sender<AcmeWanted>,
+    /// Router TLS defaults of TLS entry points (`[entrypoints.<name>.http.tls]`).
+    entrypoint_tls: Vec<(String, RouterTls)>,
 }
 
 /// Certificates ACME should order, by resolver name: one name list per certificate,
@@ -165,6 +168,7 @@ impl Reloader {
             tls_inputs: Mutex::new(TlsInputs::default()),
             tls_paths: Mutex::new(Vec::new()),
             acme_wanted: tokio::sync::watch::channel(AcmeWanted::new()).0,
+            entrypoint_tls: Vec::new(),
         }
     }
 
@@ -204,6 +208,13 @@ impl Reloader {
         metrics.observe(&snapshot, unix_now() as i64);
         self.admin.certificates.store(Arc::new(snapshot.certificates()));
         handle.store(Arc::new(snapshot));
+    }
+
+    /// Serve routers without `tls` that are attached to these TLS entry points there
+    /// with the given TLS settings (see [`apply_entrypoint_tls`]).
+    pub fn with_entrypoint_tls(mut self, defaults: Vec<(String, RouterTls)>) -> Self {
+        self.entrypoint_tls = defaults;
+        self
     }
 
     /// The certificates ACME should order, updated with every accepted configuration.
@@ -293,8 +304,10 @@ impl Reloader {
         let mut build_warnings = Vec::new();
         let provided = self.provided.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let config = load_sources(&self.sources).and_then(|cfg| {
-            let (cfg, w) = assemble(cfg, provided, &instances, &self.domain)?;
+            let (mut cfg, w) = assemble(cfg, provided, &instances, &self.domain)?;
             build_warnings = w;
+            let names: Vec<String> = self.entrypoints.iter().map(|(n, _)| n.clone()).collect();
+            apply_entrypoint_tls(&mut cfg, &names, &self.entrypoint_tls);
             Ok(cfg)
         });
         if let Ok(cfg) = &config {
@@ -539,6 +552,50 @@ fn merge_provided(cfg: &mut DynamicConfig, parts: Vec<(String, DynamicConfig)>) 
     warnings
 }
 
+/// Traefik's entry point `http.tls`: a router without `tls` attached to a TLS entry
+/// point with defaults (it lists that entry point, or lists none) is served there with
+/// those TLS settings. A router only on such entry points gets the settings itself; one
+/// also on other entry points keeps serving those in plain HTTP, and a copy named
+/// `<entrypoint>-<router>` serves the TLS entry point (as Traefik instantiates a router
+/// per entry point).
+pub fn apply_entrypoint_tls(cfg: &mut DynamicConfig, entrypoints: &[String], defaults: &[(String, RouterTls)]) {
+    if defaults.is_empty() {
+        return;
+    }
+    let mut out = std::collections::BTreeMap::new();
+    let mut copies = Vec::new();
+    for (name, mut router) in std::mem::take(&mut cfg.http.routers) {
+        if router.tls.is_some() {
+            out.insert(name, router);
+            continue;
+        }
+        let attached = if router.entry_points.is_empty() { entrypoints.to_vec() } else { router.entry_points.clone() };
+        let (with, rest): (Vec<String>, Vec<String>) =
+            attached.into_iter().partition(|e| defaults.iter().any(|(d, _)| d == e));
+        if with.is_empty() {
+            out.insert(name, router);
+            continue;
+        }
+        // Only on one such entry point: the router itself becomes a TLS router.
+        let alone = rest.is_empty() && with.len() == 1;
+        for (ep, tls) in defaults.iter().filter(|(d, _)| with.contains(d)) {
+            let mut copy = router.clone();
+            copy.entry_points = vec![ep.clone()];
+            copy.tls = Some(tls.clone());
+            copies.push((if alone { name.clone() } else { format!("{ep}-{name}") }, copy));
+        }
+        if !rest.is_empty() {
+            router.entry_points = rest;
+            out.insert(name, router);
+        }
+    }
+    // A router of the file with the copy's name wins (the copy is left out).
+    for (name, copy) in copies {
+        out.entry(name).or_insert(copy);
+    }
+    cfg.http.routers = out;
+}
+
 /// What [`Reloader::prepare`] hands to [`Reloader::publish`].
 struct Prepared {
     started: Instant,
@@ -553,5 +610,29 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod entrypoint_tls_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn routers_on_a_tls_entry_point_with_defaults_get_them_and_keep_their_plain_side() {
+        let yaml = "http:\n  routers:\n    both:\n      rule: \"Host(`a.test`)\"\n      service: s\n    secure:\n      rule: \"Host(`b.test`)\"\n      entryPoints: [websecure]\n      service: s\n    plain:\n      rule: \"Host(`c.test`)\"\n      entryPoints: [web]\n      service: s\n    own:\n      rule: \"Host(`d.test`)\"\n      service: s\n      tls: {options: modern}\n  services:\n    s:\n      loadBalancer:\n        servers: [{url: \"http://127.0.0.1:1\"}]\n";
+        let mut cfg = dynamic::parse_named("routes.yaml", yaml).unwrap();
+        let tls = RouterTls { cert_resolver: Some("default".into()), ..RouterTls::default() };
+        let eps = vec!["web".to_string(), "websecure".to_string()];
+        apply_entrypoint_tls(&mut cfg, &eps, &[("websecure".into(), tls.clone())]);
+        let r = &cfg.http.routers;
+        assert_eq!(r.keys().cloned().collect::<Vec<_>>(), ["both", "own", "plain", "secure", "websecure-both"]);
+        assert_eq!((r["both"].entry_points.clone(), r["both"].tls.clone()), (vec!["web".to_string()], None));
+        assert_eq!(r["websecure-both"].entry_points, ["websecure"]);
+        assert_eq!(r["websecure-both"].tls, Some(tls.clone()));
+        assert_eq!(r["secure"].tls, Some(tls), "only on websecure: the router itself");
+        assert_eq!(r["plain"].tls, None);
+        assert_eq!(r["own"].tls.as_ref().unwrap().options.as_deref(), Some("modern"), "its own tls stays");
+        assert!(r["own"].entry_points.is_empty());
     }
 }
