@@ -12,6 +12,7 @@ mod t05_routing;
 mod t06_http2;
 mod t07_acme;
 mod t08_pebble;
+mod t09_dns01;
 
 /// The shared kit, plus what only this suite needs.
 mod support {

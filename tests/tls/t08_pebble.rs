@@ -33,7 +33,11 @@ async fn verified(
 }
 
 /// GET / for `name` over a verified connection: (status, body, served leaf DER).
-async fn verified_get(addr: SocketAddr, name: &str, root_pem: &str) -> Result<(u16, String, Vec<u8>), String> {
+pub(crate) async fn verified_get(
+    addr: SocketAddr,
+    name: &str,
+    root_pem: &str,
+) -> Result<(u16, String, Vec<u8>), String> {
     let mut s = verified(addr, name, root_pem).await.map_err(|e| format!("handshake with {addr}: {e}"))?;
     let leaf = s.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
     let (status, text) = request(&mut s, name, "/", true).await;
@@ -41,7 +45,7 @@ async fn verified_get(addr: SocketAddr, name: &str, root_pem: &str) -> Result<(u
     Ok((status, body, leaf))
 }
 
-fn acme_toml(pebble: &Pebble, ca_file: &str, extra: &str) -> String {
+pub(crate) fn acme_toml(pebble: &Pebble, ca_file: &str, extra: &str) -> String {
     format!(
         "[acme]\nemail = \"ops@example.test\"\ndirectory = \"{}\"\nca_file = \"{ca_file}\"\nchallenge = \"http-01\"\n\
          retry_min_ms = 500\nretry_max_ms = 4000\n{extra}",

@@ -63,6 +63,9 @@ struct State {
     faults: VecDeque<Fault>,
     log: Vec<LoggedRequest>,
     next_id: u64,
+    /// challtestsrv's management URL: TXT records are copied there (see
+    /// [`FakeCloudflare::mirror_txt_to`]), with the names copied so far.
+    txt_mirror: Option<(String, std::collections::BTreeSet<String>)>,
 }
 
 impl State {
@@ -109,6 +112,14 @@ impl FakeCloudflare {
         let task = tokio::spawn(accept(listener, self.state.clone(), Some(name.to_string())));
         self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
         Ok(format!("http://{addr}/client/v4/"))
+    }
+
+    /// After every accepted write, copy the zone's TXT records to the DNS server of
+    /// `pebble-challtestsrv` at `management_url` (its `set-txt`/`clear-txt` API) before
+    /// answering, so an ACME CA resolving through it sees what was written here: the
+    /// path a dns-01 record takes from Cloudflare to the CA's resolver, in one step.
+    pub fn mirror_txt_to(&self, management_url: &str) {
+        lock(&self.state).txt_mirror = Some((management_url.trim_end_matches('/').to_string(), Default::default()));
     }
 
     /// The API base URL to configure, ending with `/`.
@@ -237,6 +248,9 @@ async fn serve(
             Some(Fault::ServerError(code)) => (code, None, failure(10_000 + u32::from(code), "Internal server error")),
             _ => {
                 let (status, body) = handle(&state, &req);
+                if status == 200 && req.method != "GET" {
+                    mirror_txt(&state).await;
+                }
                 (status, None, body)
             }
         };
@@ -257,6 +271,33 @@ async fn serve(
         resp = resp.header("retry-after", secs.to_string());
     }
     resp.body(Full::new(Bytes::from(body.to_string()))).map_err(io::Error::other)
+}
+
+/// Copy every TXT record to the mirror, if one is set: each name seen so far is
+/// cleared, then given its current values.
+async fn mirror_txt(state: &Mutex<State>) {
+    let (url, names) = {
+        let mut s = lock(state);
+        let mut now: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in s.records.values().filter(|r| r["type"] == "TXT") {
+            let (Some(name), Some(content)) = (r["name"].as_str(), r["content"].as_str()) else { continue };
+            now.entry(name.to_ascii_lowercase()).or_default().push(content.trim_matches('"').to_string());
+        }
+        let Some((url, seen)) = s.txt_mirror.as_mut() else { return };
+        seen.extend(now.keys().cloned());
+        let names: Vec<(String, Vec<String>)> =
+            seen.iter().map(|n| (n.clone(), now.get(n).cloned().unwrap_or_default())).collect();
+        (url.clone(), names)
+    };
+    let client = reqwest::Client::new();
+    for (name, values) in names {
+        let host = format!("{name}.");
+        let _ = client.post(format!("{url}/clear-txt")).body(json!({ "host": host }).to_string()).send().await;
+        for value in values {
+            let body = json!({ "host": host, "value": value }).to_string();
+            let _ = client.post(format!("{url}/set-txt")).body(body).send().await;
+        }
+    }
 }
 
 fn failure(code: u32, message: &str) -> Value {

@@ -206,6 +206,12 @@ impl Pebble {
         assert!(reply.status().is_success(), "POST {url}: {}", reply.status());
     }
 
+    /// challtestsrv's management API (`set-txt`, `clear-txt`), e.g. for
+    /// [`crate::cloudflare::FakeCloudflare::mirror_txt_to`].
+    pub fn challtest_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.challtest_management_port)
+    }
+
     /// Pebble's log so far (stdout and stderr).
     pub fn log(&self) -> String {
         let read = |n: &str| std::fs::read_to_string(self.dir.path(n)).unwrap_or_default();
