@@ -17,6 +17,8 @@ pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Default deadline for all attempts of one request together (ms).
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 60_000;
+/// Default silence allowed on an upgraded connection (ms): HAProxy's usual `timeout tunnel`.
+pub const DEFAULT_TUNNEL_TIMEOUT_MS: u64 = 3_600_000;
 /// Default cap on attempts per request (first try included).
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Default retry budget: retries in flight as a share of requests in flight (%).
@@ -54,6 +56,11 @@ pub struct ProxySettings {
     pub idle_timeout_ms: u64,
     /// One deadline for all attempts of a request, in milliseconds. Default 60000.
     pub request_timeout_ms: u64,
+    /// Once a connection is upgraded (WebSocket, a 101), it is closed after this many
+    /// milliseconds without a byte from one side (HAProxy's `timeout tunnel`); the
+    /// request deadline and read timeouts no longer apply. The upstream's 101 itself is
+    /// waited for this long too. Default 3600000 (1 h).
+    pub tunnel_timeout_ms: u64,
     /// Maximum attempts per request, first try included. A router's `retry`
     /// middleware overrides it. Default 3.
     pub max_attempts: u32,
@@ -101,6 +108,7 @@ impl Default for ProxySettings {
             write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            tunnel_timeout_ms: DEFAULT_TUNNEL_TIMEOUT_MS,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             retry_budget_percent: DEFAULT_RETRY_BUDGET_PERCENT,
             min_retry_concurrency: DEFAULT_MIN_RETRY_CONCURRENCY,
@@ -127,6 +135,7 @@ impl ProxySettings {
             ("write_timeout_ms", self.write_timeout_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("request_timeout_ms", self.request_timeout_ms),
+            ("tunnel_timeout_ms", self.tunnel_timeout_ms),
             ("max_attempts", u64::from(self.max_attempts)),
             ("threads", self.threads as u64),
             ("health_rise", u64::from(self.health_rise)),
@@ -171,5 +180,9 @@ impl ProxySettings {
     /// Overall request deadline.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+    /// Silence allowed on an upgraded connection.
+    pub fn tunnel_timeout(&self) -> Duration {
+        Duration::from_millis(self.tunnel_timeout_ms)
     }
 }

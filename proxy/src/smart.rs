@@ -415,7 +415,12 @@ fn peer_for(up: &Upstream, addr: SocketAddr, settings: &ProxySettings, remaining
     let connect = t.connect_timeout.unwrap_or(settings.connect_timeout()).min(remaining);
     peer.options.connection_timeout = Some(connect);
     peer.options.total_connection_timeout = Some(connect);
-    peer.options.read_timeout = Some(t.read_timeout.unwrap_or(settings.read_timeout()).min(remaining));
+    peer.options.read_timeout = Some(if upgrade {
+        // An upgraded connection outlives the request: its silence limit is the tunnel's.
+        settings.tunnel_timeout()
+    } else {
+        t.read_timeout.unwrap_or(settings.read_timeout()).min(remaining)
+    });
     peer.options.write_timeout = Some(settings.write_timeout().min(remaining));
     peer.options.idle_timeout =
         Some(if t.keepalive { t.idle_timeout.unwrap_or(settings.idle_timeout()) } else { Duration::ZERO });
@@ -729,11 +734,17 @@ impl ProxyHttp for SmartFailoverProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.status = upstream_response.status.as_u16();
+        if ctx.status == 101 {
+            // Upgraded: the client side's silence limit becomes the tunnel's too.
+            if let Some(t) = ctx.table.as_ref() {
+                session.set_read_timeout(Some(t.settings.tunnel_timeout()));
+            }
+        }
         framing::clean_response(upstream_response);
         if let Some(route) = self.route(ctx) {
             for mw in &route.middlewares {

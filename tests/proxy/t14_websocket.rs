@@ -1,7 +1,8 @@
 //! WebSocket through the proxy with a real client (tokio-tungstenite): the 101 carries
 //! `Upgrade`/`Connection` through, messages echo, an idle socket outlives the entry
-//! point's request-head `read_timeout_ms` and is closed by the upgraded connection's
-//! own silence limit (`body_read_timeout_ms`), and an upgrade is never sent twice.
+//! point's request-head `read_timeout_ms`, its body read timeout and the upstream read
+//! timeout, and is closed by the upgraded connection's own silence limit
+//! (`[proxy] tunnel_timeout_ms`), and an upgrade is never sent twice.
 
 use std::time::{Duration, Instant};
 
@@ -10,8 +11,10 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::support::*;
 
-/// Request-head deadline 1 s; upgraded connections closed after 4 s of silence.
-const TIMEOUTS: &str = "[entrypoints.web.transport]\nread_timeout_ms = 1000\nbody_read_timeout_ms = 4000\n";
+/// Request-head deadline 1 s, body reads 2 s, upstream reads 2 s; upgraded connections
+/// closed after 5 s of silence.
+const TIMEOUTS: &str = "[entrypoints.web.transport]\nread_timeout_ms = 1000\nbody_read_timeout_ms = 2000\n\
+                        [proxy]\nread_timeout_ms = 2000\ntunnel_timeout_ms = 5000\n";
 
 async fn connect(
     agent: &Agent,
@@ -47,17 +50,17 @@ fn websocket_echo_survives_idle_past_the_read_timeout() {
         let hit = b.hits().pop().unwrap();
         assert_eq!(hit.header("upgrade"), Some("websocket"), "{hit:?}");
 
-        tracing::info!("phase 2: idle 3 s, three times the entry point's read timeout");
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tracing::info!("phase 2: idle 3.5 s, past every read timeout but the tunnel's");
+        tokio::time::sleep(Duration::from_millis(3500)).await;
         assert_eq!(echo(&mut ws, "still here").await, "still here");
 
-        tracing::info!("phase 3: silence past body_read_timeout_ms closes the upgraded connection");
+        tracing::info!("phase 3: silence past tunnel_timeout_ms closes the upgraded connection");
         let silent = Instant::now();
         let end = tokio::time::timeout(Duration::from_secs(15), ws.next()).await;
         let waited = silent.elapsed();
         assert!(end.is_ok(), "the connection was never closed");
         assert!(!matches!(end, Ok(Some(Ok(Message::Text(_))))), "{end:?}");
-        assert!(waited >= Duration::from_millis(3500), "closed after {waited:?}, before its idle limit");
+        assert!(waited >= Duration::from_millis(4500), "closed after {waited:?}, before its idle limit");
         assert_eq!(b.count(), 1, "one upgrade request");
     });
 }

@@ -1069,6 +1069,7 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("proxy.write_timeout_ms", "Timeout of each write to an upstream."),
     ("proxy.idle_timeout_ms", "Pooled idle upstream connections are closed after this."),
     ("proxy.request_timeout_ms", "One deadline for all attempts of a request."),
+    ("proxy.tunnel_timeout_ms", "Upgraded (WebSocket) connections are closed after this much silence from one side."),
     ("proxy.max_attempts", "Attempts per request, first included (a router's retry middleware overrides)."),
     ("proxy.retry_budget_percent", "Retries in flight may not exceed this share of requests in flight."),
     ("proxy.min_retry_concurrency", "Concurrent retries always allowed, whatever the budget."),
