@@ -326,23 +326,8 @@ impl SmartFailoverProxy {
         let Some(redirect) = EntryPoint::find(&self.entrypoints, local).and_then(|e| e.redirect) else {
             return Ok(false);
         };
-        let req = session.req_header();
-        let host = split_host(request_host(req));
-        let port = if redirect.port == 443 { String::new() } else { format!(":{}", redirect.port) };
-        let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        // An IPv6 literal keeps its brackets in a URL.
-        let location = if host.contains(':') {
-            format!("https://[{host}]{port}{path}")
-        } else {
-            format!("https://{host}{port}{path}")
-        };
-        let safe = matches!(req.method, http::Method::GET | http::Method::HEAD);
-        let status = match (redirect.permanent, safe) {
-            (true, true) => 301,
-            (true, false) => 308,
-            (false, true) => 302,
-            (false, false) => 307,
-        };
+        let port = (redirect.port != 443).then(|| redirect.port.to_string());
+        let (status, location) = redirect_to(session.req_header(), "https", port.as_deref(), redirect.permanent);
         ctx.status = status;
         self.respond(session, status, &[("location", location)], "").await?;
         Ok(true)
@@ -380,6 +365,28 @@ impl SmartFailoverProxy {
         };
         self.metrics.downstream_disconnects.with_label_values(&[stage]).inc();
     }
+}
+
+/// A redirect of `req` to `scheme` (and `port`, when given): the status (301/308 when
+/// `permanent`, else 302/307; the 30x that keeps the method for anything but GET and
+/// HEAD) and the Location, with an IPv6 literal kept in brackets.
+fn redirect_to(req: &RequestHeader, scheme: &str, port: Option<&str>, permanent: bool) -> (u16, String) {
+    let host = split_host(request_host(req));
+    let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+    let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let location = if host.contains(':') {
+        format!("{scheme}://[{host}]{port}{path}")
+    } else {
+        format!("{scheme}://{host}{port}{path}")
+    };
+    let safe = matches!(req.method, http::Method::GET | http::Method::HEAD);
+    let status = match (permanent, safe) {
+        (true, true) => 301,
+        (true, false) => 308,
+        (false, true) => 302,
+        (false, false) => 307,
+    };
+    (status, location)
 }
 
 fn split_host(host: &str) -> &str {
@@ -556,18 +563,7 @@ impl ProxyHttp for SmartFailoverProxy {
         }
         for mw in &route.middlewares {
             if let Middleware::RedirectScheme { scheme, port, permanent } = &**mw {
-                let req = session.req_header();
-                let host = split_host(request_host(req));
-                let port = port.as_ref().map(|p| format!(":{p}")).unwrap_or_default();
-                let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                let location = format!("{scheme}://{host}{port}{path}");
-                let safe = matches!(req.method, http::Method::GET | http::Method::HEAD);
-                let status = match (permanent, safe) {
-                    (true, true) => 301,
-                    (true, false) => 308,
-                    (false, true) => 302,
-                    (false, false) => 307,
-                };
+                let (status, location) = redirect_to(session.req_header(), scheme, port.as_deref(), *permanent);
                 ctx.status = status;
                 self.respond(session, status, &[("location", location)], "").await?;
                 return Ok(true);

@@ -45,6 +45,25 @@ pub(crate) async fn verified_get(
     Ok((status, body, leaf))
 }
 
+/// GET / for `name` on every node in `addrs` (verified against `root_pem`): `Ok` with
+/// the one leaf certificate when all answer 200 with the same certificate.
+pub(crate) async fn one_certificate_everywhere(
+    addrs: &[SocketAddr],
+    name: &str,
+    root_pem: &str,
+) -> Result<Vec<u8>, String> {
+    let mut leaves = Vec::new();
+    for addr in addrs {
+        let (status, _, leaf) = verified_get(*addr, name, root_pem).await?;
+        if status != 200 {
+            return Err(format!("{addr}: status {status}"));
+        }
+        leaves.push(leaf);
+    }
+    leaves.dedup();
+    (leaves.len() == 1).then(|| leaves.remove(0)).ok_or_else(|| "nodes serve different certificates".into())
+}
+
 pub(crate) fn acme_toml(pebble: &Pebble, ca_file: &str, extra: &str) -> String {
     format!(
         "[acme]\nemail = \"ops@example.test\"\ndirectory = \"{}\"\nca_file = \"{ca_file}\"\nchallenge = \"http-01\"\n\
@@ -140,18 +159,7 @@ fn three_agents_share_one_order_answer_http01_anywhere_fail_over_and_renew_witho
             "all three serve app.test with Pebble's certificate",
             Duration::from_secs(60),
             || context(&fleet, &pebble),
-            || async {
-                let mut leaves = Vec::new();
-                for addr in &secure {
-                    let (status, _, leaf) = verified_get(*addr, "app.test", &root).await?;
-                    if status != 200 {
-                        return Err(format!("{addr}: status {status}"));
-                    }
-                    leaves.push(leaf);
-                }
-                leaves.dedup();
-                (leaves.len() == 1).then(|| leaves.remove(0)).ok_or_else(|| "nodes serve different certificates".into())
-            },
+            || one_certificate_everywhere(&secure, "app.test", &root),
         )
         .await;
         eprintln!("issued and served by all three {took:?} after start");

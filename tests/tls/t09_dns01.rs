@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::support::*;
-use crate::t08_pebble::verified_get;
+use crate::t08_pebble::one_certificate_everywhere;
 
 const TOKEN: &str = "cf-test-token-0123456789";
 
@@ -53,18 +53,7 @@ fn a_wildcard_certificate_is_ordered_through_cloudflare_txt_records_and_served_b
             "all three serve app.w.example.test with the wildcard certificate",
             Duration::from_secs(60),
             || format!("{}\npebble log:\n{}", fleet.dump(), pebble.log()),
-            || async {
-                let mut leaves = Vec::new();
-                for addr in &secure {
-                    let (status, _, leaf) = verified_get(*addr, "app.w.example.test", &root).await?;
-                    if status != 200 {
-                        return Err(format!("{addr}: status {status}"));
-                    }
-                    leaves.push(leaf);
-                }
-                leaves.dedup();
-                (leaves.len() == 1).then(|| leaves.remove(0)).ok_or_else(|| "nodes serve different certificates".into())
-            },
+            || one_certificate_everywhere(&secure, "app.w.example.test", &root),
         )
         .await;
         eprintln!("wildcard issued through dns-01 and served by all three {took:?} after start");
