@@ -47,6 +47,20 @@ fn config(pebble: &Pebble, challenge: ChallengeKind) -> AcmeConfig {
     }
 }
 
+/// One node on its own: a file store in a fresh scratch directory (kept alive by the
+/// returned guard), no sealing, always the orderer.
+fn start_alone(
+    pebble: &Pebble,
+    challenge: ChallengeKind,
+    tag: &str,
+    names: &[&[&str]],
+    dns: Option<Arc<dyn DnsChallenge>>,
+) -> (Started, Scratch) {
+    let dir = Scratch::new(tag);
+    let store: Arc<dyn AcmeStore> = Arc::new(FileStore::open(&dir.path("acme")).unwrap());
+    (start(config(pebble, challenge), store, Sealer::new(None), Arc::new(SoleNode), names, dns), dir)
+}
+
 fn wanted(names: &[&[&str]]) -> (watch::Sender<Wanted>, watch::Receiver<Wanted>) {
     let set = names.iter().map(|n| n.iter().map(|s| s.to_string()).collect()).collect();
     watch::channel(set)
@@ -291,16 +305,7 @@ async fn http01_order_verifies_and_a_restart_reuses_the_stored_certificate() {
 async fn tls_alpn01_order_is_validated_through_a_real_tls_server() {
     init_tracing();
     let pebble = Pebble::start(PebbleSpec::default()).await;
-    let dir = Scratch::new("acme-alpn");
-    let store: Arc<dyn AcmeStore> = Arc::new(FileStore::open(&dir.path("acme")).unwrap());
-    let s = start(
-        config(&pebble, ChallengeKind::TlsAlpn01),
-        store,
-        Sealer::new(None),
-        Arc::new(SoleNode),
-        &[&["alpn.test"]],
-        None,
-    );
+    let (s, dir) = start_alone(&pebble, ChallengeKind::TlsAlpn01, "acme-alpn", &[&["alpn.test"]], None);
     let mut snap = s.acme.snapshot();
     let hits = serve_alpn01(pebble.spec().tls_port, snap.clone()).await;
     wait_snapshot(&mut snap, "a certificate for alpn.test", |s| !s.certificates.is_empty()).await;
@@ -412,16 +417,7 @@ async fn a_node_that_does_not_hold_the_lease_makes_no_ca_call_until_it_does() {
 async fn short_lived_certificates_are_renewed_before_they_expire() {
     init_tracing();
     let pebble = Pebble::start(PebbleSpec { validity_secs: Some(15), ..PebbleSpec::default() }).await;
-    let dir = Scratch::new("acme-renew");
-    let store: Arc<dyn AcmeStore> = Arc::new(FileStore::open(&dir.path("acme")).unwrap());
-    let s = start(
-        config(&pebble, ChallengeKind::Http01),
-        store,
-        Sealer::new(None),
-        Arc::new(SoleNode),
-        &[&["renew.test"]],
-        None,
-    );
+    let (s, _dir) = start_alone(&pebble, ChallengeKind::Http01, "acme-renew", &[&["renew.test"]], None);
     let mut snap = s.acme.snapshot();
     serve_http01(pebble.spec().http_port, snap.clone()).await;
     wait_snapshot(&mut snap, "a first certificate", |s| !s.certificates.is_empty()).await;
@@ -444,16 +440,7 @@ async fn short_lived_certificates_are_renewed_before_they_expire() {
 async fn orders_succeed_when_pebble_rejects_half_of_all_nonces() {
     init_tracing();
     let pebble = Pebble::start(PebbleSpec { nonce_reject_percent: 50, ..PebbleSpec::default() }).await;
-    let dir = Scratch::new("acme-nonce");
-    let store: Arc<dyn AcmeStore> = Arc::new(FileStore::open(&dir.path("acme")).unwrap());
-    let s = start(
-        config(&pebble, ChallengeKind::Http01),
-        store,
-        Sealer::new(None),
-        Arc::new(SoleNode),
-        &[&["nonce.test"]],
-        None,
-    );
+    let (s, _dir) = start_alone(&pebble, ChallengeKind::Http01, "acme-nonce", &[&["nonce.test"]], None);
     let mut snap = s.acme.snapshot();
     serve_http01(pebble.spec().http_port, snap.clone()).await;
     wait_snapshot(&mut snap, "a certificate despite bad nonces", |s| !s.certificates.is_empty()).await;
