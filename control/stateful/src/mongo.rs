@@ -1,0 +1,1 @@
+//! MongoDB replica sets: to be written.

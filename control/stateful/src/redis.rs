@@ -1,0 +1,1 @@
+//! Redis Sentinel: to be written.
