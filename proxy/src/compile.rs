@@ -598,9 +598,26 @@ pub fn compile_with_files(
             tls: router.tls.is_some(),
         });
     }
-    if !cfg.tcp.routers.is_empty() || !cfg.udp.routers.is_empty() {
-        c.warnings.push("tcp/udp routers are not supported yet (parsed, served to Traefik, not proxied here)".into());
-    }
+    let tcp_entrypoints: Vec<String> = entrypoints.iter().map(|(n, _)| n.clone()).collect();
+    let tcp = match crate::tcp::compile(
+        cfg,
+        &tcp_entrypoints,
+        &registry.tcp,
+        addresses,
+        &c.default_breaker,
+        settings.max_ejection_percent,
+    ) {
+        Ok((t, w)) => {
+            c.warnings.extend(w);
+            Some(t)
+        }
+        Err(errs) => {
+            for (object, field, message) in errs {
+                c.errors.push(CompileError { origin: String::new(), object, field, message, position: None });
+            }
+            None
+        }
+    };
     // TLS options, stores and certificate entries (file contents are checked when the
     // control plane builds the TLS snapshot).
     for e in crate::tls::check(cfg) {
@@ -624,7 +641,15 @@ pub fn compile_with_files(
     routes.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name)));
     let mut pools: Vec<Arc<Pool>> = c.pools.into_values().collect();
     pools.sort_by(|a, b| a.name.cmp(&b.name));
-    let table = RouteTable { generation, routes, pools, entrypoints: entrypoints.to_vec(), settings: settings.clone() };
+    let table = RouteTable {
+        generation,
+        routes,
+        pools,
+        entrypoints: entrypoints.to_vec(),
+        settings: settings.clone(),
+        tcp: tcp.unwrap_or_default(),
+    };
+    registry.tcp.retain_table(&table.tcp, std::time::Duration::from_millis(settings.tcp_drain_grace_ms));
     let _ = c.live;
     Ok((table, c.warnings))
 }

@@ -25,6 +25,7 @@ use pingora_core::protocols::{Peek, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
+use crate::tcp::{self, TcpMetrics};
 use crate::tls::{hello, TlsHandle, TlsMetrics, ALPN_ACME};
 use serde::{Deserialize, Serialize};
 
@@ -398,6 +399,13 @@ pub struct LimitedApp<A> {
     app: Arc<A>,
     entrypoints: Vec<Arc<Entrypoint>>,
     tls: Option<(TlsHandle, TlsMetrics)>,
+    tcp: Option<TcpRouting>,
+}
+
+/// What TCP routing needs: the route table (its `tcp` part), metrics, connect timeout.
+struct TcpRouting {
+    table: crate::TableHandle,
+    metrics: TcpMetrics,
 }
 
 /// The client preface of cleartext HTTP/2 (RFC 9113 §3.4).
@@ -416,7 +424,138 @@ impl<A> LimitedApp<A> {
     /// `app` behind `entrypoints`; a connection is matched to the entry point by its
     /// local address (the first one when none matches).
     pub fn new(app: A, entrypoints: Vec<Arc<Entrypoint>>) -> Self {
-        Self { app: Arc::new(app), entrypoints, tls: None }
+        Self { app: Arc::new(app), entrypoints, tls: None, tcp: None }
+    }
+
+    /// Route connections by the TCP routers of the tables swapped into `table`
+    /// (before HTTP routing; see [`crate::tcp`]).
+    pub fn with_tcp(mut self, table: crate::TableHandle, metrics: TcpMetrics) -> Self {
+        self.tcp = Some(TcpRouting { table, metrics });
+        self
+    }
+
+    /// TCP routing of one connection. `Some(stream)`: no TCP router claimed it and HTTP
+    /// routing goes on; `None`: it was forwarded (or refused) and is done.
+    async fn tcp_route(
+        &self,
+        routing: &TcpRouting,
+        entry: &Entrypoint,
+        mut stream: Stream,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) -> Option<Stream> {
+        let table = routing.table.load_full();
+        let t = &table.tcp;
+        let ip = peer.map(|p| p.ip());
+        let connect = table.settings.connect_timeout();
+        let m = &routing.metrics;
+        let http_here =
+            table.routes.iter().any(|r| r.entry_points.is_empty() || r.entry_points.iter().any(|e| e == &entry.name));
+        if !tcp::needs_peek(t, &entry.name, entry.protocols.tls) {
+            // Only non-TLS routers here and no TLS to tell apart: route at once, so
+            // protocols where the server speaks first work.
+            return match tcp::pick(t, &entry.name, &tcp::Peeked::default(), ip) {
+                Some(route) => {
+                    tcp::forward(route, stream, peer, local, connect, m).await;
+                    None
+                }
+                None => self.unclaimed(entry, stream, http_here, "no_route"),
+            };
+        }
+        let mut first = [0u8; 1];
+        let peeked = match tokio::time::timeout(tcp::PEEK_TIMEOUT, stream.try_peek(&mut first)).await {
+            Err(_) => tcp::Peeked { silent: true, ..tcp::Peeked::default() },
+            Ok(Err(_)) => return None,
+            Ok(Ok(_)) if first[0] != 0x16 => tcp::Peeked::default(),
+            Ok(Ok(_)) => match tokio::time::timeout(entry.limits.read_timeout, read_hello(&mut stream)).await {
+                Ok(Ok(h)) => tcp::Peeked {
+                    tls: true,
+                    sni: h.server_name.map(|n| n.to_ascii_lowercase()),
+                    alpn: h.alpn,
+                    silent: false,
+                },
+                Ok(Err(reason)) => {
+                    if entry.protocols.tls {
+                        // The TLS path reads it again and counts the failure.
+                        return Some(stream);
+                    }
+                    m.rejected.with_label_values(&[entry.name.as_str(), reason]).inc();
+                    return None;
+                }
+                Err(_) => {
+                    m.rejected.with_label_values(&[entry.name.as_str(), "timeout"]).inc();
+                    return None;
+                }
+            },
+        };
+        if let Some(route) = tcp::pick(t, &entry.name, &peeked, ip) {
+            match &route.tls {
+                tcp::TcpTls::Terminate { .. } => {
+                    let Some(tls) = self.terminate(entry, stream, peeked.sni.as_deref(), peer).await else {
+                        m.connections.with_label_values(&[route.name.as_str(), "tls_error"]).inc();
+                        return None;
+                    };
+                    tcp::forward(route, tls, peer, local, connect, m).await;
+                }
+                _ => tcp::forward(route, stream, peer, local, connect, m).await,
+            }
+            return None;
+        }
+        if peeked.tls && entry.protocols.tls {
+            return Some(stream);
+        }
+        // A TLS connection no TLS router took: a non-TLS catch-all forwards it as bytes.
+        if peeked.tls {
+            if let Some(route) = tcp::pick(t, &entry.name, &tcp::Peeked::default(), ip) {
+                tcp::forward(route, stream, peer, local, connect, m).await;
+                return None;
+            }
+        }
+        let reason = if peeked.tls { "no_sni_route" } else { "no_route" };
+        self.unclaimed(entry, stream, http_here, reason)
+    }
+
+    /// No TCP router took the connection: HTTP routing if this entry point has HTTP
+    /// routers, else it is closed and counted.
+    fn unclaimed(&self, entry: &Entrypoint, stream: Stream, http_here: bool, reason: &str) -> Option<Stream> {
+        if http_here {
+            return Some(stream);
+        }
+        if let Some(r) = &self.tcp {
+            r.metrics.rejected.with_label_values(&[entry.name.as_str(), reason]).inc();
+        }
+        tracing::debug!(entrypoint = %entry.name, reason, "no TCP router takes this connection; closed");
+        None
+    }
+
+    /// Terminate TLS for a TCP router with the proxy's certificates.
+    async fn terminate(
+        &self,
+        entry: &Entrypoint,
+        stream: Stream,
+        sni: Option<&str>,
+        peer: Option<SocketAddr>,
+    ) -> Option<Box<dyn pingora_core::protocols::IO>> {
+        let Some((handle, _)) = &self.tls else {
+            self.tls_failed(entry, "no_tls", peer, &"no TLS snapshot");
+            return None;
+        };
+        let Ok(l4) = stream.into_any().downcast::<L4Stream>() else {
+            self.tls_failed(entry, "not_tcp", peer, &"not a TCP stream");
+            return None;
+        };
+        let acceptor = handle.load().acceptor(sni, false).clone();
+        match tokio::time::timeout(entry.limits.read_timeout, acceptor.tls_handshake(*l4)).await {
+            Ok(Ok(tls)) => Some(Box::new(tls)),
+            Ok(Err(e)) => {
+                self.tls_failed(entry, "handshake", peer, &e);
+                None
+            }
+            Err(_) => {
+                self.tls_failed(entry, "timeout", peer, &"no complete handshake within read_timeout_ms");
+                None
+            }
+        }
     }
 
     /// Terminate TLS on the entry points with `tls` using the snapshot in `handle`,
@@ -535,6 +674,18 @@ impl<A> LimitedApp<A> {
     }
 }
 
+/// Peek a whole ClientHello record (the stream replays it to whoever reads next).
+/// `Err` is the failure's metric label.
+async fn read_hello(stream: &mut Stream) -> Result<hello::ClientHello, &'static str> {
+    let mut header = [0u8; hello::RECORD_HEADER_LEN];
+    stream.try_peek(&mut header).await.map_err(|e| hello_failure(&e))?;
+    let len = hello::record_len(&header).map_err(|e| e.label())?;
+    // At most 5 + 16384 bytes, allocated only for a well-formed record header.
+    let mut record = vec![0u8; hello::RECORD_HEADER_LEN + len];
+    stream.try_peek(&mut record).await.map_err(|e| hello_failure(&e))?;
+    hello::parse(&record).map_err(|e| e.label())
+}
+
 fn inet(addr: Option<&pingora_core::protocols::l4::socket::SocketAddr>) -> Option<SocketAddr> {
     addr.and_then(|a| a.as_inet()).copied()
 }
@@ -554,6 +705,14 @@ where
         let _admission = entry.admit(peer.map(|p| p.ip()))?;
         let limits = entry.limits.clone();
         let mut stream = stream;
+        if let Some(routing) = &self.tcp {
+            if tcp::serves(&routing.table.load().tcp, &entry.name) {
+                match Box::pin(self.tcp_route(routing, &entry, stream, peer, local)).await {
+                    Some(s) => stream = s,
+                    None => return None,
+                }
+            }
+        }
         let first_deadline = accepted + limits.read_timeout;
         if entry.protocols.tls {
             // Boxed: the handshake's state (rustls' and the hello reader's) would

@@ -79,19 +79,7 @@ impl Rule {
         if src.chars().all(is_space) {
             return Err(RuleError::new(1, "empty rule"));
         }
-        let mut parser = Parser { lexer: Lexer { src, pos: 0, col: 1 }, peeked: None };
-        let expr = parser.parse_or(0)?;
-        let tok = parser.next()?;
-        if tok.kind != Tok::End {
-            return Err(RuleError::new(
-                tok.col,
-                format!(
-                    "unexpected {} after a complete expression (expected \"&&\", \"||\" or end of rule)",
-                    tok.kind.describe()
-                ),
-            ));
-        }
-        Ok(Rule { source: src.into(), expr })
+        Ok(Rule { source: src.into(), expr: parse_expr(src, false)? })
     }
 
     /// Whether the request matches.
@@ -132,6 +120,110 @@ impl Rule {
         let mut out = Vec::new();
         walk(&self.expr, &mut out);
         out
+    }
+}
+
+/// Parse `src` as an HTTP (`tcp == false`) or a TCP router rule.
+fn parse_expr(src: &str, tcp: bool) -> Result<Expr, RuleError> {
+    if src.chars().all(is_space) {
+        return Err(RuleError::new(1, "empty rule"));
+    }
+    let mut parser = Parser { lexer: Lexer { src, pos: 0, col: 1 }, peeked: None, tcp };
+    let expr = parser.parse_or(0)?;
+    let tok = parser.next()?;
+    if tok.kind != Tok::End {
+        return Err(RuleError::new(
+            tok.col,
+            format!(
+                "unexpected {} after a complete expression (expected \"&&\", \"||\" or end of rule)",
+                tok.kind.describe()
+            ),
+        ));
+    }
+    Ok(expr)
+}
+
+/// What a TCP rule can look at: the connection, and the ClientHello when it is TLS.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnInfo<'a> {
+    /// Whether the connection starts with a TLS ClientHello.
+    pub tls: bool,
+    /// The ClientHello's server name, lower-cased.
+    pub sni: Option<&'a str>,
+    /// The ClientHello's ALPN protocols.
+    pub alpn: &'a [Vec<u8>],
+    /// Peer address of the client.
+    pub client_ip: Option<IpAddr>,
+}
+
+/// A compiled TCP router rule (Traefik v3's `pkg/muxer/tcp`): `HostSNI`,
+/// `HostSNIRegexp`, `ClientIP` and `ALPN`, with the same operators as HTTP rules.
+/// ``HostSNI(`*`)`` matches every connection, TLS or not.
+#[derive(Debug, Clone)]
+pub struct TcpRule {
+    source: Box<str>,
+    expr: Expr,
+}
+
+impl TcpRule {
+    /// Parse and compile a TCP rule.
+    pub fn parse(src: &str) -> Result<TcpRule, RuleError> {
+        Ok(TcpRule { source: src.into(), expr: parse_expr(src, true)? })
+    }
+
+    /// Whether the connection matches.
+    pub fn matches(&self, conn: &ConnInfo<'_>) -> bool {
+        self.expr.eval_conn(conn)
+    }
+
+    /// The rule text, verbatim.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Traefik's default priority: the rule's length in bytes.
+    pub fn default_priority(&self) -> usize {
+        self.source.len()
+    }
+
+    /// Whether the rule needs the ClientHello (a `HostSNI` other than `*`, a
+    /// `HostSNIRegexp` or an `ALPN`): such a rule never matches a connection that is not
+    /// TLS, and a non-TLS router cannot use it (Traefik refuses it too).
+    pub fn needs_hello(&self) -> bool {
+        fn walk(e: &Expr) -> bool {
+            match e {
+                Expr::Match(Matcher::HostSni(h)) => &**h != "*",
+                Expr::Match(Matcher::HostSniRegexp(_) | Matcher::Alpn(_)) => true,
+                Expr::Match(_) => false,
+                Expr::Not(e) => walk(e),
+                Expr::And(es) | Expr::Or(es) => es.iter().any(walk),
+            }
+        }
+        walk(&self.expr)
+    }
+
+    /// The literal `HostSNI` names (not `*`), for certificates of terminating routers.
+    pub fn hosts(&self) -> Vec<&str> {
+        fn walk<'a>(e: &'a Expr, out: &mut Vec<&'a str>) {
+            match e {
+                Expr::Match(Matcher::HostSni(h)) if &**h != "*" => {
+                    if !out.contains(&&**h) {
+                        out.push(h);
+                    }
+                }
+                Expr::Match(_) | Expr::Not(_) => {}
+                Expr::And(es) | Expr::Or(es) => es.iter().for_each(|e| walk(e, out)),
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.expr, &mut out);
+        out
+    }
+}
+
+impl PartialEq for TcpRule {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
     }
 }
 
@@ -178,6 +270,15 @@ impl Expr {
             Expr::Or(es) => es.iter().any(|e| e.eval(req)),
         }
     }
+
+    fn eval_conn(&self, conn: &ConnInfo<'_>) -> bool {
+        match self {
+            Expr::Match(m) => m.eval_conn(conn),
+            Expr::Not(e) => !e.eval_conn(conn),
+            Expr::And(es) => es.iter().all(|e| e.eval_conn(conn)),
+            Expr::Or(es) => es.iter().any(|e| e.eval_conn(conn)),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -196,9 +297,25 @@ enum Matcher {
     Query(Box<str>, Box<str>),
     QueryRegexp(Box<str>, Regex),
     ClientIp(IpNet),
+    /// Lower-cased server name, or `*`.
+    HostSni(Box<str>),
+    HostSniRegexp(Regex),
+    Alpn(Box<[u8]>),
 }
 
 impl Matcher {
+    fn eval_conn(&self, conn: &ConnInfo<'_>) -> bool {
+        match self {
+            Matcher::HostSni(h) if &**h == "*" => true,
+            Matcher::HostSni(h) => conn.sni.is_some_and(|sni| host_matches(sni, h)),
+            Matcher::HostSniRegexp(re) => conn.sni.is_some_and(|sni| re.is_match(sni.to_ascii_lowercase().as_bytes())),
+            Matcher::Alpn(p) => conn.alpn.iter().any(|a| a.as_slice() == &**p),
+            Matcher::ClientIp(net) => conn.client_ip.is_some_and(|ip| net.contains(ip)),
+            // The parser admits no HTTP matcher in a TCP rule.
+            _ => false,
+        }
+    }
+
     fn eval(&self, req: &RequestInfo<'_>) -> bool {
         match self {
             Matcher::Host(host) => host_matches(strip_port(req.host), host),
@@ -224,6 +341,8 @@ impl Matcher {
                 query_pairs(q).any(|(k, v)| decoded_eq(k, key) && percent_decode(v).is_some_and(|v| re.is_match(&v)))
             }),
             Matcher::ClientIp(net) => req.client_ip.is_some_and(|ip| net.contains(ip)),
+            // The parser admits no TCP matcher in an HTTP rule.
+            Matcher::HostSni(_) | Matcher::HostSniRegexp(_) | Matcher::Alpn(_) => false,
         }
     }
 }
@@ -646,6 +765,9 @@ enum Kind {
     Query,
     QueryRegexp,
     ClientIp,
+    HostSni,
+    HostSniRegexp,
+    Alpn,
 }
 
 const KINDS: [(Kind, &str); 11] = [
@@ -663,6 +785,15 @@ const KINDS: [(Kind, &str); 11] = [
 ];
 
 const TCP_ONLY: [&str; 3] = ["HostSNI", "HostSNIRegexp", "ALPN"];
+
+const TCP_KINDS: [(Kind, &str); 4] = [
+    (Kind::HostSni, "HostSNI"),
+    (Kind::HostSniRegexp, "HostSNIRegexp"),
+    (Kind::ClientIp, "ClientIP"),
+    (Kind::Alpn, "ALPN"),
+];
+
+const TCP_MATCHERS: &str = "HostSNI, HostSNIRegexp, ClientIP, ALPN";
 
 /// Traefik registers each matcher as `Name`, `name`, `NAME` and `Name` title-cased
 /// after lower-casing (`Pathprefix`).
@@ -683,7 +814,17 @@ fn spelling_matches(written: &str, canonical: &str) -> bool {
 
 impl Kind {
     fn name(self) -> &'static str {
-        KINDS.iter().find(|(k, _)| *k == self).map_or("?", |(_, n)| n)
+        KINDS.iter().chain(TCP_KINDS.iter()).find(|(k, _)| *k == self).map_or("?", |(_, n)| n)
+    }
+
+    fn resolve_tcp(name: &str, col: usize) -> Result<Kind, RuleError> {
+        if let Some((k, _)) = TCP_KINDS.iter().find(|(_, n)| spelling_matches(name, n)) {
+            return Ok(*k);
+        }
+        if let Some((_, n)) = KINDS.iter().find(|(_, n)| spelling_matches(name, n)) {
+            return Err(RuleError::new(col, format!("{n} is an HTTP matcher; a TCP router rule takes {TCP_MATCHERS}")));
+        }
+        Err(RuleError::new(col, format!("unknown matcher \"{name}\" (expected one of {TCP_MATCHERS})")))
     }
 
     /// Accepted argument counts (min, max).
@@ -727,6 +868,8 @@ impl Kind {
 struct Parser<'s> {
     lexer: Lexer<'s>,
     peeked: Option<Token<'s>>,
+    /// A TCP router rule (its own matchers).
+    tcp: bool,
 }
 
 impl<'s> Parser<'s> {
@@ -819,7 +962,7 @@ impl<'s> Parser<'s> {
     }
 
     fn parse_call(&mut self, name: &str, name_col: usize) -> Result<Expr, RuleError> {
-        let kind = Kind::resolve(name, name_col)?;
+        let kind = if self.tcp { Kind::resolve_tcp(name, name_col)? } else { Kind::resolve(name, name_col)? };
         let kname = kind.name();
         let open = self.next()?;
         if open.kind != Tok::LParen {
@@ -947,6 +1090,19 @@ fn build_matcher(kind: Kind, args: Vec<(String, usize)>) -> Result<Matcher, Rule
             Some((value, c1)) => Matcher::QueryRegexp(a0.into(), compile_regex(kname, &value, c1)?),
             None => Matcher::Query(a0.into(), "".into()),
         },
+        Kind::HostSni if !a0.is_ascii() => {
+            return Err(RuleError::new(c0, format!("invalid value {a0:?} for HostSNI: use the punycode form")))
+        }
+        Kind::HostSni if a0.is_empty() => {
+            return Err(RuleError::new(c0, "HostSNI needs a name, or `*` for every connection"))
+        }
+        Kind::HostSni => Matcher::HostSni(a0.to_ascii_lowercase().into()),
+        Kind::HostSniRegexp => Matcher::HostSniRegexp(compile_regex(kname, &a0, c0)?),
+        Kind::Alpn if a0 == "acme-tls/1" => {
+            return Err(RuleError::new(c0, "ALPN(`acme-tls/1`) is reserved for ACME tls-alpn-01 validations"))
+        }
+        Kind::Alpn if a0.is_empty() => return Err(RuleError::new(c0, "ALPN needs a protocol name, e.g. `h2`")),
+        Kind::Alpn => Matcher::Alpn(a0.as_bytes().into()),
         Kind::ClientIp => Matcher::ClientIp(
             IpNet::parse(&a0)
                 .map_err(|why| RuleError::new(c0, format!("invalid IP address or CIDR {a0:?} for ClientIP: {why}")))?,

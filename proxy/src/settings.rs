@@ -42,6 +42,11 @@ pub const DEFAULT_GRACE_PERIOD_SECS: u64 = 5;
 /// Default seconds allowed for in-flight requests after the listeners closed.
 pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 
+/// Default drain grace of a removed TCP server's connections (ms).
+pub const DEFAULT_TCP_DRAIN_GRACE_MS: u64 = 30_000;
+/// Default UDP session idle timeout (ms), Traefik's.
+pub const DEFAULT_UDP_SESSION_TIMEOUT_MS: u64 = 3_000;
+
 /// Settings of the SmartFailoverProxy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -96,6 +101,14 @@ pub struct ProxySettings {
     /// refusing their requests with 503. Unsafe: a protected page is then served
     /// unprotected. `--allow-unsupported` on the command line sets it. Default false.
     pub allow_unsupported: bool,
+    /// When a TCP server leaves the routes (removed, or its address changed), its open
+    /// connections are closed after this many milliseconds; new connections go to the
+    /// remaining servers at once. Stateful routes (Redis, MongoDB primaries) close them
+    /// at once whatever this says. Default 30000.
+    pub tcp_drain_grace_ms: u64,
+    /// A UDP session (one client address) ends after this many milliseconds without a
+    /// datagram either way (Traefik's `udp.timeout`). Default 3000.
+    pub udp_session_timeout_ms: u64,
     /// Circuit breaker settings, per upstream.
     pub breaker: BreakerConfig,
 }
@@ -121,6 +134,8 @@ impl Default for ProxySettings {
             grace_period_secs: DEFAULT_GRACE_PERIOD_SECS,
             graceful_shutdown_timeout_secs: DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECS,
             allow_unsupported: false,
+            tcp_drain_grace_ms: DEFAULT_TCP_DRAIN_GRACE_MS,
+            udp_session_timeout_ms: DEFAULT_UDP_SESSION_TIMEOUT_MS,
             breaker: BreakerConfig::default(),
         }
     }

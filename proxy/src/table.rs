@@ -29,6 +29,8 @@ pub struct RouteTable {
     pub entrypoints: Vec<(String, SocketAddr)>,
     /// Proxy-wide settings in force.
     pub settings: ProxySettings,
+    /// TCP routers and services.
+    pub tcp: crate::tcp::TcpTable,
 }
 
 /// A compiled router.
@@ -341,7 +343,14 @@ impl Target {
 impl RouteTable {
     /// An empty table (every request gets 404).
     pub fn empty(settings: ProxySettings) -> Self {
-        Self { generation: 0, routes: Vec::new(), pools: Vec::new(), entrypoints: Vec::new(), settings }
+        Self {
+            generation: 0,
+            routes: Vec::new(),
+            pools: Vec::new(),
+            entrypoints: Vec::new(),
+            settings,
+            tcp: crate::tcp::TcpTable::default(),
+        }
     }
 
     /// The highest-priority route matching the request on entrypoint `local`, among

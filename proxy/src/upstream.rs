@@ -155,6 +155,8 @@ pub fn parse_server_url(url: &str) -> Result<ServerUrl, String> {
 #[derive(Default)]
 pub struct UpstreamRegistry {
     inner: Mutex<RegistryInner>,
+    /// The same for TCP servers.
+    pub tcp: crate::tcp::TcpRegistry,
 }
 
 #[derive(Default)]
