@@ -53,6 +53,12 @@ struct ControlLoop {
     lifecycle: Lifecycle,
     /// How long requests in flight get after the listeners closed.
     drain_timeout: Duration,
+    /// TCP health checks' metrics.
+    tcp_metrics: constellation_proxy::tcp::TcpMetrics,
+    /// UDP entry points' sockets (bound at start), served once the runtime runs.
+    udp: std::sync::Mutex<Vec<(String, std::net::UdpSocket)>>,
+    udp_table: constellation_proxy::udp::UdpHandle,
+    udp_metrics: constellation_proxy::udp::UdpMetrics,
 }
 
 #[async_trait]
@@ -67,6 +73,31 @@ impl BackgroundService for ControlLoop {
             h.sync();
         }
         let h2 = health.clone();
+        let settings = &self.cfg.config.proxy;
+        let tcp_health = tokio::spawn(constellation_proxy::tcp::run_health_checks(
+            self.table.clone(),
+            settings.health_rise,
+            settings.health_fall,
+            self.tcp_metrics.clone(),
+        ));
+        let mut udp_tasks = Vec::new();
+        let sockets = self.udp.lock().map(|mut u| std::mem::take(&mut *u)).unwrap_or_default();
+        for (name, socket) in sockets {
+            let socket = match socket.set_nonblocking(true).and_then(|()| tokio::net::UdpSocket::from_std(socket)) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(entrypoint = %name, error = %e, "cannot serve the UDP entry point");
+                    continue;
+                }
+            };
+            udp_tasks.push(tokio::spawn(constellation_proxy::udp::serve(
+                socket,
+                name,
+                self.udp_table.clone(),
+                Duration::from_millis(settings.udp_session_timeout_ms),
+                self.udp_metrics.clone(),
+            )));
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -106,6 +137,8 @@ impl BackgroundService for ControlLoop {
             let _ = tokio::time::timeout(Duration::from_secs(3), p).await;
         }
         watcher.abort();
+        tcp_health.abort();
+        udp_tasks.iter().for_each(|t| t.abort());
         if planned {
             // Nothing is left to wait for: Pingora would sleep out its grace period.
             tracing::info!("shutdown complete");
@@ -158,6 +191,11 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
     let metrics = ProxyMetrics::register(&registry).map_err(|e| StartError::Runtime(e.to_string()))?;
     let downstream = DownstreamMetrics::register(&registry).map_err(|e| StartError::Runtime(e.to_string()))?;
     let tls_metrics = TlsMetrics::register(&registry).map_err(|e| StartError::Runtime(e.to_string()))?;
+    let tcp_metrics = constellation_proxy::tcp::TcpMetrics::register(&registry)
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
+    let udp_metrics = constellation_proxy::udp::UdpMetrics::register(&registry)
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
+    let udp_table: constellation_proxy::udp::UdpHandle = Arc::default();
     // Certificates and options; the first reload replaces this with the route files' own.
     let tls: TlsHandle = Arc::new(ArcSwap::from_pointee(TlsSnapshot::empty()));
     crate::pingora_log::count_into(metrics.downstream_disconnects.clone());
@@ -180,7 +218,8 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
         .with_domain(&cfg.config.cluster.domain)
         .with_resolver(resolver)
         .with_tls(tls.clone(), tls_metrics.clone())
-        .with_entrypoint_tls(cfg.entrypoint_tls()),
+        .with_entrypoint_tls(cfg.entrypoint_tls())
+        .with_udp(udp_table.clone(), cfg.udp_entrypoints.iter().map(|(n, _)| n.clone()).collect()),
     );
     // The first table must be valid: an agent that starts with no routes would look
     // healthy while serving nothing. Its host names are looked up first, on a runtime of
@@ -216,6 +255,15 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
     for (what, addr) in &listen {
         std::net::TcpListener::bind(addr)
             .map_err(|e| StartError::Runtime(format!("{what}: cannot listen on {addr}: {e}")))?;
+    }
+    // UDP entry points are not Pingora listeners: bound here, served by the control
+    // service's runtime.
+    let mut udp_sockets = Vec::new();
+    for (name, addr) in &cfg.udp_entrypoints {
+        let socket = std::net::UdpSocket::bind(addr)
+            .map_err(|e| StartError::Runtime(format!("entrypoint {name}: cannot bind UDP {addr}: {e}")))?;
+        tracing::info!(entrypoint = %name, %addr, "UDP entry point listening");
+        udp_sockets.push((name.clone(), socket));
     }
 
     let conf = ServerConf {
@@ -259,7 +307,9 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
     admin.entrypoints.store(Arc::new(entrypoints.clone()));
     let mut proxy = Service::new(
         "SmartFailoverProxy".to_string(),
-        LimitedApp::new(proxy_app, entrypoints.clone()).with_tls(tls.clone(), tls_metrics.clone()),
+        LimitedApp::new(proxy_app, entrypoints.clone())
+            .with_tls(tls.clone(), tls_metrics.clone())
+            .with_tcp(table.clone(), tcp_metrics.clone()),
     );
     for e in &entrypoints {
         let (name, l) = (e.name(), e.limits());
@@ -307,6 +357,10 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
             interval: Duration::from_millis(cfg.config.routes.watch_interval_ms),
             lifecycle: lifecycle.clone(),
             drain_timeout: Duration::from_secs(settings.graceful_shutdown_timeout_secs),
+            tcp_metrics,
+            udp: std::sync::Mutex::new(udp_sockets),
+            udp_table,
+            udp_metrics,
         },
     ));
     tracing::info!(node = %cfg.config.node.name, config = %cfg.origin, "agent starting");

@@ -90,6 +90,21 @@ pub fn host_names(cfg: &DynamicConfig) -> BTreeSet<HostPort> {
             }
         }
     }
+    let tcp = cfg.tcp.services.values().filter_map(|s| match s {
+        crate::dynamic::TcpService::LoadBalancer(lb) => Some(lb.servers.iter().map(|s| s.address.as_str())),
+        crate::dynamic::TcpService::Weighted(_) => None,
+    });
+    let udp = cfg.udp.services.values().filter_map(|s| match s {
+        crate::dynamic::UdpService::LoadBalancer(lb) => Some(lb.servers.iter().map(|s| s.address.as_str())),
+        crate::dynamic::UdpService::Weighted(_) => None,
+    });
+    for address in tcp.flatten().chain(udp.flatten()) {
+        if let Some((host, port)) = crate::tcp::split_host_port(address) {
+            if host.parse::<IpAddr>().is_err() {
+                out.insert(HostPort::new(host, port));
+            }
+        }
+    }
     out
 }
 

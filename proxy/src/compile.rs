@@ -649,7 +649,6 @@ pub fn compile_with_files(
         settings: settings.clone(),
         tcp: tcp.unwrap_or_default(),
     };
-    registry.tcp.retain_table(&table.tcp, std::time::Duration::from_millis(settings.tcp_drain_grace_ms));
     let _ = c.live;
     Ok((table, c.warnings))
 }

@@ -1028,16 +1028,14 @@ pub async fn check(up: &TcpUpstream, spec: &TcpHealthSpec) -> Result<(), String>
     tokio::time::timeout(spec.timeout, run).await.map_err(|_| format!("no answer within {:?}", spec.timeout))?
 }
 
-/// Run the TCP health checks of whatever table `table` returns now, until the process
-/// ends: each checked server on its own timer (`interval` while healthy,
-/// `unhealthyInterval` while not), `rise`/`fall` consecutive results to flip.
-pub async fn run_health_checks<F>(table: F, rise: u32, fall: u32, metrics: TcpMetrics)
-where
-    F: Fn() -> Arc<TcpTable> + Send + Sync + 'static,
-{
+/// Run the TCP health checks of the table in force, until the task is dropped: each
+/// checked server on its own timer (`interval` while healthy, `unhealthyInterval`
+/// while not), `rise`/`fall` consecutive results to flip.
+pub async fn run_health_checks(table: crate::TableHandle, rise: u32, fall: u32, metrics: TcpMetrics) {
     let mut next: HashMap<TcpKey, Instant> = HashMap::new();
     loop {
-        let t = table();
+        let full = table.load_full();
+        let t = &full.tcp;
         let now = Instant::now();
         let mut due = Vec::new();
         let mut seen = std::collections::HashSet::new();

@@ -218,7 +218,8 @@ impl EntrypointHttp {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntrypointConfig {
-    /// Listen address, `ip:port`.
+    /// Listen address, `ip:port`, optionally with the protocol: `ip:port/tcp` (the
+    /// default: HTTP, HTTPS and TCP routers) or `ip:port/udp` (UDP routers only).
     pub address: String,
     /// Limits on this entry point's client connections (Traefik's `transport`:
     /// `respondingTimeouts`, plus connection caps). Every key has a default.
@@ -431,6 +432,8 @@ pub struct LoadedConfig {
     pub entrypoints: Vec<(String, SocketAddr)>,
     /// The same entrypoints with their scheme and forwarded-headers policy, for the proxy.
     pub entrypoint_policies: Vec<constellation_proxy::EntryPoint>,
+    /// UDP entry points (`address = "ip:port/udp"`), not in `entrypoints`.
+    pub udp_entrypoints: Vec<(String, SocketAddr)>,
     /// Parsed admin address.
     pub admin_addr: SocketAddr,
     /// Admin bearer token, if any (never logged).
@@ -641,6 +644,18 @@ pub fn validate_all(
     let addr = |key: &str, s: &str| -> Result<SocketAddr, ConfigError> {
         s.parse().map_err(|e| bad(key, format!("{s:?} is not an ip:port address ({e})")))
     };
+    // `ip:port[/tcp|/udp]`: the address and whether it is UDP.
+    let ep_addr = |key: &str, s: &str| -> Result<(SocketAddr, bool), ConfigError> {
+        let (a, udp) = match s.rsplit_once('/') {
+            Some((a, "udp")) => (a, true),
+            Some((a, "tcp")) => (a, false),
+            Some((_, other)) => {
+                return Err(bad(key, format!("{s:?}: unknown protocol {other:?} (use /tcp or /udp, or none for tcp)")))
+            }
+            None => (s, false),
+        };
+        Ok((addr(key, a)?, udp))
+    };
     let entrypoint_section = || {
         if config.entrypoints.is_empty() {
             return Err(bad(
@@ -650,8 +665,25 @@ pub fn validate_all(
         }
         let mut entrypoints = Vec::new();
         let mut entrypoint_policies = Vec::new();
+        let mut udp_entrypoints = Vec::new();
         for (name, ep) in &config.entrypoints {
-            let address = addr(&format!("entrypoints.{name}.address"), &ep.address)?;
+            let (address, udp) = ep_addr(&format!("entrypoints.{name}.address"), &ep.address)?;
+            if udp {
+                let tcp_only = [
+                    ("tls", ep.tls),
+                    ("h2c", ep.h2c),
+                    ("redirect_to", ep.redirect_to.is_some()),
+                    ("http", !ep.http.is_empty()),
+                ];
+                if let Some((key, _)) = tcp_only.iter().find(|(_, set)| *set) {
+                    return Err(bad(
+                        &format!("entrypoints.{name}.{key}"),
+                        "a UDP entry point (address ending in /udp) carries UDP routers only".into(),
+                    ));
+                }
+                udp_entrypoints.push((name.clone(), address));
+                continue;
+            }
             if let Err((key, message)) = ep.transport.validate() {
                 return Err(bad(&format!("entrypoints.{name}.transport.{key}"), message));
             }
@@ -685,7 +717,7 @@ pub fn validate_all(
                     if ep.tls {
                         return Err(bad(&key, "a TLS entry point cannot redirect to another one".into()));
                     }
-                    let port = addr(&format!("entrypoints.{to}.address"), &target.address)?.port();
+                    let port = ep_addr(&format!("entrypoints.{to}.address"), &target.address)?.0.port();
                     Some(constellation_proxy::EntryRedirect { port, permanent: ep.redirect_permanent })
                 }
             };
@@ -697,7 +729,7 @@ pub fn validate_all(
                 redirect,
             });
         }
-        Ok((entrypoints, entrypoint_policies))
+        Ok((entrypoints, entrypoint_policies, udp_entrypoints))
     };
     let eps = keep(&mut errors, entrypoint_section());
     let admin_addr = keep(&mut errors, addr("admin.address", &config.admin.address));
@@ -902,7 +934,7 @@ pub fn validate_all(
         errors.push(bad("docker.network", "must not be empty (leave it out for the container's only network)".into()));
     }
     let (
-        Some((entrypoints, entrypoint_policies)),
+        Some((entrypoints, entrypoint_policies, udp_entrypoints)),
         Some(admin_addr),
         Some(admin_token),
         Some(gossip),
@@ -922,6 +954,7 @@ pub fn validate_all(
         origin: origin.to_string(),
         entrypoints,
         entrypoint_policies,
+        udp_entrypoints,
         admin_addr,
         admin_token,
         gossip,
@@ -943,7 +976,7 @@ fn acme_section(
         constellation_acme::ConfigError::Invalid { key, problem } => (format!("acme.{key}"), problem),
     })?;
     let tls = config.entrypoints.values().any(|e| e.tls);
-    let plain = config.entrypoints.values().any(|e| !e.tls);
+    let plain = config.entrypoints.values().any(|e| !e.tls && !e.address.ends_with("/udp"));
     let problem = match settings.config.challenge {
         _ if !tls => Some("ACME certificates are served on TLS entry points: add one with tls = true"),
         constellation_acme::ChallengeKind::Http01 if !plain => {

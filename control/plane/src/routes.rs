@@ -124,6 +124,10 @@ pub struct Reloader {
     acme_wanted: tokio::sync::watch::Sender<AcmeWanted>,
     /// Router TLS defaults of TLS entry points (`[entrypoints.<name>.http.tls]`).
     entrypoint_tls: Vec<(String, RouterTls)>,
+    /// UDP tables go here, for these UDP entry points.
+    udp: Option<(constellation_proxy::udp::UdpHandle, Vec<String>)>,
+    /// Routes of the stateful groups (Redis, MongoDB primaries), merged like a provider's.
+    stateful: Mutex<Option<DynamicConfig>>,
 }
 
 /// Certificates ACME should order, by resolver name: one name list per certificate,
@@ -169,6 +173,28 @@ impl Reloader {
             tls_paths: Mutex::new(Vec::new()),
             acme_wanted: tokio::sync::watch::channel(AcmeWanted::new()).0,
             entrypoint_tls: Vec::new(),
+            udp: None,
+            stateful: Mutex::new(None),
+        }
+    }
+
+    /// Also compile the `udp` section for the UDP entry points `entrypoints` and swap
+    /// it into `handle` with each table (a UDP error rejects the reload whole).
+    pub fn with_udp(mut self, handle: constellation_proxy::udp::UdpHandle, entrypoints: Vec<String>) -> Self {
+        self.udp = Some((handle, entrypoints));
+        self
+    }
+
+    /// Replace the stateful groups' routes (`tcp` routers and services pointing at each
+    /// group's primary) and the services whose removed servers must close their
+    /// connections at once. A change wakes the watcher.
+    pub fn set_stateful(&self, cfg: DynamicConfig, close_at_once: Vec<String>) {
+        let mut cur = self.stateful.lock().unwrap_or_else(|p| p.into_inner());
+        if cur.as_ref() != Some(&cfg) {
+            self.registry.tcp.set_drain_overrides(close_at_once.into_iter().map(|s| (s, Duration::ZERO)).collect());
+            *cur = Some(cfg);
+            drop(cur);
+            self.kick.notify_one();
         }
     }
 
@@ -302,7 +328,10 @@ impl Reloader {
         *self.fingerprint.lock().unwrap_or_else(|p| p.into_inner()) = self.current_fingerprint();
         let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut build_warnings = Vec::new();
-        let provided = self.provided.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut provided = self.provided.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(st) = self.stateful.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            provided.push(("stateful".to_string(), st));
+        }
         let config = load_sources(&self.sources).and_then(|cfg| {
             let (mut cfg, w) = assemble(cfg, provided, &instances, &self.domain)?;
             build_warnings = w;
@@ -371,9 +400,18 @@ impl Reloader {
                 .map(|(table, warnings)| (cfg, table, warnings))
                 .map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect())
         });
-        // The TLS snapshot of the same configuration; it fails the reload as a whole.
+        // The UDP table of the same configuration.
         let result = result.and_then(|(cfg, table, mut warnings)| {
-            let Some((handle, metrics)) = &self.tls else { return Ok((cfg, table, warnings)) };
+            let Some((_, eps)) = &self.udp else { return Ok((cfg, table, warnings, None)) };
+            let (udp, w) = constellation_proxy::udp::compile(&cfg, eps, &addresses).map_err(|errs| {
+                errs.into_iter().map(|(o, f, m)| format!("{o}: {f}: {m}")).collect::<Vec<_>>()
+            })?;
+            warnings.extend(w);
+            Ok((cfg, table, warnings, Some(udp)))
+        });
+        // The TLS snapshot of the same configuration; it fails the reload as a whole.
+        let result = result.and_then(|(cfg, table, mut warnings, udp)| {
+            let Some((handle, metrics)) = &self.tls else { return Ok((cfg, table, warnings, udp)) };
             let acme = self.tls_inputs.lock().unwrap_or_else(|p| p.into_inner()).acme.clone();
             let (snapshot, w) = crate::tls_files::build(&cfg, &tls_files, &acme)?;
             warnings.extend(w);
@@ -387,11 +425,11 @@ impl Reloader {
             let mut inputs = self.tls_inputs.lock().unwrap_or_else(|p| p.into_inner());
             inputs.config = Some(cfg.clone());
             inputs.files = tls_files;
-            Ok((cfg, table, warnings))
+            Ok((cfg, table, warnings, udp))
         });
         self.metrics.compile_seconds.observe(started.elapsed().as_secs_f64());
         match result {
-            Ok((cfg, table, warnings)) => {
+            Ok((cfg, table, warnings, udp)) => {
                 let mut unsupported = cfg.unsupported();
                 unsupported.extend(warnings);
                 unsupported.extend(build_warnings);
@@ -425,7 +463,16 @@ impl Reloader {
                         self.metrics.breaker_state.with_label_values(&[&p.name, u.label()]).set(u.breaker_gauge(now));
                     }
                 }
-                self.table.store(Arc::new(table));
+                for r in table.tcp.routes.iter().filter(|r| r.refused.is_some()) {
+                    tracing::warn!(router = %r.name, reason = r.refused.as_deref().unwrap_or(""), "TCP router refuses connections");
+                }
+                let table = Arc::new(table);
+                self.table.store(table.clone());
+                if let (Some((handle, _)), Some(udp)) = (&self.udp, udp) {
+                    handle.store(Arc::new(udp));
+                }
+                // Servers the new table dropped drain now that it is in use.
+                self.registry.tcp.retain_table(&table.tcp, Duration::from_millis(self.settings.tcp_drain_grace_ms));
                 for gone in self.registry.retain(&live) {
                     // Series are labelled with the URL as shown (user info hidden).
                     let label = redact::redact_url(&gone.url);
