@@ -191,17 +191,17 @@ pub fn run(cfg: LoadedConfig) -> Result<(), StartError> {
     let metrics = ProxyMetrics::register(&registry).map_err(|e| StartError::Runtime(e.to_string()))?;
     let downstream = DownstreamMetrics::register(&registry).map_err(|e| StartError::Runtime(e.to_string()))?;
     let tls_metrics = TlsMetrics::register(&registry).map_err(|e| StartError::Runtime(e.to_string()))?;
-    let tcp_metrics = constellation_proxy::tcp::TcpMetrics::register(&registry)
-        .map_err(|e| StartError::Runtime(e.to_string()))?;
-    let udp_metrics = constellation_proxy::udp::UdpMetrics::register(&registry)
-        .map_err(|e| StartError::Runtime(e.to_string()))?;
-    let udp_table: constellation_proxy::udp::UdpHandle = Arc::default();
+    let tcp_metrics =
+        constellation_proxy::tcp::TcpMetrics::register(&registry).map_err(|e| StartError::Runtime(e.to_string()))?;
+    let udp_metrics =
+        constellation_proxy::udp::UdpMetrics::register(&registry).map_err(|e| StartError::Runtime(e.to_string()))?;
     // Certificates and options; the first reload replaces this with the route files' own.
     let tls: TlsHandle = Arc::new(ArcSwap::from_pointee(TlsSnapshot::empty()));
     crate::pingora_log::count_into(metrics.downstream_disconnects.clone());
     let settings = cfg.config.proxy.clone();
     let table: constellation_proxy::TableHandle = Arc::new(ArcSwap::from_pointee(RouteTable::empty(settings.clone())));
     let admin = Arc::new(AdminState::new(&cfg.config.node.name, table.clone(), registry, cfg.admin_token.clone()));
+    let udp_table = admin.udp.clone();
     // Failed upstream connects make the resolver look host names up again early.
     let connect_failures = Arc::new(ConnectFailures::default());
     let resolver =

@@ -941,7 +941,8 @@ where
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if w.write_all(&buf[..n]).await.is_err() {
+                // Pingora's client stream buffers writes: flush each chunk.
+                if w.write_all(&buf[..n]).await.is_err() || w.flush().await.is_err() {
                     break;
                 }
                 count.fetch_add(n as u64, Ordering::Relaxed);

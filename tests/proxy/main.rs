@@ -18,6 +18,8 @@ mod t12_fail_closed;
 mod t13_upstream_tls;
 mod t14_websocket;
 mod t15_upstream_h2;
+mod t16_tcp;
+mod t17_udp;
 
 /// The shared kit, plus what only this suite needs.
 mod support {

@@ -75,6 +75,10 @@ pub struct AdminState {
     pub certificates: ArcSwap<Vec<constellation_proxy::tls::CertInfo>>,
     /// The ACME resolver, when `[acme]` is configured.
     pub acme: ArcSwapOption<crate::status::AcmeStatus>,
+    /// The UDP table in force (the reloader swaps it; UDP entry points read it).
+    pub udp: constellation_proxy::udp::UdpHandle,
+    /// Stateful groups' status (set by the plane).
+    pub stateful: ArcSwap<Vec<crate::status::StatefulStatus>>,
     /// Refused admin requests, counted and logged once per [`REFUSAL_LOG_EVERY`].
     refusals: Refusals,
 }
@@ -105,6 +109,8 @@ impl AdminState {
             docker: ArcSwapOption::empty(),
             certificates: ArcSwap::from_pointee(Vec::new()),
             acme: ArcSwapOption::empty(),
+            udp: Arc::default(),
+            stateful: ArcSwap::from_pointee(Vec::new()),
             refusals,
         }
     }
@@ -150,6 +156,10 @@ impl AdminState {
                     .collect()
             },
             acme: self.acme.load_full().map(|a| (*a).clone()),
+            tcp_routes: crate::status::tcp_routes_of(&table),
+            tcp_services: crate::status::tcp_services_of(&table),
+            udp_routes: crate::status::udp_routes_of(&self.udp.load()),
+            stateful: (**self.stateful.load()).clone(),
         }
     }
 }

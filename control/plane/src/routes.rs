@@ -403,9 +403,8 @@ impl Reloader {
         // The UDP table of the same configuration.
         let result = result.and_then(|(cfg, table, mut warnings)| {
             let Some((_, eps)) = &self.udp else { return Ok((cfg, table, warnings, None)) };
-            let (udp, w) = constellation_proxy::udp::compile(&cfg, eps, &addresses).map_err(|errs| {
-                errs.into_iter().map(|(o, f, m)| format!("{o}: {f}: {m}")).collect::<Vec<_>>()
-            })?;
+            let (udp, w) = constellation_proxy::udp::compile(&cfg, eps, &addresses)
+                .map_err(|errs| errs.into_iter().map(|(o, f, m)| format!("{o}: {f}: {m}")).collect::<Vec<_>>())?;
             warnings.extend(w);
             Ok((cfg, table, warnings, Some(udp)))
         });

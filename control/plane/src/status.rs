@@ -58,6 +58,180 @@ pub struct Status {
     /// The ACME resolver; `null` when `[acme]` is not configured.
     #[serde(default)]
     pub acme: Option<AcmeStatus>,
+    /// TCP routes by priority.
+    #[serde(default)]
+    pub tcp_routes: Vec<TcpRouteStatus>,
+    /// TCP services with their servers.
+    #[serde(default)]
+    pub tcp_services: Vec<TcpServiceStatus>,
+    /// UDP routes.
+    #[serde(default)]
+    pub udp_routes: Vec<UdpRouteStatus>,
+    /// Stateful groups (Redis Sentinel, MongoDB replica sets) and where their route points.
+    #[serde(default)]
+    pub stateful: Vec<StatefulStatus>,
+}
+
+/// One TCP route.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TcpRouteStatus {
+    /// Router name.
+    pub name: String,
+    /// Rule text.
+    pub rule: String,
+    /// Effective priority.
+    pub priority: i64,
+    /// Entry points (empty: every TCP entry point).
+    pub entry_points: Vec<String>,
+    /// `none`, `passthrough` or `terminate`.
+    pub tls: String,
+    /// Service name, if any.
+    pub service: Option<String>,
+    /// Why its connections are refused (closed at once), if they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// Connections open through it now.
+    pub open: i64,
+}
+
+/// One TCP service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TcpServiceStatus {
+    /// Name.
+    pub name: String,
+    /// Servers that may be picked now.
+    pub available: usize,
+    /// PROXY protocol version sent, if any.
+    #[serde(default)]
+    pub proxy_protocol: Option<u8>,
+    /// Whether an active health check runs.
+    pub health_check: bool,
+    /// Servers.
+    pub servers: Vec<TcpServerStatus>,
+}
+
+/// One TCP server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TcpServerStatus {
+    /// Address as configured.
+    pub address: String,
+    /// Resolved address.
+    pub resolved: Option<String>,
+    /// Why there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_error: Option<String>,
+    /// Health check verdict.
+    pub healthy: bool,
+    /// Whether it may be picked now.
+    pub available: bool,
+    /// Breaker state.
+    pub breaker: BreakerState,
+    /// Connections open to it.
+    pub open: i64,
+    /// Connections made since it appeared.
+    pub connections: u64,
+}
+
+/// One UDP route.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UdpRouteStatus {
+    /// Router name.
+    pub name: String,
+    /// Entry points (empty: every UDP entry point).
+    pub entry_points: Vec<String>,
+    /// Service name.
+    pub service: String,
+}
+
+/// A stateful group and where its TCP route points.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatefulStatus {
+    /// Group name (also the route's name).
+    pub name: String,
+    /// `redis` or `mongo`.
+    pub kind: String,
+    /// Entry point of its route.
+    pub entrypoint: Option<String>,
+    /// The primary the route points at; `null` while withdrawn.
+    pub primary: Option<String>,
+    /// `ok`, or why the route is withdrawn.
+    pub verdict: String,
+    /// Human text when withdrawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The group's own status document (sentinels, replicas, members, last switch).
+    pub detail: serde_json::Value,
+}
+
+/// The TCP routes of a table.
+pub fn tcp_routes_of(table: &RouteTable) -> Vec<TcpRouteStatus> {
+    use constellation_proxy::tcp::{TcpTarget, TcpTls};
+    table
+        .tcp
+        .routes
+        .iter()
+        .map(|r| TcpRouteStatus {
+            name: r.name.clone(),
+            rule: r.rule.source().to_string(),
+            priority: r.priority,
+            entry_points: r.entry_points.clone(),
+            tls: match r.tls {
+                TcpTls::None => "none",
+                TcpTls::Passthrough => "passthrough",
+                TcpTls::Terminate { .. } => "terminate",
+            }
+            .to_string(),
+            service: r.target.as_ref().map(|t| match &**t {
+                TcpTarget::Pool(p) => p.name.clone(),
+                TcpTarget::Weighted { name, .. } => name.clone(),
+            }),
+            refused: r.refused.clone(),
+            open: r.open.load(Ordering::Relaxed),
+        })
+        .collect()
+}
+
+/// The TCP services of a table, with server health and breakers now.
+pub fn tcp_services_of(table: &RouteTable) -> Vec<TcpServiceStatus> {
+    let now = Instant::now();
+    table
+        .tcp
+        .pools
+        .iter()
+        .map(|p| TcpServiceStatus {
+            name: p.name.clone(),
+            available: p.available(now),
+            proxy_protocol: p.proxy_protocol,
+            health_check: p.health.is_some(),
+            servers: p
+                .servers
+                .iter()
+                .map(|s| TcpServerStatus {
+                    address: s.key.address.clone(),
+                    resolved: s.addr.map(|a| a.to_string()),
+                    address_error: s.address_error.clone(),
+                    healthy: s.healthy.load(Ordering::Relaxed),
+                    available: s.is_available(now),
+                    breaker: s.breaker_state(now),
+                    open: s.active.load(Ordering::Relaxed),
+                    connections: s.connections.load(Ordering::Relaxed),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The UDP routes of a table.
+pub fn udp_routes_of(table: &constellation_proxy::udp::UdpTable) -> Vec<UdpRouteStatus> {
+    table
+        .routes
+        .iter()
+        .map(|r| UdpRouteStatus {
+            name: r.name.clone(),
+            entry_points: r.entry_points.clone(),
+            service: r.target.name().to_string(),
+        })
+        .collect()
 }
 
 /// The ACME certificate resolver on this node.

@@ -37,6 +37,7 @@ mod raw;
 pub mod report;
 mod scratch;
 mod status;
+pub mod tcp;
 mod tls;
 mod wait;
 
@@ -55,5 +56,6 @@ pub use status::{
     identities, lease_seen, member, member_states, members, metric_value, raft_leader, raft_term, service_status,
     upstream_status, upstream_urls, LeaseSeen,
 };
+pub use tcp::{TcpEcho, UdpEcho};
 pub use tls::{Issued, TestCa};
 pub use wait::{eventually, eventually_or, run_test, unix_ns, wait_for};
