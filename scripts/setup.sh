@@ -16,6 +16,8 @@ command -v iptables >/dev/null 2>&1 || need+=(iptables)
 [ -x /bin/busybox ] || need+=(busybox-static)
 # The ACME tests run Let's Encrypt's Pebble and pebble-challtestsrv as the CA.
 command -v pebble >/dev/null 2>&1 || need+=(pebble)
+# The Redis Sentinel tests run real servers and sentinels (redis-cli comes with redis-server).
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server); command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
   SUDO=""

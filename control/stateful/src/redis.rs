@@ -227,7 +227,10 @@ impl RedisGroup {
             err("name", format!("route name {:?} must be non-empty ASCII letters, digits, '-', '_' or '.'", self.name));
         }
         if self.master_name.is_empty() || self.master_name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            err("master_name", format!("{:?} must be a non-empty Sentinel master name without spaces", self.master_name));
+            err(
+                "master_name",
+                format!("{:?} must be a non-empty Sentinel master name without spaces", self.master_name),
+            );
         }
         if self.sentinels.is_empty() {
             err("sentinels", "at least one sentinel `host:port` is required (three or more for failover)".into());

@@ -34,6 +34,7 @@ mod node;
 mod partition;
 pub mod pebble;
 mod raw;
+pub mod redis;
 pub mod report;
 mod scratch;
 mod status;
@@ -51,6 +52,7 @@ pub use node::{Event, Node};
 pub use partition::{Partition, Plane};
 pub use pebble::{Pebble, PebbleSpec};
 pub use raw::{raw_exchange, RawBackend, RawReply, RawRequest};
+pub use redis::{RedisFleet, RedisFleetSpec};
 pub use scratch::{dead_addr, free_port, non_loopback_ip, take_cluster_port, take_port, Scratch};
 pub use status::{
     identities, lease_seen, member, member_states, members, metric_value, raft_leader, raft_term, service_status,

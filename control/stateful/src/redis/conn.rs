@@ -31,14 +31,15 @@ impl Dialer {
         if let Some(p) = password {
             settings = settings.set_password(p.expose());
         }
-        let info: ConnectionInfo =
-            conn_addr.into_connection_info().map_err(|e| format!("{addr}: {}", describe(&e)))?.set_redis_settings(settings);
+        let info: ConnectionInfo = conn_addr
+            .into_connection_info()
+            .map_err(|e| format!("{addr}: {}", describe(&e)))?
+            .set_redis_settings(settings);
         match &self.tls {
             None => Client::open(info),
-            Some(root_cert) => Client::build_with_tls(
-                info,
-                redis::TlsCertificates { client_tls: None, root_cert: root_cert.clone() },
-            ),
+            Some(root_cert) => {
+                Client::build_with_tls(info, redis::TlsCertificates { client_tls: None, root_cert: root_cert.clone() })
+            }
         }
         .map_err(|e| format!("{addr}: {}", describe(&e)))
     }

@@ -155,11 +155,12 @@ pub fn spawn(
 ) -> (watch::Receiver<RedisStatus>, JoinHandle<()>) {
     let (tx, rx) = watch::channel(RedisStatus::starting(&group));
     let task = tokio::spawn(async move {
+        let mut status = RedisStatus::starting(&group);
         let mut follower = match Follower::new(group, password, sentinel_password, metrics) {
             Ok(f) => f,
-            Err((mut status, group)) => {
-                warn!(group = %group, reason = status.reason.as_deref().unwrap_or(""), "redis follower cannot start");
-                status.verdict = Verdict::Unreachable;
+            Err(reason) => {
+                warn!(group = %status.name, reason = %reason, "redis follower cannot start");
+                (status.verdict, status.reason) = (Verdict::Unreachable, Some(reason));
                 let _ = tx.send(status);
                 tx.closed().await;
                 return;
@@ -186,15 +187,13 @@ impl Follower {
         password: Option<Secret>,
         sentinel_password: Option<Secret>,
         metrics: RedisMetrics,
-    ) -> Result<Follower, (RedisStatus, String)> {
+    ) -> Result<Follower, String> {
         let tls = if group.tls {
             match &group.tls_ca_file {
                 Some(path) => match std::fs::read(path) {
                     Ok(pem) => Some(Some(pem)),
                     Err(e) => {
-                        let mut status = RedisStatus::starting(&group);
-                        status.reason = Some(format!("cannot read tls_ca_file {}: {e}", path.display()));
-                        return Err((status, group.name));
+                        return Err(format!("cannot read tls_ca_file {}: {e}", path.display()));
                     }
                 },
                 None => Some(None),
@@ -369,7 +368,10 @@ impl Follower {
             }
             self.last_trusted = Some(to);
         }
-        if status.master != self.status.master || status.verdict != self.status.verdict {
+        if status.master != self.status.master
+            || status.verdict != self.status.verdict
+            || status.reason != self.status.reason
+        {
             match status.master {
                 Some(m) => info!(group = %group, master = %m, "redis master trusted"),
                 None => warn!(
@@ -421,7 +423,17 @@ pub(crate) async fn probe(dialer: &Dialer, addr: &str, password: Option<&Secret>
     };
     let mut info = redis::cmd("SENTINEL");
     info.arg("master").arg(master_name);
-    let flags = query::<HashMap<String, String>>(&mut conn, &info, addr, t).await.ok().and_then(|m| m.get("flags").cloned());
+    // During a failover the leader already names the promoted replica while its master
+    // record (and its s_down/o_down flags) still describes the old master: the flags
+    // count only when they describe the address named.
+    let flags = query::<HashMap<String, String>>(&mut conn, &info, addr, t).await.ok().and_then(|m| {
+        let same = m.get("ip") == Some(&host) && m.get("port") == Some(&port);
+        if same {
+            m.get("flags").cloned()
+        } else {
+            None
+        }
+    });
     let mut list = redis::cmd("SENTINEL");
     list.arg("replicas").arg(master_name);
     let replicas = query::<Vec<HashMap<String, String>>>(&mut conn, &list, addr, t)
