@@ -281,6 +281,41 @@ async fn t04_a_wrong_password_withdraws_the_master_with_a_clear_reason() {
     let status = wait_status(&mut rx, "the master with AUTH", WAIT, |s| s.verdict == Verdict::Ok).await;
     assert_eq!(status.master, Some(addr(&fleet.server_addr(0))));
     assert_eq!(metrics.master_known.with_label_values(&["cache"]).get(), 1);
+
+    // One server, no replica: the sentinel cannot fail over while it sleeps.
+    info!("the master stops answering (DEBUG SLEEP 2)");
+    fleet.debug_sleep(0, 2.0);
+    let status = wait_status(&mut rx, "the silent master withdrawn", WAIT, |s| s.verdict == Verdict::MasterDown).await;
+    let reason = status.reason.clone().unwrap_or_default();
+    assert!(reason.contains("no answer in 300 ms"), "{reason}");
+    let status = wait_status(&mut rx, "the master back", WAIT, |s| s.verdict == Verdict::Ok).await;
+    assert_eq!((status.master, status.switches), (Some(addr(&fleet.server_addr(0))), 0));
+    assert_eq!(metrics.withdrawn.with_label_values(&["cache", "master_down"]).get(), 1);
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t06_sentinels_missing_the_group_get_the_agreed_master_not_the_configured_one() {
+    init_tracing();
+    let fleet = RedisFleet::bare(3, 3).await;
+    let p0 = fleet.server_addr(0).rsplit_once(':').unwrap().1.to_string();
+    for i in 0..2 {
+        let out = fleet.sentinel_cli(i, &["SENTINEL", "MONITOR", "mymaster", "127.0.0.1", &p0, "2"]).await;
+        assert_eq!(out.trim(), "OK", "sentinel {i}");
+    }
+    // The config still names server 2 as the initial master (as after a failover).
+    let mut g = group(fleet.sentinel_addrs());
+    g.master = Some(fleet.server_addr(2));
+    g.replicas = vec![fleet.server_addr(0), fleet.server_addr(1)];
+    let (mut rx, task) = spawn(g, None, None, RedisMetrics::unregistered());
+    let status = wait_status(&mut rx, "the group completed", WAIT, |s| s.verdict == Verdict::Ok).await;
+    assert_eq!(status.master, Some(addr(&fleet.server_addr(0))));
+    assert_eq!(status.setup_commands, 2, "MONITOR and SET on sentinel 2 only");
+    assert_eq!(fleet.sentinel_says(2).await, Some(fleet.server_addr(0)));
+    // Servers were not touched: the group was not fresh.
+    for i in 0..3 {
+        assert_eq!(fleet.role(i).await, "master", "server {i}");
+    }
     task.abort();
 }
 

@@ -53,16 +53,16 @@ impl Dialer {
         let connecting = client.get_multiplexed_async_connection_with_config(&config);
         let mut conn = match tokio::time::timeout(self.timeout, connecting).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(format!("cannot connect to {addr}: {}", describe(&e))),
-            Err(_) => return Err(format!("cannot connect to {addr}: no answer in {} ms", self.timeout.as_millis())),
+            Ok(Err(e)) if !e.is_timeout() => return Err(format!("cannot connect to {addr}: {}", describe(&e))),
+            _ => return Err(format!("cannot connect to {addr}: no answer in {} ms", self.timeout.as_millis())),
         };
         if let Some(p) = password {
             let mut auth = redis::cmd("AUTH");
             auth.arg(p.expose());
             match tokio::time::timeout(self.timeout, auth.query_async::<()>(&mut conn)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(format!("AUTH failed at {addr}: {}", describe(&e))),
-                Err(_) => return Err(format!("AUTH at {addr}: no answer in {} ms", self.timeout.as_millis())),
+                Ok(Err(e)) if !e.is_timeout() => return Err(format!("AUTH failed at {addr}: {}", describe(&e))),
+                _ => return Err(format!("AUTH at {addr}: no answer in {} ms", self.timeout.as_millis())),
             }
         }
         Ok(conn)
@@ -88,8 +88,8 @@ pub(crate) async fn query<T: redis::FromRedisValue>(
 ) -> Result<T, String> {
     match tokio::time::timeout(timeout, cmd.query_async::<T>(conn)).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{addr}: {}", describe(&e))),
-        Err(_) => Err(format!("{addr}: no answer in {} ms", timeout.as_millis())),
+        Ok(Err(e)) if !e.is_timeout() => Err(format!("{addr}: {}", describe(&e))),
+        _ => Err(format!("{addr}: no answer in {} ms", timeout.as_millis())),
     }
 }
 
