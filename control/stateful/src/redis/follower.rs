@@ -471,34 +471,66 @@ async fn resolve(host: &str, port: &str) -> Result<SocketAddr, String> {
     addrs.next().ok_or_else(|| format!("{host} resolves to no address"))
 }
 
+/// How often an idle `+switch-master` subscription is checked with PING: a sentinel
+/// that vanished without closing the connection is noticed and dialled again.
+const SUBSCRIPTION_KEEPALIVE: Duration = Duration::from_secs(5);
+
 /// Keeps a `+switch-master` subscription on one sentinel, reconnecting with backoff,
 /// and wakes the follower on a message about our master.
 async fn subscribe(addr: String, group: RedisGroup, password: Option<Secret>, dialer: Dialer, wake: Arc<Notify>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match dialer.pubsub(&addr, password.as_ref()).await {
-            Ok(mut pubsub) => match pubsub.subscribe("+switch-master").await {
-                Ok(()) => {
-                    debug!(group = %group.name, sentinel = %addr, "subscribed to +switch-master");
-                    backoff = Duration::from_millis(100);
-                    // A change may have happened while we were not subscribed.
-                    wake.notify_one();
-                    let mut messages = pubsub.on_message();
-                    while let Some(msg) = messages.next().await {
-                        let payload: String = msg.get_payload().unwrap_or_default();
-                        if payload.split_whitespace().next() == Some(group.master_name.as_str()) {
-                            info!(group = %group.name, sentinel = %addr, event = %payload, "+switch-master");
-                            wake.notify_one();
-                        }
-                    }
-                    debug!(group = %group.name, sentinel = %addr, "+switch-master subscription ended");
-                }
-                Err(e) => debug!(group = %group.name, sentinel = %addr, error = %e, "cannot subscribe"),
-            },
+        match subscribed(&addr, &group, password.as_ref(), &dialer).await {
+            Ok(pubsub) => {
+                debug!(group = %group.name, sentinel = %addr, "subscribed to +switch-master");
+                backoff = Duration::from_millis(100);
+                // A change may have happened while we were not subscribed.
+                wake.notify_one();
+                let why = listen(pubsub, &addr, &group, &dialer, &wake).await;
+                debug!(group = %group.name, sentinel = %addr, reason = %why, "+switch-master subscription ended");
+            }
             Err(e) => debug!(group = %group.name, sentinel = %addr, error = %e, "cannot subscribe"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn subscribed(
+    addr: &str,
+    group: &RedisGroup,
+    password: Option<&Secret>,
+    dialer: &Dialer,
+) -> Result<redis::aio::PubSub, String> {
+    let mut pubsub = dialer.pubsub(addr, password).await?;
+    match tokio::time::timeout(dialer.timeout, pubsub.subscribe("+switch-master")).await {
+        Ok(Ok(())) => Ok(pubsub),
+        Ok(Err(e)) => Err(format!("SUBSCRIBE at {addr}: {e}")),
+        Err(_) => Err(format!("SUBSCRIBE at {addr}: no answer in {} ms ({})", dialer.timeout.as_millis(), group.name)),
+    }
+}
+
+/// Handles messages until the connection ends or stops answering PING; returns why.
+async fn listen(pubsub: redis::aio::PubSub, addr: &str, group: &RedisGroup, dialer: &Dialer, wake: &Notify) -> String {
+    let (mut sink, mut messages) = pubsub.split();
+    loop {
+        tokio::select! {
+            msg = messages.next() => {
+                let Some(msg) = msg else { return "connection closed".into() };
+                let payload: String = msg.get_payload().unwrap_or_default();
+                if payload.split_whitespace().next() == Some(group.master_name.as_str()) {
+                    info!(group = %group.name, sentinel = %addr, event = %payload, "+switch-master");
+                    wake.notify_one();
+                }
+            }
+            () = tokio::time::sleep(SUBSCRIPTION_KEEPALIVE) => {
+                match tokio::time::timeout(dialer.timeout, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return format!("PING failed: {e}"),
+                    Err(_) => return format!("no PONG in {} ms", dialer.timeout.as_millis()),
+                }
+            }
+        }
     }
 }
 
