@@ -372,3 +372,30 @@ async fn t05_a_bare_group_is_set_up_once_even_by_two_followers_at_once() {
         t.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t07_tls_to_sentinels_and_master_verified_against_the_configured_ca() {
+    init_tracing();
+    let spec =
+        RedisFleetSpec { servers: 1, sentinels: 1, quorum: 1, prewired: true, tls: true, ..RedisFleetSpec::default() };
+    let fleet = RedisFleet::start(spec).await;
+    let mut g = group(fleet.sentinel_addrs());
+    g.tls = true;
+    g.tls_ca_file = Some(fleet.ca_file());
+    assert_eq!(g.validate(), vec![]);
+    let (mut rx, task) = spawn(g.clone(), None, None, RedisMetrics::unregistered());
+    let status = wait_status(&mut rx, "the master over TLS", WAIT, |s| s.verdict == Verdict::Ok).await;
+    assert_eq!(status.master, Some(addr(&fleet.server_addr(0))));
+    task.abort();
+
+    info!("a CA that did not sign the servers' certificates");
+    let other = constellation_testkit::Scratch::new("redis-other-ca");
+    let pem = constellation_testkit::TestCa::new("someone else").cert_pem;
+    g.tls_ca_file = Some(other.write("ca.pem", &pem));
+    let (mut rx, task) = spawn(g, None, None, RedisMetrics::unregistered());
+    let status = wait_status(&mut rx, "the refused handshake", WAIT, |s| s.verdict == Verdict::Unreachable).await;
+    assert_eq!(status.master, None);
+    let error = status.sentinels[0].error.clone().unwrap_or_default();
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+    task.abort();
+}

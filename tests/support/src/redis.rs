@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::scratch::{take_port, Scratch};
+use crate::tls::TestCa;
 
 /// How a [`RedisFleet`] is started; [`Default`] is 3 servers, 3 sentinels, no passwords,
 /// bare, master name `mymaster`, down-after 1000 ms, failover-timeout 2000 ms, quorum 2.
@@ -32,6 +33,9 @@ pub struct RedisFleetSpec {
     pub failover_timeout_ms: u64,
     /// `SENTINEL MONITOR` quorum when pre-wired.
     pub quorum: u32,
+    /// Every process speaks TLS only (`tls-port`, `tls-replication yes`), with a
+    /// certificate for 127.0.0.1 from a fresh [`TestCa`] ([`RedisFleet::ca_file`]).
+    pub tls: bool,
 }
 
 impl Default for RedisFleetSpec {
@@ -46,6 +50,7 @@ impl Default for RedisFleetSpec {
             down_after_ms: 1000,
             failover_timeout_ms: 2000,
             quorum: 2,
+            tls: false,
         }
     }
 }
@@ -59,7 +64,7 @@ struct Instance {
 /// Running Redis servers and sentinels; every process is killed on drop.
 pub struct RedisFleet {
     spec: RedisFleetSpec,
-    _dir: Scratch,
+    dir: Scratch,
     servers: Vec<Instance>,
     sentinels: Vec<Instance>,
 }
@@ -88,7 +93,14 @@ impl RedisFleet {
         let instance = |name: String| Instance { port: take_port(), dir: dir.path(&name), child: None };
         let servers = (0..spec.servers).map(|i| instance(format!("server-{i}"))).collect();
         let sentinels = (0..spec.sentinels).map(|i| instance(format!("sentinel-{i}"))).collect();
-        let mut fleet = RedisFleet { spec, _dir: dir, servers, sentinels };
+        if spec.tls {
+            let ca = TestCa::new("redis test CA");
+            let cert = ca.issue(&["127.0.0.1", "localhost"]);
+            dir.write("ca.pem", &ca.cert_pem);
+            dir.write("cert.pem", &cert.cert_pem);
+            dir.write("key.pem", &cert.key_pem);
+        }
+        let mut fleet = RedisFleet { spec, dir, servers, sentinels };
         for i in 0..fleet.servers.len() {
             fleet.write_server_config(i);
             fleet.start_server(i);
@@ -109,9 +121,43 @@ impl RedisFleet {
         fleet
     }
 
+    fn common_config(&self, s: &Instance) -> String {
+        let log = if s.dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("sentinel")) {
+            "sentinel.log"
+        } else {
+            "redis.log"
+        };
+        let mut conf = format!(
+            "bind 127.0.0.1\nprotected-mode no\ndaemonize no\ndir {}\nlogfile {}\n",
+            s.dir.display(),
+            s.dir.join(log).display()
+        );
+        if self.spec.tls {
+            conf.push_str(&format!(
+                "port 0\ntls-port {}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+                s.port,
+                self.dir.path("cert.pem").display(),
+                self.dir.path("key.pem").display(),
+                self.ca_file().display()
+            ));
+        } else {
+            conf.push_str(&format!("port {}\n", s.port));
+        }
+        conf
+    }
+
+    /// The CA that signed every process's certificate, PEM (with `tls`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path("ca.pem")
+    }
+
+    fn tls_ca(&self) -> Option<PathBuf> {
+        self.spec.tls.then(|| self.ca_file())
+    }
+
     fn write_server_config(&self, i: usize) {
         let s = &self.servers[i];
-        let mut conf = common_config(s);
+        let mut conf = self.common_config(s);
         conf.push_str("save \"\"\nappendonly no\nenable-debug-command yes\nrepl-diskless-sync-delay 0\n");
         if let Some(p) = &self.spec.password {
             conf.push_str(&format!("requirepass {p}\nmasterauth {p}\n"));
@@ -124,7 +170,7 @@ impl RedisFleet {
 
     fn write_sentinel_config(&self, i: usize) {
         let s = &self.sentinels[i];
-        let mut conf = common_config(s);
+        let mut conf = self.common_config(s);
         if let Some(p) = &self.spec.sentinel_password {
             conf.push_str(&format!("requirepass {p}\nsentinel sentinel-pass {p}\n"));
         }
@@ -154,7 +200,7 @@ impl RedisFleet {
     async fn wait_answers(&self, port: u16, password: Option<String>) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if cli(port, password.as_deref(), &["PING"]).await.trim() == "PONG" {
+            if cli_tls(port, password.as_deref(), self.tls_ca().as_deref(), &["PING"]).await.trim() == "PONG" {
                 return;
             }
             if Instant::now() > deadline {
@@ -228,12 +274,12 @@ impl RedisFleet {
 
     /// `redis-cli` on server `i` (with the fleet's password); its stdout.
     pub async fn server_cli(&self, i: usize, args: &[&str]) -> String {
-        cli(self.servers[i].port, self.spec.password.as_deref(), args).await
+        cli_tls(self.servers[i].port, self.spec.password.as_deref(), self.tls_ca().as_deref(), args).await
     }
 
     /// `redis-cli` on sentinel `i` (with the sentinels' password); its stdout.
     pub async fn sentinel_cli(&self, i: usize, args: &[&str]) -> String {
-        cli(self.sentinels[i].port, self.spec.sentinel_password.as_deref(), args).await
+        cli_tls(self.sentinels[i].port, self.spec.sentinel_password.as_deref(), self.tls_ca().as_deref(), args).await
     }
 
     /// The first word of server `i`'s `ROLE` (`master`, `slave`), or the error text.
@@ -270,6 +316,9 @@ impl RedisFleet {
         cmd.args(["-p", &self.servers[i].port.to_string()]);
         if let Some(p) = &self.spec.password {
             cmd.args(["-a", p, "--no-auth-warning"]);
+        }
+        if let Some(ca) = self.tls_ca() {
+            cmd.arg("--tls").arg("--cacert").arg(ca);
         }
         let spawned =
             cmd.args(["DEBUG", "SLEEP", &secs.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
@@ -336,20 +385,6 @@ impl Drop for RedisFleet {
     }
 }
 
-fn common_config(s: &Instance) -> String {
-    let log = if s.dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("sentinel")) {
-        "sentinel.log"
-    } else {
-        "redis.log"
-    };
-    format!(
-        "port {}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\ndir {}\nlogfile {}\n",
-        s.port,
-        s.dir.display(),
-        s.dir.join(log).display()
-    )
-}
-
 fn write(dir: &Path, name: &str, text: &str) {
     if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(dir.join(name), text)) {
         panic!("cannot write {}: {e}", dir.join(name).display());
@@ -387,10 +422,21 @@ fn signal(s: &Instance, sig: &str) {
 /// # Panics
 /// When `redis-cli` is not installed.
 pub async fn cli(port: u16, password: Option<&str>, args: &[&str]) -> String {
+    cli_tls(port, password, None, args).await
+}
+
+/// [`cli`] over TLS when `tls_ca` (the CA file to verify the server with) is given.
+///
+/// # Panics
+/// When `redis-cli` is not installed.
+pub async fn cli_tls(port: u16, password: Option<&str>, tls_ca: Option<&Path>, args: &[&str]) -> String {
     let mut cmd = tokio::process::Command::new("redis-cli");
     cmd.args(["-p", &port.to_string()]);
     if let Some(p) = password {
         cmd.args(["-a", p, "--no-auth-warning"]);
+    }
+    if let Some(ca) = tls_ca {
+        cmd.arg("--tls").arg("--cacert").arg(ca);
     }
     cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
     match tokio::time::timeout(Duration::from_secs(5), cmd.output()).await {
