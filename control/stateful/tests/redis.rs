@@ -259,25 +259,38 @@ async fn t04_a_wrong_password_withdraws_the_master_with_a_clear_reason() {
         sentinels: 1,
         quorum: 1,
         password: Some("right-horse-battery".into()),
+        sentinel_password: Some("sentinel-only-7".into()),
         prewired: true,
         ..RedisFleetSpec::default()
     };
     let fleet = RedisFleet::start(spec).await;
     let g = group(fleet.sentinel_addrs());
+    let sentinel_pw = || Some(Secret::new("sentinel-only-7"));
+
+    info!("no sentinel password: the sentinel refuses the query");
+    let (mut rx, task) = spawn(g.clone(), Some(Secret::new("right-horse-battery")), None, RedisMetrics::unregistered());
+    let status = wait_status(&mut rx, "the sentinel's refusal", WAIT, |s| s.verdict == Verdict::Unreachable).await;
+    let error = status.sentinels[0].error.clone().unwrap_or_default();
+    assert!(error.contains("NOAUTH"), "{error}");
+    task.abort();
+
+    info!("the right sentinel password, a wrong Redis password");
     let metrics = RedisMetrics::unregistered();
-    let (mut rx, task) = spawn(g.clone(), Some(Secret::new("wrong-staple-42")), None, metrics.clone());
+    let (mut rx, task) = spawn(g.clone(), Some(Secret::new("wrong-staple-42")), sentinel_pw(), metrics.clone());
     let status = wait_status(&mut rx, "the AUTH refusal", WAIT, |s| s.verdict == Verdict::MasterDown).await;
     assert_eq!(status.master, None);
     let reason = status.reason.clone().unwrap_or_default();
     assert!(reason.contains(&format!("AUTH failed at {}", fleet.server_addr(0))), "{reason}");
     assert!(reason.contains("WRONGPASS"), "{reason}");
     let shown = format!("{status:?}{}", serde_json::to_string(&status).unwrap());
-    assert!(!shown.contains("wrong-staple-42") && !shown.contains("right-horse-battery"), "{shown}");
+    for secret in ["wrong-staple-42", "right-horse-battery", "sentinel-only-7"] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
     assert_eq!(metrics.master_known.with_label_values(&["cache"]).get(), 0);
     task.abort();
 
     info!("the right password");
-    let (mut rx, task) = spawn(g, Some(Secret::new("right-horse-battery")), None, metrics.clone());
+    let (mut rx, task) = spawn(g, Some(Secret::new("right-horse-battery")), sentinel_pw(), metrics.clone());
     let status = wait_status(&mut rx, "the master with AUTH", WAIT, |s| s.verdict == Verdict::Ok).await;
     assert_eq!(status.master, Some(addr(&fleet.server_addr(0))));
     assert_eq!(metrics.master_known.with_label_values(&["cache"]).get(), 1);

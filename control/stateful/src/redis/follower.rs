@@ -292,6 +292,13 @@ impl Follower {
         let answers: Vec<SentinelAnswer> = probes.iter().map(|p| p.answer.clone()).collect();
         let agreement = agree(self.group.sentinels.len(), &answers);
         let (mut master, mut verdict, mut reason) = (agreement.master, agreement.verdict, agreement.reason);
+        if master.is_none() {
+            // Say why the silent ones were silent (refused AUTH, TLS, timeouts).
+            let errors: Vec<&str> = probes.iter().filter_map(|p| p.view.error.as_deref()).collect();
+            if let (Some(r), false) = (reason.as_mut(), errors.is_empty()) {
+                r.push_str(&format!("; failed: {}", errors.join("; ")));
+            }
+        }
         let agreeing: Vec<&Probe> = match master {
             Some(m) => probes.iter().filter(|p| p.answer == SentinelAnswer::Master(m)).collect(),
             None => Vec::new(),
