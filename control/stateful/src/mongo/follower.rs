@@ -91,12 +91,11 @@ fn as_i64(v: Option<&Bson>) -> Option<i64> {
 pub(super) fn reconfigured(config: &Document, missing: &[String]) -> Option<Document> {
     let version = as_i64(config.get("version"))?;
     let members = config.get_array("members").ok()?;
-    let mut next_id =
+    let first_id =
         members.iter().filter_map(|m| m.as_document().and_then(|d| as_i64(d.get("_id")))).max().map_or(0, |m| m + 1);
     let mut members = members.clone();
-    for host in missing {
-        members.push(Bson::Document(doc! { "_id": next_id, "host": host.clone() }));
-        next_id += 1;
+    for (id, host) in (first_id..).zip(missing) {
+        members.push(Bson::Document(doc! { "_id": id, "host": host.clone() }));
     }
     let mut next = config.clone();
     next.insert("version", version + 1);
