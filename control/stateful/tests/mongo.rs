@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use constellation_stateful::mongo::{self, InitFence, MongoMetrics, MongoSet, MongoStatus, SoleNode, Verdict};
-use constellation_testkit::mongo::garbage_is_rejected;
+use constellation_testkit::mongo::{garbage_is_rejected, op_msg, raw_command};
 use constellation_testkit::{eventually, MongoStandin};
 use mongodb::bson::{doc, Document};
 use mongodb::error::ErrorKind;
@@ -334,6 +334,16 @@ async fn t06_the_standin_rejects_garbage_and_keeps_serving() {
     }
     assert_eq!(standin.rejected(), cases.len() as u64);
 
+    info!("well-formed OP_MSGs: a checksum, and document sequences");
+    let limit = Duration::from_secs(2);
+    let pong = raw_command(addr, &op_msg(41, &doc! { "ping": 1, "$db": "admin" }, &[], true), limit).await;
+    assert_eq!(pong.map(|d| d.get_f64("ok").ok()), Ok(Some(1.0)));
+    let docs = vec![doc! { "a": 1 }, doc! { "b": 2 }, doc! { "c": 3 }];
+    let insert = op_msg(42, &doc! { "insert": "t", "$db": "app" }, &[("documents", docs)], false);
+    let inserted = raw_command(addr, &insert, limit).await;
+    assert_eq!(inserted.map(|d| d.get_i32("n").ok()), Ok(Some(3)));
+    assert_eq!(standin.rejected(), cases.len() as u64, "good messages are not rejected");
+
     info!("a legacy OP_QUERY isMaster gets an OP_REPLY");
     let mut query = 0i32.to_le_bytes().to_vec();
     query.extend_from_slice(b"admin.$cmd\0");
@@ -366,4 +376,70 @@ async fn t06_the_standin_rejects_garbage_and_keeps_serving() {
         matches!(unknown.as_ref().map_err(|e| &*e.kind), Err(ErrorKind::Command(c)) if c.code == 59),
         "{unknown:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t07_a_stale_primary_is_outranked_and_a_tie_is_a_split() {
+    init_tracing();
+    let standin = MongoStandin::start(3).await;
+    let f = follow(set_over(&standin, 3), Arc::new(SoleNode));
+    let (before, _) = wait_status(&f, "a primary", Duration::from_secs(10), |s| s.verdict == Verdict::Ok).await;
+    let real = standin_primary(&standin, Duration::from_secs(1)).await;
+    let other = (real + 1) % 3;
+    let term = standin.term();
+    assert!(term >= 1);
+
+    info!(stale = other, "a member claims primary with an older election id");
+    standin.claim_primary(other, term - 1);
+    let hellos = standin.command_count("hello");
+    eventually("two rounds with the stale claim", Duration::from_secs(5), || {
+        let n = standin.command_count("hello");
+        async move {
+            if n >= hellos + 6 {
+                Ok(())
+            } else {
+                Err(format!("{n} hellos"))
+            }
+        }
+    })
+    .await;
+    let status = f.status.borrow().clone();
+    assert_eq!(status.verdict, Verdict::Ok, "{status:?}");
+    assert_eq!(status.primary, before.primary);
+    assert_eq!(status.members[other].state, "PRIMARY", "the stale claim is seen: {status:?}");
+
+    info!(tie = other, "a member claims primary with the same election id and config version");
+    standin.claim_primary(other, term);
+    let (split, _) = wait_status(&f, "split", Duration::from_secs(3), |s| s.verdict == Verdict::Split).await;
+    assert_eq!(split.primary, None);
+    assert!(split.reason.as_deref().is_some_and(|r| r.contains(&standin.host(other))), "{split:?}");
+
+    standin.clear_claims();
+    wait_status(&f, "the primary again", Duration::from_secs(3), |s| {
+        s.verdict == Verdict::Ok && s.primary == before.primary
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t08_a_hung_member_is_down_and_the_round_goes_on() {
+    init_tracing();
+    let standin = MongoStandin::start(3).await;
+    let f = follow(set_over(&standin, 3), Arc::new(SoleNode));
+    let (before, _) = wait_status(&f, "a primary", Duration::from_secs(10), |s| s.verdict == Verdict::Ok).await;
+    let real = standin_primary(&standin, Duration::from_secs(1)).await;
+    let hung = (real + 1) % 3;
+
+    info!(hung, "a secondary stops answering");
+    standin.mute(hung, true);
+    let (status, _) =
+        wait_status(&f, "the hung member is down", Duration::from_secs(5), |s| !s.members[hung].reachable).await;
+    assert_eq!(status.members[hung].state, "DOWN");
+    // The driver's monitor or our 500 ms bound gives up first, whichever; both say why.
+    assert!(status.members[hung].error.as_deref().is_some_and(|e| !e.is_empty()), "{status:?}");
+    assert_eq!(status.verdict, Verdict::Ok);
+    assert_eq!(status.primary, before.primary);
+
+    standin.mute(hung, false);
+    wait_status(&f, "the member answers again", Duration::from_secs(5), |s| s.members[hung].state == "SECONDARY").await;
 }

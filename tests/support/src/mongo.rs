@@ -76,6 +76,10 @@ struct State {
     next_connection_id: i64,
     rejected: u64,
     commands: HashMap<String, u64>,
+    /// Members that also claim to be primary, with the election term they claim.
+    claims: HashMap<usize, u32>,
+    /// Members that accept connections and read requests but never answer.
+    muted: Vec<bool>,
 }
 
 // === impl MongoStandin ===
@@ -109,6 +113,8 @@ impl MongoStandin {
                 next_connection_id: 1,
                 rejected: 0,
                 commands: HashMap::new(),
+                claims: HashMap::new(),
+                muted: vec![false; n],
             }),
             acceptors: Mutex::new((0..n).map(|_| None).collect()),
         });
@@ -178,6 +184,31 @@ impl MongoStandin {
         }
         let task = tokio::spawn(accept_loop(self.shared.clone(), i, listener));
         self.shared.acceptors.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(task);
+    }
+
+    /// Member `i` also answers `hello` as writable primary with the election term `term`
+    /// (below [`MongoStandin::term`]: a stale primary that has not noticed the new
+    /// election; equal to it: a claim nothing can tell apart). Only members of the config.
+    pub fn claim_primary(&self, i: usize, term: u32) {
+        self.shared.lock().claims.insert(i, term);
+    }
+
+    /// Withdraws every [`MongoStandin::claim_primary`].
+    pub fn clear_claims(&self) {
+        self.shared.lock().claims.clear();
+    }
+
+    /// The current election term (0 before the first election).
+    pub fn term(&self) -> u32 {
+        let mut st = self.shared.lock();
+        st.tick(&self.shared.addrs);
+        st.term
+    }
+
+    /// Member `i` hangs (`true`): it accepts connections and reads requests but answers
+    /// none, as a stuck process does; `false` makes it answer again.
+    pub fn mute(&self, i: usize, muted: bool) {
+        self.shared.lock().muted[i] = muted;
     }
 
     /// Successful `replSetInitiate` calls.
@@ -362,6 +393,12 @@ async fn serve(shared: Arc<Shared>, member: usize, mut stream: TcpStream) {
 /// Reads one message and answers it.
 async fn exchange(shared: &Shared, member: usize, connection_id: i64, stream: &mut TcpStream) -> Result<(), WireError> {
     let (header, body) = read_message(stream).await?;
+    if shared.lock().muted[member] {
+        // Hung: swallow everything until the peer gives up and closes.
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        return Err(WireError::Io);
+    }
     let request_id = i32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     let op_code = i32::from_le_bytes([header[12], header[13], header[14], header[15]]);
     let (command, reply_legacy, more_to_come) = match op_code {
@@ -591,6 +628,11 @@ fn answer(shared: &Shared, member: usize, connection_id: i64, command: &Document
             doc! { "version": "7.0.0-standin", "versionArray": [7, 0, 0, 0], "maxBsonObjectSize": 16_777_216, "ok": 1.0 }
         }
         "endsessions" => doc! { "ok": 1.0 },
+        // Only to prove document sequences arrive: counts the documents, stores nothing.
+        "insert" => {
+            let n = command.get_array("documents").map(|d| d.len()).unwrap_or(0);
+            doc! { "n": n as i32, "ok": 1.0 }
+        }
         "replsetgetstatus" => get_status(&st, &shared.addrs, &me),
         "replsetgetconfig" => match &st.config {
             Some(config) if st.config_index(&me).is_some() => doc! { "config": config.clone(), "ok": 1.0 },
@@ -625,7 +667,9 @@ fn hello(st: &State, addrs: &[SocketAddr], me: &str, member: usize, connection_i
     };
     match (&st.config, st.config_index(me)) {
         (Some(config), Some(_)) => {
-            let primary = st.primary == Some(member);
+            let claim = st.claims.get(&member).copied();
+            let primary = st.primary == Some(member) || claim.is_some();
+            let term = if st.primary == Some(member) { st.term } else { claim.unwrap_or(0) };
             reply.insert("isWritablePrimary", primary);
             reply.insert("ismaster", primary);
             reply.insert("secondary", !primary);
@@ -639,7 +683,7 @@ fn hello(st: &State, addrs: &[SocketAddr], me: &str, member: usize, connection_i
             if primary {
                 let mut id = [0u8; 12];
                 id[..4].copy_from_slice(&[0x7f, 0xff, 0xff, 0xff]);
-                id[8..].copy_from_slice(&st.term.to_be_bytes());
+                id[8..].copy_from_slice(&term.to_be_bytes());
                 reply.insert("electionId", ObjectId::from_bytes(id));
             }
         }
@@ -760,6 +804,52 @@ fn reconfig(st: &mut State, member: usize, command: &Document) -> Document {
     st.config = Some(config.clone());
     st.reconfigs += 1;
     doc! { "ok": 1.0 }
+}
+
+/// Builds an OP_MSG: `body` as the kind-0 section, then each (identifier, documents) as
+/// a kind-1 document sequence, with a CRC-32C checksum when `checksum`.
+pub fn op_msg(request_id: i32, body: &Document, sequences: &[(&str, Vec<Document>)], checksum: bool) -> Vec<u8> {
+    let mut sections = vec![0u8];
+    sections.extend(body.to_vec().unwrap_or_default());
+    for (ident, docs) in sequences {
+        let docs: Vec<u8> = docs.iter().flat_map(|d| d.to_vec().unwrap_or_default()).collect();
+        sections.push(1);
+        sections.extend(((4 + ident.len() + 1 + docs.len()) as i32).to_le_bytes());
+        sections.extend(ident.as_bytes());
+        sections.push(0);
+        sections.extend(docs);
+    }
+    let flags: u32 = if checksum { FLAG_CHECKSUM } else { 0 };
+    let len = 16 + 4 + sections.len() + if checksum { 4 } else { 0 };
+    let mut out = Vec::with_capacity(len);
+    out.extend((len as i32).to_le_bytes());
+    out.extend(request_id.to_le_bytes());
+    out.extend(0i32.to_le_bytes());
+    out.extend(OP_MSG.to_le_bytes());
+    out.extend(flags.to_le_bytes());
+    out.extend(sections);
+    if checksum {
+        let crc = crc32c(&[&out]);
+        out.extend(crc.to_le_bytes());
+    }
+    out
+}
+
+/// Sends one raw message to `addr` and returns the body of the OP_MSG answering it
+/// (checking `responseTo`), within `limit`.
+pub async fn raw_command(addr: SocketAddr, message: &[u8], limit: Duration) -> Result<Document, String> {
+    let request_id = message.get(4..8).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok_or("short message")?;
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        stream.write_all(message).await.map_err(|e| format!("write: {e}"))?;
+        let (header, body) = read_message(&mut stream).await.map_err(|e| format!("reply: {e:?}"))?;
+        let response_to = i32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+        if response_to != request_id {
+            return Err(format!("responseTo {response_to}, sent {request_id}"));
+        }
+        parse_op_msg(&header, &body).map(|(doc, _)| doc).map_err(|e| format!("reply: {e:?}"))
+    };
+    tokio::time::timeout(limit, exchange).await.map_err(|_| format!("no answer within {limit:?}"))?
 }
 
 /// Writes raw bytes to `addr` and reports whether the stand-in closed the connection
