@@ -316,21 +316,25 @@ async fn t06_the_standin_rejects_garbage_and_keeps_serving() {
     bad_checksum.push(0);
     bad_checksum.extend_from_slice(&ping);
     bad_checksum.extend_from_slice(&[1, 2, 3, 4]);
-    let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("an HTTP request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+    // (what, bytes, the stand-in's reason for closing)
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("an HTTP request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "length 542393671"),
         (
             "a negative length",
             message(2013, &[0; 8]).into_iter().enumerate().map(|(i, b)| if i == 3 { 0xff } else { b }).collect(),
+            "negative length",
         ),
-        ("a length under a header", 5i32.to_le_bytes().iter().chain(&[0u8; 12]).copied().collect()),
-        ("an unknown op code", message(2010, &[0; 8])),
-        ("an unknown section kind", message(2013, &bad_section)),
-        ("a document longer than its message", message(2013, &long_doc)),
-        ("an unknown required flag bit", message(2013, &unknown_flag)),
-        ("a wrong checksum", message(2013, &bad_checksum)),
+        ("a length under a header", 5i32.to_le_bytes().iter().chain(&[0u8; 12]).copied().collect(), "length 5"),
+        ("an unknown op code", message(2010, &[0; 8]), "op code 2010"),
+        ("an unknown section kind", message(2013, &bad_section), "section kind 9"),
+        ("a document longer than its message", message(2013, &long_doc), "document length 1000"),
+        ("an unknown required flag bit", message(2013, &unknown_flag), "unknown required flag bits"),
+        ("a wrong checksum", message(2013, &bad_checksum), "checksum mismatch"),
     ];
-    for (what, bytes) in &cases {
+    for (what, bytes, why) in &cases {
         garbage_is_rejected(addr, bytes, Duration::from_secs(2)).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let said = standin.last_rejection().unwrap_or_default();
+        assert!(said.contains(why), "{what}: closed because {said:?}, expected {why:?}");
     }
     assert_eq!(standin.rejected(), cases.len() as u64);
 

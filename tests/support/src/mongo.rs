@@ -9,6 +9,15 @@
 //! initiation, the lowest-numbered live member of the config (not the one that stepped
 //! down, when another can) becomes primary once the election delay has passed and a
 //! majority of the config is alive.
+//!
+//! Commands: `hello`/`isMaster`/`ismaster` (no `setName` and `isWritablePrimary: false`
+//! before initiation; no `topologyVersion`, so drivers poll rather than stream), `ping`,
+//! `buildInfo`, `endSessions`, `insert` (counts its documents only), `replSetGetStatus`
+//! (code 94 before initiation), `replSetGetConfig`, `replSetInitiate` (code 23 once a
+//! config exists), `replSetReconfig` (on the primary, version + 1), `replSetStepDown` (on
+//! the primary); anything else gets `{ok: 0, code: 59}`. Not modelled: authentication,
+//! data, oplog, write concerns. Bytes that are not the wire protocol (bad lengths,
+//! op codes, sections, required flag bits, checksums, BSON) close the connection.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -75,6 +84,7 @@ struct State {
     reconfigs: u64,
     next_connection_id: i64,
     rejected: u64,
+    last_rejection: Option<String>,
     commands: HashMap<String, u64>,
     /// Members that also claim to be primary, with the election term they claim.
     claims: HashMap<usize, u32>,
@@ -92,8 +102,7 @@ impl MongoStandin {
     pub async fn start(n: usize) -> MongoStandin {
         let mut listeners = Vec::with_capacity(n);
         for _ in 0..n {
-            let listener =
-                bind("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!())).expect("bind a stand-in member");
+            let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind a stand-in member");
             listeners.push(listener);
         }
         let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().expect("local addr")).collect();
@@ -112,6 +121,7 @@ impl MongoStandin {
                 reconfigs: 0,
                 next_connection_id: 1,
                 rejected: 0,
+                last_rejection: None,
                 commands: HashMap::new(),
                 claims: HashMap::new(),
                 muted: vec![false; n],
@@ -229,6 +239,11 @@ impl MongoStandin {
     /// Connections closed because they sent something that is not the wire protocol.
     pub fn rejected(&self) -> u64 {
         self.shared.lock().rejected
+    }
+
+    /// Why the last rejected connection was closed.
+    pub fn last_rejection(&self) -> Option<String> {
+        self.shared.lock().last_rejection.clone()
     }
 
     /// How many times a command (by its lower-case name) was received.
@@ -382,8 +397,10 @@ async fn serve(shared: Arc<Shared>, member: usize, mut stream: TcpStream) {
         match exchange(&shared, member, connection_id, &mut stream).await {
             Ok(()) => {}
             Err(WireError::Io) => return,
-            Err(WireError::Garbage(_why)) => {
-                shared.lock().rejected += 1;
+            Err(WireError::Garbage(why)) => {
+                let mut st = shared.lock();
+                st.rejected += 1;
+                st.last_rejection = Some(why);
                 return;
             }
         }
