@@ -1003,6 +1003,11 @@ pub struct TcpLoadBalancer {
     /// Health check, verbatim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<Value>,
+    /// Servers are filled in by the control plane (a stateful group's primary) and may
+    /// be absent while the group is withdrawn: no servers then closes connections, not
+    /// an invalid configuration. Never read from or written to text.
+    #[serde(skip)]
+    pub provided: bool,
 }
 
 /// A TCP server.

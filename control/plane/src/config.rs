@@ -55,6 +55,10 @@ pub struct AgentConfig {
     /// ACME certificates: the certificate resolver named `default` (see docs/acme.md).
     /// Off unless present.
     pub acme: Option<constellation_acme::AcmeConfig>,
+    /// Stateful HA groups whose primary a TCP route follows: `[[stateful.redis]]`
+    /// (Sentinel) and `[[stateful.mongo]]` (replica sets); see docs/stateful.md.
+    #[serde(skip_serializing_if = "crate::stateful::StatefulConfig::is_empty")]
+    pub stateful: crate::stateful::StatefulConfig,
 }
 
 /// `[services]`.
@@ -360,6 +364,7 @@ impl Default for AgentConfig {
             docker: constellation_docker::DockerConfig::default(),
             services: ServicesConfig::default(),
             acme: None,
+            stateful: crate::stateful::StatefulConfig::default(),
         }
     }
 }
@@ -916,6 +921,26 @@ pub fn validate_all(
     keep(&mut errors, dns);
     let acme = acme_section(&mut config, base_dir).map_err(|(key, message)| bad(&key, message));
     let acme = keep(&mut errors, acme);
+    config.stateful.resolve_paths(base_dir);
+    let tcp_entrypoints: Vec<String> =
+        config.entrypoints.iter().filter(|(_, e)| !e.address.ends_with("/udp")).map(|(n, _)| n.clone()).collect();
+    for (key, message) in config.stateful.validate(&tcp_entrypoints) {
+        errors.push(bad(&key, message));
+    }
+    // Secrets must be readable now, not at the first failover.
+    for (i, g) in config.stateful.redis.iter().enumerate() {
+        if let Err(e) = g.password() {
+            errors.push(bad(&format!("stateful.redis[{i}].password_file"), e.to_string()));
+        }
+        if let Err(e) = g.sentinel_password() {
+            errors.push(bad(&format!("stateful.redis[{i}].sentinel_password_file"), e.to_string()));
+        }
+    }
+    for (i, m) in config.stateful.mongo.iter().enumerate() {
+        if let Err(e) = m.load_password() {
+            errors.push(bad(&format!("stateful.mongo[{i}].password_file"), e.to_string()));
+        }
+    }
     // Each [docker] key is checked on its own, so every mistake is reported at once.
     let d = &config.docker;
     if d.endpoint.trim().is_empty() {

@@ -17,6 +17,7 @@ pub mod plane;
 pub mod public_ip;
 pub mod resolver;
 pub mod routes;
+pub mod stateful;
 pub mod status;
 pub mod tls_files;
 pub mod transport_files;

@@ -327,8 +327,15 @@ pub async fn run(
         let feeder = start_docker(&cfg, &registry, &lifecycle, None)
             .map(|feed| tokio::spawn(feed_single(feed, reloader.clone(), admin.clone(), statics)));
         let acme = start_acme_alone(&cfg, &reloader, &admin, &registry);
+        let stateful = crate::stateful::start(
+            &cfg.config.stateful,
+            Arc::new(constellation_stateful::mongo::SoleNode),
+            reloader.clone(),
+            admin.clone(),
+            &registry,
+        );
         idle_until_stopped(&lifecycle, &admin).await;
-        for task in feeder.into_iter().chain(acme) {
+        for task in feeder.into_iter().chain(acme).chain(stateful) {
             task.abort();
         }
         return;
@@ -371,6 +378,7 @@ pub async fn run(
 
     let mut tasks = tokio::task::JoinSet::new();
     let mut acme_task = None;
+    let mut stateful_fence: Option<Arc<dyn constellation_stateful::mongo::InitFence>> = None;
     // Public IP for this node's state.
     {
         let cluster = cluster.clone();
@@ -477,6 +485,10 @@ pub async fn run(
                 if cfg.acme.is_some() && roles.iter().any(|r| r == "lb") {
                     wanted.push(constellation_acme::ACME_LEASE.to_string());
                 }
+                // MongoDB sets are initiated once cluster-wide: every voter contends.
+                if !cfg.config.stateful.mongo.is_empty() {
+                    wanted.push(crate::stateful::STATEFUL_LEASE.to_string());
+                }
                 let ttl = Duration::from_millis(cfg.config.raft.lease_ttl_ms);
                 let holders: Vec<Arc<constellation_lease::LeaseHolder>> = wanted
                     .iter()
@@ -555,10 +567,23 @@ pub async fn run(
                         &registry,
                     );
                 }
+                stateful_fence =
+                    wanted.iter().zip(&holders).find(|(l, _)| *l == crate::stateful::STATEFUL_LEASE).map(|(_, h)| {
+                        let fence = constellation_acme::LeaseFence::new(
+                            node.clone(),
+                            crate::stateful::STATEFUL_LEASE,
+                            h.held(),
+                        );
+                        Arc::new(crate::stateful::LeaseInitFence(fence))
+                            as Arc<dyn constellation_stateful::mongo::InitFence>
+                    });
                 let history = cfg.base_dir.join(&cfg.config.node.data_dir).join("lease-history.jsonl");
                 let mut leases = vec![cfg.config.raft.lb_lease.clone(), cfg.config.raft.dns_lease.clone()];
                 if cfg.acme.is_some() {
                     leases.push(constellation_acme::ACME_LEASE.to_string());
+                }
+                if !cfg.config.stateful.mongo.is_empty() {
+                    leases.push(crate::stateful::STATEFUL_LEASE.to_string());
                 }
                 tasks.spawn(lease_loop(node.clone(), holders.clone(), wanted.clone(), leases, history, admin.clone()));
                 admin.lease_node.store(Some(Arc::new(node.clone())));
@@ -575,6 +600,16 @@ pub async fn run(
         tracing::warn!("[acme] on a node outside the lease group: it orders and keeps certificates on its own");
         acme_task = start_acme_alone(&cfg, &reloader, &admin, &registry);
     }
+    let stateful_fence = stateful_fence.unwrap_or_else(|| {
+        if !cfg.config.stateful.mongo.is_empty() {
+            tracing::warn!(
+                "[[stateful.mongo]] on a node outside the lease group: it initiates replica sets on its own"
+            );
+        }
+        Arc::new(constellation_stateful::mongo::SoleNode)
+    });
+    let stateful_task =
+        crate::stateful::start(&cfg.config.stateful, stateful_fence, reloader.clone(), admin.clone(), &registry);
     let mut docker = start_docker(&cfg, &registry, &lifecycle, Some(g.advertise.ip()));
     let static_count = local.len();
     let me = cfg.config.node.name.clone();
@@ -642,6 +677,9 @@ pub async fn run(
     }
     tasks.abort_all();
     if let Some(task) = acme_task {
+        task.abort();
+    }
+    if let Some(task) = stateful_task {
         task.abort();
     }
     if let Some(node) = lease_node {

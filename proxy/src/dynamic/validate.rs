@@ -451,7 +451,9 @@ impl Checker<'_> {
             match service {
                 TcpService::LoadBalancer(lb) => {
                     let addresses: Vec<&str> = lb.servers.iter().map(|s| s.address.as_str()).collect();
-                    self.addresses(&object, &addresses);
+                    if !(addresses.is_empty() && lb.provided) {
+                        self.addresses(&object, &addresses);
+                    }
                     if let Some(transport) = &lb.servers_transport {
                         self.reference(
                             &object,
