@@ -47,6 +47,9 @@ pub struct TcpTable {
     pub pools: Vec<Arc<TcpPool>>,
 }
 
+/// A compile error of the `tcp` or `udp` section: (object, field, message).
+pub type SectionError = (String, String, String);
+
 /// How a TCP router treats TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TcpTls {
@@ -374,7 +377,7 @@ pub fn compile(
     addresses: &AddressMap,
     breaker: &Arc<BreakerConfig>,
     max_ejection_percent: u8,
-) -> Result<(TcpTable, Vec<String>), Vec<(String, String, String)>> {
+) -> Result<(TcpTable, Vec<String>), Vec<SectionError>> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let mut pools: BTreeMap<String, Arc<TcpPool>> = BTreeMap::new();

@@ -103,7 +103,7 @@ pub fn compile(
     cfg: &DynamicConfig,
     entrypoints: &[String],
     addresses: &AddressMap,
-) -> Result<(UdpTable, Vec<String>), Vec<(String, String, String)>> {
+) -> Result<(UdpTable, Vec<String>), Vec<crate::tcp::SectionError>> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let mut targets: HashMap<String, Arc<UdpTarget>> = HashMap::new();
@@ -361,16 +361,13 @@ async fn replies(
         if quiet >= idle {
             break;
         }
-        match tokio::time::timeout(idle - quiet, upstream.recv(&mut buf)).await {
-            Ok(Ok(n)) => {
-                last.store(millis_since(epoch), Ordering::Relaxed);
-                if listener.send_to(&buf[..n], client).await.is_ok() {
-                    metrics.datagrams.with_label_values(&[&router, "out"]).inc();
-                    metrics.bytes.with_label_values(&[&router, "out"]).inc_by(n as u64);
-                }
+        // A refused datagram (ICMP) or a timeout: look at the clock again.
+        if let Ok(Ok(n)) = tokio::time::timeout(idle - quiet, upstream.recv(&mut buf)).await {
+            last.store(millis_since(epoch), Ordering::Relaxed);
+            if listener.send_to(&buf[..n], client).await.is_ok() {
+                metrics.datagrams.with_label_values(&[&router, "out"]).inc();
+                metrics.bytes.with_label_values(&[&router, "out"]).inc_by(n as u64);
             }
-            // A refused datagram (ICMP) or a timeout: look at the clock again.
-            Ok(Err(_)) | Err(_) => {}
         }
     }
     let mut map = sessions.lock().unwrap_or_else(|p| p.into_inner());

@@ -7,7 +7,7 @@ fn cfg(yaml: &str) -> DynamicConfig {
     parse_str(yaml, Format::Yaml, "t.yaml").unwrap()
 }
 
-fn build(yaml: &str) -> Result<(TcpTable, Vec<String>), Vec<(String, String, String)>> {
+fn build(yaml: &str) -> Result<(TcpTable, Vec<String>), Vec<SectionError>> {
     let reg = TcpRegistry::default();
     compile(
         &cfg(yaml),
