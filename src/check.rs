@@ -92,6 +92,24 @@ pub fn run(file: &Path, allow_unsupported: bool) -> ExitCode {
             println!("warning: {place}{object}: served WITHOUT {needs} (allow_unsupported is set)");
         }
     }
+    for r in &table.tcp.routes {
+        let Some(why) = &r.refused else { continue };
+        let object = format!("tcp.routers.{}", r.name);
+        let place = match dynamic.position(&object, "") {
+            Some((origin, p)) => format!("{origin}:{}:{}: ", p.line, p.column),
+            None => dynamic.origin_of(&object).map(|o| format!("{o}: ")).unwrap_or_default(),
+        };
+        errors.push(format!("{place}{object}: refused: {why} (its connections are closed)"));
+    }
+    // UDP routers compile against the UDP entry points.
+    let udp_entrypoints: Vec<String> = cfg.udp_entrypoints.iter().map(|(n, _)| n.clone()).collect();
+    match constellation_proxy::udp::compile(&dynamic, &udp_entrypoints, &AddressMap::new()) {
+        Ok((_, udp_warnings)) => udp_warnings.iter().for_each(|w| println!("warning: {w}")),
+        Err(errs) => errors.extend(errs.into_iter().map(|(o, f, m)| {
+            let place = dynamic.position(&o, &f).map(|(origin, p)| format!("{origin}:{}:{}: ", p.line, p.column));
+            format!("{}{o}: {f}: {m}", place.unwrap_or_default())
+        })),
+    }
     if !errors.is_empty() {
         return fail(&errors);
     }

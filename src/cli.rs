@@ -238,7 +238,124 @@ pub async fn status(admin: &str, json: bool, token: Option<&str>) -> anyhow::Res
             );
         }
     }
+    print_tcp_udp(&s);
+    print_stateful(&s);
     Ok(())
+}
+
+/// TCP and UDP routes and TCP servers, when there are any.
+fn print_tcp_udp(s: &Status) {
+    if !s.tcp_routes.is_empty() {
+        println!(
+            "
+TCP ROUTES"
+        );
+        println!("  {:<20} {:>8}  {:<12} {:<20} {:>5}  RULE", "NAME", "PRIORITY", "TLS", "SERVICE", "OPEN");
+        for r in &s.tcp_routes {
+            println!(
+                "  {:<20} {:>8}  {:<12} {:<20} {:>5}  {}",
+                r.name,
+                r.priority,
+                r.tls,
+                or_dash(r.service.as_ref()),
+                r.open,
+                r.rule
+            );
+            if let Some(why) = &r.refused {
+                println!("    REFUSED (connections closed): {why}");
+            }
+        }
+        println!(
+            "
+TCP SERVERS"
+        );
+        println!(
+            "  {:<20} {:<24} {:<8} {:<10} {:>5} {:>11}",
+            "SERVICE", "ADDRESS", "HEALTHY", "BREAKER", "OPEN", "CONNECTIONS"
+        );
+        for svc in &s.tcp_services {
+            if svc.servers.is_empty() {
+                println!("  {:<20} (no server: connections are closed)", svc.name);
+            }
+            for u in &svc.servers {
+                let breaker = serde_json::to_value(u.breaker).ok().and_then(|v| v.as_str().map(str::to_string));
+                println!(
+                    "  {:<20} {:<24} {:<8} {:<10} {:>5} {:>11}",
+                    svc.name,
+                    u.address,
+                    u.healthy,
+                    or_dash(breaker),
+                    u.open,
+                    u.connections
+                );
+            }
+        }
+    }
+    if !s.udp_routes.is_empty() {
+        println!(
+            "
+UDP ROUTES"
+        );
+        println!("  {:<20} {:<20} ENTRYPOINTS", "NAME", "SERVICE");
+        for r in &s.udp_routes {
+            let eps = if r.entry_points.is_empty() { "(all UDP)".to_string() } else { r.entry_points.join(",") };
+            println!("  {:<20} {:<20} {eps}", r.name, r.service);
+        }
+    }
+}
+
+/// Stateful groups: where each route points and why it is withdrawn.
+fn print_stateful(s: &Status) {
+    if s.stateful.is_empty() {
+        return;
+    }
+    println!(
+        "
+STATEFUL"
+    );
+    println!("  {:<16} {:<6} {:<12} {:<22} {:<11} DETAIL", "GROUP", "KIND", "ENTRYPOINT", "PRIMARY", "VERDICT");
+    for g in &s.stateful {
+        let d = &g.detail;
+        let detail = match g.kind.as_str() {
+            "redis" => {
+                let sentinels = d["sentinels"].as_array().map(|a| a.len()).unwrap_or(0);
+                let agreeing = d["sentinels"]
+                    .as_array()
+                    .map(|a| a.iter().filter(|x| x["says"].is_string() && x["says"] == d["master"]).count())
+                    .unwrap_or(0);
+                let replicas = d["replicas"].as_array().map(|a| a.len()).unwrap_or(0);
+                let last = d["last_switch"]
+                    .as_object()
+                    .map(|l| {
+                        format!(
+                            ", last switch {} -> {}",
+                            l["from"].as_str().unwrap_or("?"),
+                            l["to"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .unwrap_or_default();
+                format!(
+                    "sentinels {agreeing}/{sentinels} agree (quorum {}), {replicas} replicas, {} switches{last}",
+                    d["quorum"], d["switches"]
+                )
+            }
+            _ => {
+                let members = d["members"].as_array().map(|a| a.len()).unwrap_or(0);
+                format!("{members} members, config version {}", d["config_version"])
+            }
+        };
+        println!(
+            "  {:<16} {:<6} {:<12} {:<22} {:<11} {detail}",
+            g.name,
+            g.kind,
+            or_dash(g.entrypoint.as_ref()),
+            or_dash(g.primary.as_ref()),
+            g.verdict
+        );
+        if let Some(r) = &g.reason {
+            println!("    {r}");
+        }
+    }
 }
 
 /// `constellation dns plan`: the DNS controller's role, last outcome and dry-run plan.

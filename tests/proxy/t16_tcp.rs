@@ -245,3 +245,58 @@ fn proxy_protocol_v2_carries_the_client_address() {
         assert_eq!(u16::from_be_bytes([raw[26], raw[27]]), entry.port(), "destination is the entry point");
     });
 }
+
+#[test]
+fn a_terminating_router_serves_the_proxys_certificate_and_forwards_plaintext() {
+    run_test(|| async {
+        let ca = TestCa::new("term ca");
+        let cert = ca.issue(&["term.test"]);
+        let echo = TcpEcho::start("plain").await;
+        let port = free_port();
+        let routes = format!(
+            "tcp:\n  routers:\n    term:\n      entryPoints: [tcp]\n      rule: \"HostSNI(`term.test`)\"\n      service: plain\n      tls: {{}}\n  services:\n    plain:\n      loadBalancer:\n        servers:\n          - address: \"{}\"\ntls:\n  certificates:\n    - certFile: cert.pem\n      keyFile: key.pem\n",
+            echo.addr
+        );
+        let extra = format!("[entrypoints.tcp]\naddress = \"127.0.0.1:{port}\"\n");
+        let files = [("cert.pem", cert.cert_pem.as_str()), ("key.pem", cert.key_pem.as_str())];
+        let _agent = start_agent_with(&routes, "", &extra, &files, None).await;
+        let entry = SocketAddr::from(([127, 0, 0, 1], port));
+        let connector = tokio_rustls::TlsConnector::from(client_config(&ca));
+        let tcp = TcpStream::connect(entry).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("term.test".to_string()).unwrap();
+        let mut tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+            .await
+            .expect("handshake in time")
+            .expect("the proxy's certificate for term.test verifies");
+        tls.write_all(crate::support::tcp::WHO).await.unwrap();
+        let mut line = [0u8; 6];
+        tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut line)).await.expect("answer").unwrap();
+        assert_eq!(&line, b"plain\n", "the upstream got the plaintext");
+    });
+}
+
+#[test]
+fn tcp_and_http_routers_share_an_entry_point() {
+    run_test(|| async {
+        let ca = TestCa::new("mixed ca");
+        let a = TcpEcho::start_with("A", None, Some(TestCa::server_config(&ca.issue(&["a.test"]), false, None))).await;
+        let web = Backend::start("web", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let routes = format!(
+            "http:\n  routers:\n    site:\n      rule: \"PathPrefix(`/`)\"\n      service: site\n  services:\n    site:\n      loadBalancer:\n        servers:\n          - url: \"{}\"\ntcp:\n  routers:\n    a:\n      entryPoints: [web]\n      rule: \"HostSNI(`a.test`)\"\n      service: a\n      tls:\n        passthrough: true\n  services:\n    a:\n      loadBalancer:\n        servers:\n          - address: \"{}\"\n",
+            web.url(),
+            a.addr
+        );
+        let agent = Agent::start(&routes, "").await;
+        tracing::info!("HTTP on the entry point goes to the HTTP router");
+        let r = agent.get("site.test", "/x").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        tracing::info!("a ClientHello for a.test on the same entry point goes to the TCP router");
+        let connector = tokio_rustls::TlsConnector::from(client_config(&ca));
+        let tcp = TcpStream::connect(agent.web).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("a.test".to_string()).unwrap();
+        let mut tls = connector.connect(name, tcp).await.expect("passthrough to A");
+        let mut line = [0u8; 2];
+        tls.read_exact(&mut line).await.unwrap();
+        assert_eq!(&line, b"A\n");
+    });
+}

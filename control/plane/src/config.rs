@@ -1074,7 +1074,10 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("raft.heartbeat_ms", "Leader heartbeat interval."),
     ("raft.lb_lease", "Front-door lease, contended by nodes with role \"lb\"."),
     ("raft.dns_lease", "DNS-writer lease, contended by nodes with role \"dns\"."),
-    ("entrypoints.web.address", "Where the proxy listens (ip:port). Add [entrypoints.<name>] for more."),
+    (
+        "entrypoints.web.address",
+        "Where the proxy listens (ip:port; ip:port/udp for UDP routers). Add [entrypoints.<name>] for more.",
+    ),
     ("entrypoints.web.tls", "Terminate TLS here (routers with tls are served only on TLS entry points)."),
     ("entrypoints.web.http2", "On a TLS entry point, offer HTTP/2 over ALPN."),
     ("entrypoints.web.h2c", "On a plain entry point, accept cleartext HTTP/2 (prior knowledge)."),
@@ -1143,6 +1146,11 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "proxy.allow_unsupported",
         "Serve routers needing unapplied features (e.g. basicAuth) WITHOUT them instead of 503. Unsafe.",
     ),
+    (
+        "proxy.tcp_drain_grace_ms",
+        "A TCP server that left the routes keeps its open connections this long (stateful primaries: none).",
+    ),
+    ("proxy.udp_session_timeout_ms", "A UDP session ends after this much silence either way (Traefik's udp.timeout)."),
     (
         "docker.enabled",
         "Unset: on when the endpoint exists (unreachable = a warning, retried). true: required at start. false: off.",
