@@ -106,21 +106,30 @@ impl Rule {
     /// those under a `!`): what a certificate for the router must cover, as Traefik
     /// derives ACME domains and TLS options from a router's rule.
     pub fn hosts(&self) -> Vec<&str> {
-        fn walk<'a>(e: &'a Expr, out: &mut Vec<&'a str>) {
-            match e {
-                Expr::Match(Matcher::Host(h)) => {
-                    if !out.contains(&&**h) {
-                        out.push(h);
-                    }
-                }
-                Expr::Match(_) | Expr::Not(_) => {}
-                Expr::And(es) | Expr::Or(es) => es.iter().for_each(|e| walk(e, out)),
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.expr, &mut out);
-        out
+        literal_names(&self.expr, |m| match m {
+            Matcher::Host(h) => Some(h),
+            _ => None,
+        })
     }
+}
+
+/// The names `pick` takes from the matchers of `expr` (in rule order, once each, none
+/// from under a `!`).
+fn literal_names<'a>(expr: &'a Expr, pick: fn(&'a Matcher) -> Option<&'a str>) -> Vec<&'a str> {
+    fn walk<'a>(e: &'a Expr, pick: fn(&'a Matcher) -> Option<&'a str>, out: &mut Vec<&'a str>) {
+        match e {
+            Expr::Match(m) => {
+                if let Some(n) = pick(m).filter(|n| !out.contains(n)) {
+                    out.push(n);
+                }
+            }
+            Expr::Not(_) => {}
+            Expr::And(es) | Expr::Or(es) => es.iter().for_each(|e| walk(e, pick, out)),
+        }
+    }
+    let mut out = Vec::new();
+    walk(expr, pick, &mut out);
+    out
 }
 
 /// Parse `src` as an HTTP (`tcp == false`) or a TCP router rule.
@@ -204,20 +213,10 @@ impl TcpRule {
 
     /// The literal `HostSNI` names (not `*`), for certificates of terminating routers.
     pub fn hosts(&self) -> Vec<&str> {
-        fn walk<'a>(e: &'a Expr, out: &mut Vec<&'a str>) {
-            match e {
-                Expr::Match(Matcher::HostSni(h)) if &**h != "*" => {
-                    if !out.contains(&&**h) {
-                        out.push(h);
-                    }
-                }
-                Expr::Match(_) | Expr::Not(_) => {}
-                Expr::And(es) | Expr::Or(es) => es.iter().for_each(|e| walk(e, out)),
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.expr, &mut out);
-        out
+        literal_names(&self.expr, |m| match m {
+            Matcher::HostSni(h) if &**h != "*" => Some(h),
+            _ => None,
+        })
     }
 }
 

@@ -13,6 +13,18 @@ async fn primary(node: &Node) -> Option<String> {
     st["stateful"].as_array()?.iter().find(|g| g["name"] == "docs")?["primary"].as_str().map(str::to_string)
 }
 
+/// The primary all three nodes route `docs` to, once they agree on one other than `not`.
+async fn agreed(fleet: &Fleet, not: Option<&str>) -> Result<String, String> {
+    let mut seen = Vec::new();
+    for i in 1..=3 {
+        seen.push(primary(fleet.node(i)).await);
+    }
+    match seen.as_slice() {
+        [Some(a), Some(b), Some(c)] if a == b && b == c && Some(a.as_str()) != not => Ok(a.clone()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
 #[test]
 fn three_agents_initiate_once_and_follow_a_step_down() {
     run_test(|| async {
@@ -41,16 +53,7 @@ fn three_agents_initiate_once_and_follow_a_step_down() {
             "all three route docs to one primary",
             Duration::from_secs(30),
             || fleet.dump(),
-            || async {
-                let mut seen = Vec::new();
-                for i in 1..=3 {
-                    seen.push(primary(fleet.node(i)).await);
-                }
-                match seen.as_slice() {
-                    [Some(a), Some(b), Some(c)] if a == b && b == c => Ok(a.clone()),
-                    other => Err(format!("{other:?}")),
-                }
-            },
+            || agreed(&fleet, None),
         )
         .await;
         tracing::info!(primary = %p, took_ms = took.as_millis() as u64, "initiated and followed");
@@ -64,16 +67,7 @@ fn three_agents_initiate_once_and_follow_a_step_down() {
             "routes at the new primary",
             Duration::from_secs(10),
             || fleet.dump(),
-            || async {
-                let mut seen = Vec::new();
-                for i in 1..=3 {
-                    seen.push(primary(fleet.node(i)).await);
-                }
-                match seen.as_slice() {
-                    [Some(a), Some(b), Some(c)] if a == b && b == c && *a != p => Ok(a.clone()),
-                    other => Err(format!("{other:?}")),
-                }
-            },
+            || agreed(&fleet, Some(&p)),
         )
         .await;
         tracing::info!(primary = %q, took_ms = took.as_millis() as u64, "step-down followed");

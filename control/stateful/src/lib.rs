@@ -9,3 +9,6 @@
 
 pub mod mongo;
 pub mod redis;
+pub mod secret;
+
+pub use secret::{load_secret, Secret, SecretError};

@@ -55,14 +55,13 @@ pub enum MongoError {
         source: prometheus::Error,
     },
     /// The password file or variable could not be read.
-    #[error("mongo set {set}: cannot read the password from {from}: {reason}; check password_file/password_env")]
+    #[error("mongo set {set}: {source} (check password_file / password_env)")]
     Password {
         /// The set's name.
         set: String,
-        /// The file path or `$VARIABLE`.
-        from: String,
-        /// What the OS said.
-        reason: String,
+        /// What was wrong.
+        #[source]
+        source: crate::secret::SecretError,
     },
 }
 

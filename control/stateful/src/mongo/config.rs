@@ -1,7 +1,6 @@
 //! A followed MongoDB replica set as the operator writes it, its validation, and the
 //! password it may need.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -143,46 +142,9 @@ impl MongoSet {
 
     /// Reads the password from `password_file` or `password_env`; `None` when neither is set.
     pub fn load_password(&self) -> Result<Option<Secret>, MongoError> {
-        if let Some(path) = &self.password_file {
-            let text = std::fs::read_to_string(path).map_err(|e| MongoError::Password {
-                set: self.name.clone(),
-                from: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            return Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))));
-        }
-        if let Some(var) = &self.password_env {
-            let value = std::env::var(var).map_err(|e| MongoError::Password {
-                set: self.name.clone(),
-                from: format!("${var}"),
-                reason: e.to_string(),
-            })?;
-            return Ok(Some(Secret::new(value)));
-        }
-        Ok(None)
+        crate::secret::load_secret(self.password_file.as_deref(), self.password_env.as_deref())
+            .map_err(|source| MongoError::Password { set: self.name.clone(), source })
     }
 }
 
-/// A password: its `Debug` prints `<redacted>`, it is never serialized or logged.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-// === impl Secret ===
-
-impl Secret {
-    /// Wraps a password.
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The password itself, for the driver's credential only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use crate::secret::Secret;
