@@ -162,7 +162,7 @@ col() { # kind target column(1=set,2=get)
     for r in $(seq "$ROUNDS"); do awk -v c="$3" '{print $c}' "$WORK/results/$1_$2_r$r.txt"; done | median
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f×", a / b; else print "-" }'; }
-fmt() { awk -v v="$1" 'BEGIN{ printf "%\047d", v }'; }
+fmt() { awk -v v="$1" 'BEGIN{ printf "%d", v }'; }
 
 SECTION=$WORK/section.md
 {
@@ -173,7 +173,7 @@ SECTION=$WORK/section.md
     echo
     echo "Machine: $CPU, $NPROC CPUs; load average $LOAD_START at the start. redis-server $REDIS_V"
     echo "on loopback behind each proxy (one worker/thread each: HAProxy $HAPROXY_V \`mode tcp\`, nginx $NGINX_V"
-    echo "\`stream\`, Constellation $C_V at $C_COMMIT, a \`HostSNI(\\\`*\\\`)\` router); load: \`redis-benchmark -c $CONNS -t set,get\`,"
+    echo "\`stream\`, Constellation $C_V at $C_COMMIT, one catch-all TCP router); load: \`redis-benchmark -c $CONNS -t set,get\`,"
     echo "$REQUESTS requests per keep-alive run and $CONN_REQUESTS per new-connection run (\`-k 0\`), $ROUNDS rounds, medians."
     echo "The load tool, Redis and the proxy share the machine's cores."
     echo
