@@ -678,6 +678,23 @@ pub fn acme_domains(cfg: &DynamicConfig) -> BTreeMap<String, BTreeSet<Vec<String
             }
         }
     }
+    // TCP routers that terminate TLS (a passthrough router's certificate is its server's).
+    for r in cfg.tcp.routers.values() {
+        let Some(t) = r.tls.as_ref().filter(|t| t.passthrough != Some(true)) else { continue };
+        let Some(resolver) = t.cert_resolver.as_deref().filter(|s| !s.is_empty()) else { continue };
+        match t.domains.as_ref().filter(|d| !d.is_empty()) {
+            Some(domains) => {
+                for d in domains {
+                    push(resolver, d.main.iter().chain(d.sans.iter().flatten()).cloned().collect());
+                }
+            }
+            None => {
+                if let Ok(rule) = crate::rule::TcpRule::parse(r.rule.as_deref().unwrap_or("")) {
+                    push(resolver, rule.hosts().into_iter().map(str::to_string).collect());
+                }
+            }
+        }
+    }
     out
 }
 

@@ -56,6 +56,14 @@ fn acme_domains_follow_traefik() {
 }
 
 #[test]
+fn acme_domains_of_terminating_tcp_routers_but_not_passthrough_ones() {
+    let yaml = "tcp:\n  routers:\n    db:\n      rule: \"HostSNI(`db.test`) || HostSNI(`db2.test`)\"\n      service: s\n      tls:\n        certResolver: default\n    pass:\n      rule: \"HostSNI(`pass.test`)\"\n      service: s\n      tls:\n        passthrough: true\n        certResolver: default\n  services:\n    s:\n      loadBalancer:\n        servers: [{address: \"127.0.0.1:1\"}]\n";
+    let d = acme_domains(&cfg(yaml));
+    assert_eq!(d["default"], BTreeSet::from([vec!["db.test".to_string(), "db2.test".to_string()]]));
+    assert_eq!(d.len(), 1);
+}
+
+#[test]
 fn acme_material_serves_challenges() {
     let (c, k) = pair(&["ch.test"]);
     let mut m = AcmeMaterial::default();
