@@ -25,7 +25,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion};
 use serde::Serialize;
 
-use crate::dynamic::{DynamicConfig, TlsOptions};
+use crate::dynamic::{Domain, DynamicConfig, TlsOptions};
 use crate::rule::Rule;
 pub use certs::{CertEntry, CertSource, CertStore};
 
@@ -662,38 +662,36 @@ pub fn acme_domains(cfg: &DynamicConfig) -> BTreeMap<String, BTreeSet<Vec<String
             out.entry(resolver.to_string()).or_default().insert(list);
         }
     };
-    for r in cfg.http.routers.values() {
-        let Some(t) = &r.tls else { continue };
-        let Some(resolver) = t.cert_resolver.as_deref().filter(|s| !s.is_empty()) else { continue };
-        match t.domains.as_ref().filter(|d| !d.is_empty()) {
+    // A router's certificate: its `domains`, or else the literal names of its rule.
+    let mut wanted = |resolver: Option<&str>, domains: Option<&Vec<Domain>>, hosts: &dyn Fn() -> Vec<String>| {
+        let Some(resolver) = resolver.filter(|s| !s.is_empty()) else { return };
+        match domains.filter(|d| !d.is_empty()) {
             Some(domains) => {
                 for d in domains {
                     push(resolver, d.main.iter().chain(d.sans.iter().flatten()).cloned().collect());
                 }
             }
-            None => {
-                if let Ok(rule) = Rule::parse(r.rule.as_deref().unwrap_or("")) {
-                    push(resolver, rule.hosts().into_iter().map(str::to_string).collect());
-                }
-            }
+            None => push(resolver, hosts()),
         }
+    };
+    for r in cfg.http.routers.values() {
+        let Some(t) = &r.tls else { continue };
+        let hosts = || {
+            Rule::parse(r.rule.as_deref().unwrap_or(""))
+                .map(|rule| rule.hosts().into_iter().map(str::to_string).collect())
+                .unwrap_or_default()
+        };
+        wanted(t.cert_resolver.as_deref(), t.domains.as_ref(), &hosts);
     }
     // TCP routers that terminate TLS (a passthrough router's certificate is its server's).
     for r in cfg.tcp.routers.values() {
         let Some(t) = r.tls.as_ref().filter(|t| t.passthrough != Some(true)) else { continue };
-        let Some(resolver) = t.cert_resolver.as_deref().filter(|s| !s.is_empty()) else { continue };
-        match t.domains.as_ref().filter(|d| !d.is_empty()) {
-            Some(domains) => {
-                for d in domains {
-                    push(resolver, d.main.iter().chain(d.sans.iter().flatten()).cloned().collect());
-                }
-            }
-            None => {
-                if let Ok(rule) = crate::rule::TcpRule::parse(r.rule.as_deref().unwrap_or("")) {
-                    push(resolver, rule.hosts().into_iter().map(str::to_string).collect());
-                }
-            }
-        }
+        let hosts = || {
+            crate::rule::TcpRule::parse(r.rule.as_deref().unwrap_or(""))
+                .map(|rule| rule.hosts().into_iter().map(str::to_string).collect())
+                .unwrap_or_default()
+        };
+        wanted(t.cert_resolver.as_deref(), t.domains.as_ref(), &hosts);
     }
     out
 }
