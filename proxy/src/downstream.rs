@@ -528,14 +528,14 @@ impl<A> LimitedApp<A> {
         None
     }
 
-    /// Terminate TLS for a TCP router with the proxy's certificates.
-    async fn terminate(
+    /// The TLS snapshot handle and the concrete TCP stream the listener boxed (what an
+    /// acceptor needs); `None` (counted) without a snapshot or for another stream kind.
+    fn tls_parts(
         &self,
         entry: &Entrypoint,
         stream: Stream,
-        sni: Option<&str>,
         peer: Option<SocketAddr>,
-    ) -> Option<Box<dyn pingora_core::protocols::IO>> {
+    ) -> Option<(&TlsHandle, L4Stream)> {
         let Some((handle, _)) = &self.tls else {
             self.tls_failed(entry, "no_tls", peer, &"no TLS snapshot");
             return None;
@@ -544,8 +544,20 @@ impl<A> LimitedApp<A> {
             self.tls_failed(entry, "not_tcp", peer, &"not a TCP stream");
             return None;
         };
+        Some((handle, *l4))
+    }
+
+    /// Terminate TLS for a TCP router with the proxy's certificates.
+    async fn terminate(
+        &self,
+        entry: &Entrypoint,
+        stream: Stream,
+        sni: Option<&str>,
+        peer: Option<SocketAddr>,
+    ) -> Option<Box<dyn pingora_core::protocols::IO>> {
+        let (handle, l4) = self.tls_parts(entry, stream, peer)?;
         let acceptor = handle.load().acceptor(sni, false).clone();
-        match tokio::time::timeout(entry.limits.read_timeout, acceptor.tls_handshake(*l4)).await {
+        match tokio::time::timeout(entry.limits.read_timeout, acceptor.tls_handshake(l4)).await {
             Ok(Ok(tls)) => Some(Box::new(tls)),
             Ok(Err(e)) => {
                 self.tls_failed(entry, "handshake", peer, &e);
@@ -585,16 +597,7 @@ impl<A> LimitedApp<A> {
     /// server name and handshake. `None`: the connection is done (failed, counted, or
     /// an ACME tls-alpn-01 validation answered).
     async fn handshake(&self, entry: &Entrypoint, stream: Stream, peer: Option<SocketAddr>) -> Option<Stream> {
-        let Some((handle, _)) = &self.tls else {
-            self.tls_failed(entry, "no_tls", peer, &"no TLS snapshot");
-            return None;
-        };
-        // The acceptor needs the concrete TCP stream the listener boxed.
-        let Ok(l4) = stream.into_any().downcast::<L4Stream>() else {
-            self.tls_failed(entry, "not_tcp", peer, &"not a TCP stream");
-            return None;
-        };
-        let mut stream = *l4;
+        let (handle, mut stream) = self.tls_parts(entry, stream, peer)?;
         let mut header = [0u8; hello::RECORD_HEADER_LEN];
         if let Err(e) = stream.try_peek(&mut header).await {
             self.tls_failed(entry, hello_failure(&e), peer, &e);
