@@ -16,6 +16,8 @@
 //! - [`Pebble`]: Let's Encrypt's ACME test server and its DNS server, real processes.
 //! - [`docker`]: the real Docker engine: a locally imported test image and a guard that
 //!   removes every labelled container and network a test made.
+//! - [`warp`]: a Cloudflare trace-page server and Debian's `microsocks` as a SOCKS5
+//!   egress gateway.
 //! - [`report`]: the helpers benchmarks use to write their results.
 //!
 //! The kit knows nothing of Constellation's crates: it starts the binary and reads its
@@ -42,6 +44,7 @@ mod status;
 pub mod tcp;
 mod tls;
 mod wait;
+pub mod warp;
 
 pub use agent::{routes, start_agent_at, start_agent_with, Agent};
 pub use backend::{Backend, Behaviour, Hit, Serve};
