@@ -240,7 +240,84 @@ pub async fn status(admin: &str, json: bool, token: Option<&str>) -> anyhow::Res
     }
     print_tcp_udp(&s);
     print_stateful(&s);
+    print_warp(&s);
     Ok(())
+}
+
+/// WARP egress: this node's gateways, every node's verdicts, routed services, hints.
+fn print_warp(s: &Status) {
+    let Some(w) = &s.warp else { return };
+    if !w.gateways.is_empty() {
+        println!(
+            "
+WARP GATEWAYS (this node)"
+        );
+        println!(
+            "  {:<12} {:<5} {:<5} {:<16} {:>8} {:<26} {:<8} DETAIL",
+            "NAME", "UP", "WARP", "EGRESS IP", "LATENCY", "VIA", "RESTARTS"
+        );
+        for g in &w.gateways {
+            let mut detail = g.last_error.clone().unwrap_or_default();
+            if g.differs_from_node_ip == Some(false) {
+                detail.push_str(" (egress IP is the node's own)");
+            }
+            if let Some(c) = &g.container {
+                detail.push_str(&format!(" container {} {}/{}", c.name, c.state, c.health));
+            }
+            if let Some(n) = &g.restart_note {
+                detail.push_str(&format!("; {n}"));
+            }
+            println!(
+                "  {:<12} {:<5} {:<5} {:<16} {:>8} {:<26} {:<8} {}",
+                g.name,
+                if g.up { "up" } else { "DOWN" },
+                or_dash(g.warp.map(|w| w.as_str())),
+                or_dash(g.ip),
+                g.latency_ms.map(|l| format!("{l} ms")).unwrap_or_else(|| "-".into()),
+                g.via,
+                g.restarts_last_hour,
+                detail.trim()
+            );
+        }
+    }
+    if !w.nodes.is_empty() {
+        println!(
+            "
+WARP EGRESS BY NODE"
+        );
+        println!("  {:<16} {:<12} {:<5} {:<5} {:<16} ERROR", "NODE", "GATEWAY", "UP", "WARP", "EGRESS IP");
+        for (node, records) in &w.nodes {
+            for r in records {
+                println!(
+                    "  {:<16} {:<12} {:<5} {:<5} {:<16} {}",
+                    node,
+                    r.gateway,
+                    if r.up { "up" } else { "DOWN" },
+                    if r.warp.is_empty() { "-" } else { &r.warp },
+                    or_dash(r.ip),
+                    r.error.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    if !w.services.is_empty() {
+        println!(
+            "
+WARP-EGRESS SERVICES"
+        );
+        println!("  {:<20} {:<13} {:<24} LEFT OUT (egress down)", "SERVICE", "MODE", "NODES (egress up)");
+        for r in &w.services {
+            println!("  {:<20} {:<13} {:<24} {}", r.service, r.mode, r.up.join(","), r.down.join(","));
+        }
+    }
+    for h in &w.hints {
+        println!(
+            "  egress hint: node {} (repeated 403s seen by {}), {} s left",
+            h.upstream,
+            h.from,
+            h.expires_in_ms / 1000
+        );
+    }
 }
 
 /// TCP and UDP routes and TCP servers, when there are any.

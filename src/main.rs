@@ -288,9 +288,8 @@ fn main() -> ExitCode {
                     .instances
                     .iter()
                     .map(|i| constellation_plane::builder::ClusterInstance {
-                        node: cfg.config.node.name.clone(),
-                        service: i.service.clone(),
-                        url: i.url.clone(),
+                        egress: i.egress_need(),
+                        ..constellation_plane::builder::ClusterInstance::new(&cfg.config.node.name, &i.service, &i.url)
                     })
                     .collect();
                 let mut parts = Vec::new();

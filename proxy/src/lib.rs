@@ -42,7 +42,7 @@ pub use metrics::ProxyMetrics;
 pub use probe::{CertPolicy, ProbeError, ProbeRequest, ProbeResponse, Prober};
 pub use rule::{ConnInfo, RequestInfo, Rule, RuleError, TcpRule};
 pub use settings::ProxySettings;
-pub use smart::{BreakerEvent, ConnectFailures, SmartFailoverProxy};
+pub use smart::{BreakerEvent, ConnectFailures, SmartFailoverProxy, UpstreamEventKind};
 pub use table::{Pool, Route, RouteTable, TableHandle, Target};
 pub use tls::{AcmeMaterial, TlsHandle, TlsMetrics, TlsSnapshot};
 pub use transport::{TransportError, TransportFiles, UpstreamTransport};

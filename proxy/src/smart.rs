@@ -72,13 +72,26 @@ impl ConnectFailures {
     }
 }
 
-/// A breaker opened for an upstream (the control plane gossips it as an outlier hint).
+/// Something about an upstream the control plane acts on: a breaker opened (gossiped as
+/// an outlier hint), or a `retryOn403` service answered 403 (counted against the egress
+/// of the upstream's node).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BreakerEvent {
     /// Service name.
     pub service: String,
     /// Upstream URL.
     pub url: String,
+    /// What happened.
+    pub kind: UpstreamEventKind,
+}
+
+/// What a [`BreakerEvent`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamEventKind {
+    /// The upstream's breaker opened.
+    BreakerOpened,
+    /// A `retryOn403` service's upstream answered 403.
+    Forbidden,
 }
 
 /// Why the last attempt failed, for metrics and the retry reason.
@@ -214,7 +227,11 @@ impl SmartFailoverProxy {
         };
         tracing::info!(service, upstream = up.label(), to, "circuit breaker transition");
         if let (Some(tx), Transition::Opened | Transition::Reopened) = (&self.events, t) {
-            let _ = tx.send(BreakerEvent { service: service.to_string(), url: up.key.url.clone() });
+            let _ = tx.send(BreakerEvent {
+                service: service.to_string(),
+                url: up.key.url.clone(),
+                kind: UpstreamEventKind::BreakerOpened,
+            });
         }
         self.metrics.breaker_transitions.with_label_values(&[service, up.label(), to]).inc();
         self.metrics.breaker_state.with_label_values(&[service, up.label()]).set(up.breaker_gauge(now));
@@ -712,6 +729,15 @@ impl ProxyHttp for SmartFailoverProxy {
         }
         let retry_on_403 = ctx.current.as_ref().is_some_and(|(_, _, p)| p.retry_on_403);
         let gateway = matches!(status, 502..=504) || (status == 403 && retry_on_403);
+        if status == 403 && retry_on_403 {
+            if let (Some(tx), Some((up, _, pool))) = (&self.events, &ctx.current) {
+                let _ = tx.send(BreakerEvent {
+                    service: pool.name.clone(),
+                    url: up.key.url.clone(),
+                    kind: UpstreamEventKind::Forbidden,
+                });
+            }
+        }
         if !gateway {
             self.finish_attempt(ctx, None);
             return Ok(());

@@ -38,11 +38,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
 pub use broadcast::{Digest, Hint};
+
+/// The service of an egress hint (see [`Cluster::publish_egress_hint`]): `@` cannot be
+/// part of a service name, so it never meets a real one.
+pub const EGRESS_HINT_SERVICE: &str = "@egress";
 pub use constellation_wire::{
     generate_key_hex, KeyProblem, Keyring, KeyringError, Limits, OpenError, KEY_LEN, PROTOCOL_VERSION, SEAL_OVERHEAD,
 };
 pub use pull::{PullError, IO_TIMEOUT, MAX_FRAME};
-pub use state::{ClusterView, ContainerRecord, Instance, MemberState, MemberView, NodeId, NodeState};
+pub use state::{ClusterView, ContainerRecord, EgressNeed, EgressRecord, Instance, MemberState, MemberView, NodeId, NodeState};
 
 use broadcast::{Handler, Item};
 use constellation_wire::{AdmissionMetrics, FrameCodec};
@@ -431,6 +435,14 @@ impl Cluster {
         let slot = (hint.from_node.clone(), hint.service.clone(), hint.upstream_url.clone());
         self.shared.store().hints.insert(slot, hint.clone());
         self.broadcast(&Item::Hint(hint));
+    }
+
+    /// Tells the cluster that requests through `node`'s egress keep being refused (403)
+    /// here: an outlier hint with service [`EGRESS_HINT_SERVICE`] and the node's name as
+    /// the upstream. Others deprioritise that node's egress-bound instances until it
+    /// expires.
+    pub fn publish_egress_hint(&self, node: &str, ttl: Duration) {
+        self.publish_hint(EGRESS_HINT_SERVICE, node, ttl);
     }
 
     /// Unexpired hints from all nodes, ours included, sorted.

@@ -314,6 +314,7 @@ mod tests {
                 service: format!("svc{i}"),
                 url: format!("http://{}/", "x".repeat(1000)),
                 healthy: true,
+                egress: None,
             })
             .collect();
         s

@@ -58,6 +58,34 @@ pub struct Instance {
     pub url: String,
     /// Health as seen by the node's own monitor.
     pub healthy: bool,
+    /// The instance's outbound traffic must leave through this egress gateway of its
+    /// node (e.g. `warp`); routed only while that gateway is up.
+    pub egress: Option<EgressNeed>,
+}
+
+/// An instance's need for an egress gateway on its node.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EgressNeed {
+    /// Gateway name; `warp` also matches any gateway when the node has none of that name.
+    pub gateway: String,
+    /// When no instance of the service has its egress up: route to all of them (true,
+    /// like panic mode) or answer 503 (false).
+    pub fallback_all: bool,
+}
+
+/// One egress gateway's verdict as its node publishes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressRecord {
+    /// Gateway name.
+    pub gateway: String,
+    /// The verdict.
+    pub up: bool,
+    /// `warp=` of the last trace answer (`on`, `plus`, `off`), empty before one.
+    pub warp: String,
+    /// The egress IP of the last trace answer.
+    pub ip: Option<IpAddr>,
+    /// Why it is down, when it is.
+    pub error: Option<String>,
 }
 
 /// The versioned record a node publishes about itself. Only its owner changes it, bumping
@@ -82,6 +110,8 @@ pub struct NodeState {
     pub instances: Vec<Instance>,
     /// Containers on the node's engine, for status (the provider's view).
     pub containers: Vec<ContainerRecord>,
+    /// The node's egress gateways and their verdicts.
+    pub egress: Vec<EgressRecord>,
     /// Routes the node's providers contribute (its containers' labels), as a Traefik
     /// dynamic configuration in JSON; empty when none. Opaque to this crate.
     pub provided_routes: String,
@@ -122,6 +152,7 @@ impl NodeState {
             roles: Vec::new(),
             instances: Vec::new(),
             containers: Vec::new(),
+            egress: Vec::new(),
             provided_routes: String::new(),
         }
     }

@@ -40,7 +40,7 @@ async fn start(cfg: ClusterConfig) -> Node {
     let name = cfg.node.clone();
     let mut initial = NodeState::new("ignored");
     initial.instances =
-        vec![Instance { service: format!("svc-{name}"), url: format!("http://{name}.test:80"), healthy: true }];
+        vec![Instance { service: format!("svc-{name}"), url: format!("http://{name}.test:80"), healthy: true, egress: None }];
     let cluster = Cluster::start(cfg, initial, &registry, std::future::pending::<()>()).await.unwrap();
     Node { cluster, registry }
 }
@@ -111,7 +111,7 @@ async fn local_update_reaches_peers_through_digest_and_pull() {
 
     let before = a.cluster.local_state().version;
     a.cluster.update_local(|s| {
-        s.instances.push(Instance { service: "api".into(), url: "http://a.test:9000".into(), healthy: false });
+        s.instances.push(Instance { service: "api".into(), url: "http://a.test:9000".into(), healthy: false, egress: None });
         s.version = 999; // ignored: only the cluster bumps versions
     });
     assert_eq!(a.cluster.local_state().version, before + 1);

@@ -79,6 +79,10 @@ pub struct AdminState {
     pub udp: constellation_proxy::udp::UdpHandle,
     /// Stateful groups' status (set by the plane).
     pub stateful: ArcSwap<Vec<crate::status::StatefulStatus>>,
+    /// This node's WARP gateways (set by the monitor's task; none when `[warp]` is empty).
+    pub warp_gateways: ArcSwapOption<Vec<constellation_warp::GatewayStatus>>,
+    /// Egress routing as the plane last applied it (nodes, services, hints).
+    pub warp_routing: ArcSwap<crate::status::WarpStatus>,
     /// Refused admin requests, counted and logged once per [`REFUSAL_LOG_EVERY`].
     refusals: Refusals,
 }
@@ -111,6 +115,8 @@ impl AdminState {
             acme: ArcSwapOption::empty(),
             udp: Arc::default(),
             stateful: ArcSwap::from_pointee(Vec::new()),
+            warp_gateways: ArcSwapOption::empty(),
+            warp_routing: ArcSwap::from_pointee(crate::status::WarpStatus::default()),
             refusals,
         }
     }
@@ -160,6 +166,16 @@ impl AdminState {
             tcp_services: crate::status::tcp_services_of(&table),
             udp_routes: crate::status::udp_routes_of(&self.udp.load()),
             stateful: (**self.stateful.load()).clone(),
+            warp: {
+                let gateways = self.warp_gateways.load_full();
+                let routing = self.warp_routing.load();
+                (gateways.is_some() || !routing.nodes.is_empty() || !routing.services.is_empty()).then(|| {
+                    crate::status::WarpStatus {
+                        gateways: gateways.map(|g| (*g).clone()).unwrap_or_default(),
+                        ..(**routing).clone()
+                    }
+                })
+            },
         }
     }
 }

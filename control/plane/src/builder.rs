@@ -16,6 +16,18 @@ pub struct ClusterInstance {
     pub service: String,
     /// URL the proxy uses to reach it.
     pub url: String,
+    /// Its egress need, when its traffic must leave through a gateway of its node.
+    pub egress: Option<constellation_cluster::EgressNeed>,
+    /// Kept out of the servers (its egress is down and the service refuses rather than
+    /// fall back): the service still exists, so its router answers 503, not 404.
+    pub withheld: bool,
+}
+
+impl ClusterInstance {
+    /// An instance with no egress need.
+    pub fn new(node: &str, service: &str, url: &str) -> Self {
+        ClusterInstance { node: node.into(), service: service.into(), url: url.into(), egress: None, withheld: false }
+    }
 }
 
 fn bare(name: &str) -> &str {
@@ -27,18 +39,25 @@ fn bare(name: &str) -> &str {
 ///   already lists are not repeated);
 /// - a service name no file defines becomes a `loadBalancer` of its instances;
 /// - a service no router points at gets a default router `Host(`<service>.<domain>`)`;
-/// - a `weighted`/`failover` service of that name is left alone (a warning says so).
+/// - a `weighted`/`failover` service of that name is left alone (a warning says so);
+/// - withheld instances are not servers, but their service exists (503 with none left);
+/// - a service built for instances with an egress need fails over on 403 (`retryOn403`):
+///   a blocked egress IP is what a 403 from them usually means.
 ///
 /// Returns the configuration and warnings. Output is deterministic: the same inputs in
 /// any order give the same document.
 pub fn build(base: &DynamicConfig, instances: &[ClusterInstance], domain: &str) -> (DynamicConfig, Vec<String>) {
     let mut out = base.clone();
     let mut warnings = Vec::new();
-    let mut by_service: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut by_service: BTreeMap<&str, (BTreeSet<&str>, bool)> = BTreeMap::new();
     for i in instances {
-        by_service.entry(i.service.as_str()).or_default().insert(i.url.as_str());
+        let entry = by_service.entry(i.service.as_str()).or_default();
+        if !i.withheld {
+            entry.0.insert(i.url.as_str());
+        }
+        entry.1 |= i.egress.is_some();
     }
-    for (service, urls) in by_service {
+    for (service, (urls, egress)) in by_service {
         match out.http.services.get_mut(service) {
             Some(HttpService::LoadBalancer(lb)) => {
                 for url in urls {
@@ -46,6 +65,7 @@ pub fn build(base: &DynamicConfig, instances: &[ClusterInstance], domain: &str) 
                         lb.servers.push(Server { url: url.to_string(), ..Server::default() });
                     }
                 }
+                lb.provided = true;
             }
             Some(other) => {
                 warnings.push(format!(
@@ -57,6 +77,8 @@ pub fn build(base: &DynamicConfig, instances: &[ClusterInstance], domain: &str) 
             None => {
                 let lb = LoadBalancer {
                     servers: urls.iter().map(|u| Server { url: u.to_string(), ..Server::default() }).collect(),
+                    retry_on_403: egress,
+                    provided: true,
                     ..LoadBalancer::default()
                 };
                 out.http.services.insert(service.to_string(), HttpService::LoadBalancer(lb));
@@ -86,7 +108,7 @@ mod tests {
     use constellation_proxy::dynamic::{parse_str, Format};
 
     fn inst(node: &str, service: &str, url: &str) -> ClusterInstance {
-        ClusterInstance { node: node.into(), service: service.into(), url: url.into() }
+        ClusterInstance::new(node, service, url)
     }
 
     #[test]
@@ -133,5 +155,20 @@ mod tests {
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(matches!(cfg.http.services["w"], HttpService::Weighted(_)));
         assert_eq!(build(&base, &[], "localhost").0, base);
+    }
+
+    #[test]
+    fn withheld_egress_instances_leave_an_empty_service_that_retries_403() {
+        let need = constellation_cluster::EgressNeed { gateway: "warp".into(), fallback_all: false };
+        let a = ClusterInstance { egress: Some(need.clone()), ..inst("n1", "scraper", "http://10.0.0.1:1") };
+        let b = ClusterInstance { withheld: true, ..a.clone() };
+        let (cfg, _) = build(&DynamicConfig::default(), &[a.clone()], "localhost");
+        let HttpService::LoadBalancer(lb) = &cfg.http.services["scraper"] else { panic!() };
+        assert!(lb.retry_on_403 && lb.servers.len() == 1);
+        let (cfg, _) = build(&DynamicConfig::default(), &[b], "localhost");
+        let HttpService::LoadBalancer(lb) = &cfg.http.services["scraper"] else { panic!() };
+        assert!(lb.servers.is_empty() && lb.provided, "the service stays, with no server");
+        assert_eq!(cfg.http.routers["scraper"].rule.as_deref(), Some("Host(`scraper.localhost`)"));
+        cfg.validate("cluster").unwrap();
     }
 }

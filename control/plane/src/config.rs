@@ -59,6 +59,10 @@ pub struct AgentConfig {
     /// (Sentinel) and `[[stateful.mongo]]` (replica sets); see docs/stateful.md.
     #[serde(skip_serializing_if = "crate::stateful::StatefulConfig::is_empty")]
     pub stateful: crate::stateful::StatefulConfig,
+    /// WARP egress gateways of this node, probed and gossiped: `[[warp.gateways]]`; see
+    /// docs/warp.md.
+    #[serde(skip_serializing_if = "constellation_warp::WarpConfig::is_empty")]
+    pub warp: constellation_warp::WarpConfig,
 }
 
 /// `[services]`.
@@ -158,6 +162,24 @@ pub struct InstanceConfig {
     /// Optional HTTP health check path; the instance is announced unhealthy while it fails.
     #[serde(default)]
     pub health_path: Option<String>,
+    /// Its outbound traffic leaves through this node's egress gateway of that name
+    /// (`warp`: the gateway called so, or any): routed only while it is up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<String>,
+    /// When no instance of the service has its egress up: `refuse` (503, the default)
+    /// or `all` (route to every instance anyway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_fallback: Option<crate::warp::EgressFallback>,
+}
+
+impl InstanceConfig {
+    /// Its egress need, when it has one.
+    pub fn egress_need(&self) -> Option<constellation_cluster::EgressNeed> {
+        self.egress.as_ref().map(|g| constellation_cluster::EgressNeed {
+            gateway: g.clone(),
+            fallback_all: self.egress_fallback == Some(crate::warp::EgressFallback::All),
+        })
+    }
 }
 
 /// Default gossip push-pull interval (ms).
@@ -365,6 +387,7 @@ impl Default for AgentConfig {
             services: ServicesConfig::default(),
             acme: None,
             stateful: crate::stateful::StatefulConfig::default(),
+            warp: constellation_warp::WarpConfig::default(),
         }
     }
 }
@@ -781,6 +804,19 @@ pub fn validate_all(
         if let Err(e) = constellation_proxy::upstream::parse_server_url(&inst.url) {
             errors.push(bad(&format!("instances[{i}].url"), e));
         }
+        match &inst.egress {
+            Some(g) if g.trim().is_empty() => {
+                errors.push(bad(&format!("instances[{i}].egress"), "name an egress gateway, e.g. \"warp\"".into()))
+            }
+            None if inst.egress_fallback.is_some() => errors.push(bad(
+                &format!("instances[{i}].egress_fallback"),
+                "applies only with egress = \"<gateway>\"".into(),
+            )),
+            _ => {}
+        }
+    }
+    for (key, message) in config.warp.validate() {
+        errors.push(bad(&format!("warp.{key}"), message));
     }
     let gossip_section = || -> Result<Option<ResolvedGossip>, ConfigError> {
         Ok(match &config.gossip.address {

@@ -134,6 +134,8 @@ impl DockerGlue {
                         node: self.node.clone(),
                         service: e.service.clone(),
                         url: e.url.clone(),
+                        egress: crate::warp::need_from_labels(&w.container.labels),
+                        withheld: false,
                     });
                     entry.1.push(e.url.clone());
                 }
@@ -209,7 +211,8 @@ impl DockerGlue {
             for e in &c.endpoints {
                 let url = self.mesh.as_ref().map(|m| m.url.clone()).unwrap_or_else(|| e.url.clone());
                 let healthy = w.container.running && w.container.health.routable();
-                let inst = Instance { service: e.service.clone(), url, healthy };
+                let egress = crate::warp::need_from_labels(&w.container.labels);
+                let inst = Instance { service: e.service.clone(), url, healthy, egress };
                 // One instance per (service, url): with a mesh entry point all replicas
                 // share the node's URL, healthy when any is.
                 match instances.iter_mut().find(|i: &&mut Instance| i.service == inst.service && i.url == inst.url) {

@@ -21,6 +21,7 @@ pub mod stateful;
 pub mod status;
 pub mod tls_files;
 pub mod transport_files;
+pub mod warp;
 
 pub use admin::{AdminApp, AdminState};
 pub use config::{AgentConfig, ConfigError, LoadedConfig};

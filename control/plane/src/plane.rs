@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use constellation_proxy::{BreakerEvent, CertPolicy, ProbeRequest, Prober};
+use constellation_proxy::{BreakerEvent, CertPolicy, ProbeRequest, Prober, UpstreamEventKind};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -38,6 +38,8 @@ pub fn cluster_instances(view: &ClusterView) -> Vec<ClusterInstance> {
                 node: s.name.clone(),
                 service: i.service.clone(),
                 url: i.url.clone(),
+                egress: i.egress.clone(),
+                withheld: false,
             })
         })
         .collect()
@@ -189,23 +191,57 @@ pub async fn docker_routes_once(
     Some(provider.snapshot_once().await.map(|snap| feed.glue.local(&snap)))
 }
 
-/// A single node with Docker: every snapshot rebuilds the routes, until stopped.
-async fn feed_single(
-    mut feed: DockerFeed,
+/// A single node: every Docker snapshot and every change of the local WARP verdicts
+/// rebuilds the instances (static ones, the containers', routed by egress), until stopped.
+async fn single_loop(
+    mut feed: Option<DockerFeed>,
+    mut warp: Option<tokio::sync::watch::Receiver<Arc<Vec<constellation_warp::GatewayStatus>>>>,
     reloader: Arc<Reloader>,
     admin: Arc<AdminState>,
     statics: Vec<ClusterInstance>,
+    me: String,
 ) {
     loop {
-        let snap = feed.rx.borrow_and_update().clone();
-        let (parts, local) = feed.glue.local(&snap);
-        let published = feed.glue.published(&snap);
-        admin.docker.store(Some(Arc::new(feed.glue.status(&snap, None, &published, &parts))));
-        reloader.set_provided(parts);
         let mut all = statics.clone();
-        all.extend(local);
+        if let Some(feed) = feed.as_mut() {
+            let snap = feed.rx.borrow_and_update().clone();
+            let (parts, local) = feed.glue.local(&snap);
+            let published = feed.glue.published(&snap);
+            admin.docker.store(Some(Arc::new(feed.glue.status(&snap, None, &published, &parts))));
+            reloader.set_provided(parts);
+            all.extend(local);
+        }
+        let mut nodes = BTreeMap::new();
+        if let Some(rx) = warp.as_mut() {
+            let statuses = rx.borrow_and_update().clone();
+            admin.warp_gateways.store(Some(statuses.clone()));
+            nodes.insert(me.clone(), crate::warp::records(&statuses));
+        }
+        let services = crate::warp::route_by_egress(&mut all, |n| nodes.get(n).map(Vec::as_slice));
+        admin.warp_routing.store(Arc::new(crate::status::WarpStatus {
+            gateways: Vec::new(),
+            nodes,
+            services,
+            hints: Vec::new(),
+        }));
         reloader.set_instances(all);
-        if feed.rx.changed().await.is_err() {
+        let docker_changed = async {
+            match feed.as_mut() {
+                Some(f) => f.rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let warp_changed = async {
+            match warp.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ok = docker_changed => if !ok { feed = None },
+            ok = warp_changed => if !ok { warp = None },
+        }
+        if feed.is_none() && warp.is_none() {
             return;
         }
     }
@@ -300,8 +336,27 @@ pub async fn run(
         .config
         .instances
         .iter()
-        .map(|i| Instance { service: i.service.clone(), url: i.url.clone(), healthy: i.health_path.is_none() })
+        .map(|i| Instance {
+            service: i.service.clone(),
+            url: i.url.clone(),
+            healthy: i.health_path.is_none(),
+            egress: i.egress_need(),
+        })
         .collect();
+    // The node's public IP as detected (the egress monitor compares the egress IP with it).
+    let (public_ip_tx, public_ip_rx) = tokio::sync::watch::channel(None);
+    let detect_public_ip = {
+        let mut pcfg = PublicIpConfig::from_process_env();
+        pcfg.services = cfg.config.gossip.public_ip_services.clone();
+        move |on_found: Box<dyn FnOnce(std::net::IpAddr) + Send>| async move {
+            let d = detect(&pcfg).await;
+            tracing::info!(ip = ?d.ip, source = %d.source, "public IP detection");
+            if let Some(ip) = d.ip {
+                public_ip_tx.send_replace(Some(ip));
+                on_found(ip);
+            }
+        }
+    };
     let Some(g) = cfg.gossip.clone() else {
         // Single node: our own instances are the cluster.
         admin.members.store(Arc::new(vec![MemberStatus {
@@ -321,11 +376,25 @@ pub async fn run(
         let statics: Vec<ClusterInstance> = local
             .iter()
             .filter(|i| i.healthy)
-            .map(|i| ClusterInstance { node: node.clone(), service: i.service.clone(), url: i.url.clone() })
+            .map(|i| ClusterInstance {
+                node: node.clone(),
+                service: i.service.clone(),
+                url: i.url.clone(),
+                egress: i.egress.clone(),
+                withheld: false,
+            })
             .collect();
-        reloader.set_instances(statics.clone());
-        let feeder = start_docker(&cfg, &registry, &lifecycle, None)
-            .map(|feed| tokio::spawn(feed_single(feed, reloader.clone(), admin.clone(), statics)));
+        // Alone, nothing reads upstream events: drop them as they come.
+        let drain_events = tokio::spawn(async move { while breaker_events.recv().await.is_some() {} });
+        let warp = match crate::warp::start(&cfg.config.warp, &registry, public_ip_rx).await {
+            Some((monitor, _)) => {
+                tokio::spawn(detect_public_ip(Box::new(|_| {})));
+                Some(monitor.subscribe())
+            }
+            None => None,
+        };
+        let docker = start_docker(&cfg, &registry, &lifecycle, None);
+        let feeder = tokio::spawn(single_loop(docker, warp, reloader.clone(), admin.clone(), statics, node));
         let acme = start_acme_alone(&cfg, &reloader, &admin, &registry);
         let stateful = crate::stateful::start(
             &cfg.config.stateful,
@@ -335,7 +404,7 @@ pub async fn run(
             &registry,
         );
         idle_until_stopped(&lifecycle, &admin).await;
-        for task in feeder.into_iter().chain(acme).chain(stateful) {
+        for task in [feeder, drain_events].into_iter().chain(acme).chain(stateful) {
             task.abort();
         }
         return;
@@ -382,16 +451,17 @@ pub async fn run(
     // Public IP for this node's state.
     {
         let cluster = cluster.clone();
-        let mut pcfg = PublicIpConfig::from_process_env();
-        pcfg.services = cfg.config.gossip.public_ip_services.clone();
-        tasks.spawn(async move {
-            let d = detect(&pcfg).await;
-            tracing::info!(ip = ?d.ip, source = %d.source, "public IP detection");
-            if let Some(ip) = d.ip {
-                cluster.update_local(|s| s.public_ip = Some(ip));
-            }
-        });
+        tasks.spawn(detect_public_ip(Box::new(move |ip| cluster.update_local(|s| s.public_ip = Some(ip)))));
     }
+    // WARP egress: the monitor's verdicts go into this node's state (and its status).
+    let warp_metrics = match crate::warp::start(&cfg.config.warp, &registry, public_ip_rx).await {
+        Some((monitor, metrics)) => {
+            tasks.spawn(publish_egress(cluster.clone(), monitor, admin.clone()));
+            Some(metrics)
+        }
+        None => None,
+    };
+    let egress_owners: crate::warp::EgressOwners = Arc::default();
     // Tailscale discovery.
     if cfg.config.gossip.tailscale {
         let cluster = cluster.clone();
@@ -438,12 +508,30 @@ pub async fn run(
             }
         });
     }
-    // Breaker openings here become hints for the others.
+    // Breaker openings here become hints for the others; repeated 403s from a node's
+    // egress-bound instances become an egress hint for that node.
     {
         let cluster = cluster.clone();
+        let owners = egress_owners.clone();
+        let metrics = warp_metrics.clone();
         tasks.spawn(async move {
+            let mut forbidden = crate::warp::ForbiddenTracker::default();
             while let Some(ev) = breaker_events.recv().await {
-                cluster.publish_hint(&ev.service, &ev.url, HINT_TTL);
+                match ev.kind {
+                    UpstreamEventKind::BreakerOpened => cluster.publish_hint(&ev.service, &ev.url, HINT_TTL),
+                    UpstreamEventKind::Forbidden => {
+                        let node = owners.lock().unwrap_or_else(|p| p.into_inner()).get(&ev.url).cloned();
+                        let Some(node) = node else { continue };
+                        if forbidden.record(&node, Instant::now()) {
+                            tracing::warn!(node = %node, service = %ev.service, upstream = %ev.url,
+                                "repeated 403s through this node's egress: egress hint raised");
+                            cluster.publish_egress_hint(&node, crate::warp::EGRESS_HINT_TTL);
+                            if let Some(m) = &metrics {
+                                m.hints.with_label_values(&[&node]).inc();
+                            }
+                        }
+                    }
+                }
             }
         });
     }
@@ -650,6 +738,15 @@ pub async fn run(
             instances.retain(|i| !(i.node == me && Some(&i.url) == own_mesh.as_ref()));
             instances.extend(local_docker);
         }
+        let records = crate::warp::records_by_node(&view);
+        let services = crate::warp::route_by_egress(&mut instances, |n| records.get(n).map(Vec::as_slice));
+        *egress_owners.lock().unwrap_or_else(|p| p.into_inner()) = crate::warp::owners_of(&instances);
+        admin.warp_routing.store(Arc::new(crate::status::WarpStatus {
+            gateways: Vec::new(),
+            nodes: records,
+            services,
+            hints: admin.warp_routing.load().hints.clone(),
+        }));
         reloader.set_instances(instances);
         let docker_changed = async {
             match docker.as_mut() {
@@ -672,7 +769,7 @@ pub async fn run(
                 }
             }
             changed = view_rx.changed() => if changed.is_err() { break },
-            _ = hint_tick.tick() => apply_hints(&cluster, &reloader, &admin, &cfg.config.node.name),
+            _ = hint_tick.tick() => apply_hints(&cluster, &reloader, &admin, &cfg.config.node.name, &egress_owners),
         }
     }
     tasks.abort_all();
@@ -687,6 +784,26 @@ pub async fn run(
     }
     cluster.leave().await;
     let _ = stop_tx.send(true);
+}
+
+/// Keep this node's egress records (in its gossiped state) and the status of its
+/// gateways current with the monitor.
+async fn publish_egress(cluster: Arc<Cluster>, monitor: constellation_warp::WarpMonitor, admin: Arc<AdminState>) {
+    let mut rx = monitor.subscribe();
+    let mut last = None;
+    loop {
+        let statuses = rx.borrow_and_update().clone();
+        admin.warp_gateways.store(Some(statuses.clone()));
+        let records = crate::warp::records(&statuses);
+        if last.as_ref() != Some(&records) {
+            let r = records.clone();
+            cluster.update_local(move |s| s.egress = r);
+            last = Some(records);
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// ACME on its own: account and certificates in `<data_dir>/acme`, this node orders.
@@ -845,23 +962,48 @@ async fn lease_loop(
     }
 }
 
-/// Deprioritise upstreams other nodes reported as tripped; show all hints in status.
-fn apply_hints(cluster: &Cluster, reloader: &Reloader, admin: &AdminState, me: &str) {
+/// Deprioritise upstreams other nodes reported as tripped, and the egress-bound
+/// upstreams of nodes whose egress is hinted (by any node, this one included); show all
+/// hints in status.
+fn apply_hints(cluster: &Cluster, reloader: &Reloader, admin: &AdminState, me: &str, owners: &crate::warp::EgressOwners) {
     let hints = cluster.hints();
     let now_unix = crate::admin::unix_now_ms();
     let now = Instant::now();
     let table = reloader.table().load();
     let mut by_upstream: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    for h in hints.iter().filter(|h| h.from_node != me && h.expires_unix_ms > now_unix) {
-        let e = by_upstream.entry((h.service.as_str(), h.upstream_url.as_str())).or_default();
-        *e = (*e).max(h.expires_unix_ms);
+    let mut by_egress: BTreeMap<&str, u64> = BTreeMap::new();
+    for h in hints.iter().filter(|h| h.expires_unix_ms > now_unix) {
+        if h.service == constellation_cluster::EGRESS_HINT_SERVICE {
+            let e = by_egress.entry(h.upstream_url.as_str()).or_default();
+            *e = (*e).max(h.expires_unix_ms);
+        } else if h.from_node != me {
+            let e = by_upstream.entry((h.service.as_str(), h.upstream_url.as_str())).or_default();
+            *e = (*e).max(h.expires_unix_ms);
+        }
     }
+    let owners = owners.lock().unwrap_or_else(|p| p.into_inner()).clone();
     for pool in &table.pools {
         for up in &pool.upstreams {
-            if let Some(exp) = by_upstream.get(&(pool.name.as_str(), up.key.url.as_str())) {
+            let egress = owners.get(&up.key.url).and_then(|node| by_egress.get(node.as_str()));
+            let exp = by_upstream.get(&(pool.name.as_str(), up.key.url.as_str())).max(egress);
+            if let Some(exp) = exp {
                 up.hint(now + Duration::from_millis(exp - now_unix));
             }
         }
+    }
+    let egress_hints: Vec<HintStatus> = hints
+        .iter()
+        .filter(|h| h.service == constellation_cluster::EGRESS_HINT_SERVICE && h.expires_unix_ms > now_unix)
+        .map(|h| HintStatus {
+            from: h.from_node.clone(),
+            service: h.service.clone(),
+            upstream: h.upstream_url.clone(),
+            expires_in_ms: h.expires_unix_ms.saturating_sub(now_unix),
+        })
+        .collect();
+    if egress_hints != admin.warp_routing.load().hints {
+        let cur = (**admin.warp_routing.load()).clone();
+        admin.warp_routing.store(Arc::new(crate::status::WarpStatus { hints: egress_hints, ..cur }));
     }
     admin.hints.store(Arc::new(
         hints

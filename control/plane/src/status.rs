@@ -70,6 +70,27 @@ pub struct Status {
     /// Stateful groups (Redis Sentinel, MongoDB replica sets) and where their route points.
     #[serde(default)]
     pub stateful: Vec<StatefulStatus>,
+    /// WARP egress: this node's gateways, every node's verdicts, and how egress-bound
+    /// services are routed; `null` when no node has a gateway and no service needs one.
+    #[serde(default)]
+    pub warp: Option<WarpStatus>,
+}
+
+/// WARP egress as this node sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WarpStatus {
+    /// This node's gateways in full (probe details, container, restarts).
+    #[serde(default)]
+    pub gateways: Vec<constellation_warp::GatewayStatus>,
+    /// Every live node's gateway verdicts, as gossiped, by node name.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, Vec<constellation_cluster::EgressRecord>>,
+    /// Egress-bound services and how they are routed now.
+    #[serde(default)]
+    pub services: Vec<crate::warp::EgressRouteStatus>,
+    /// Nodes whose egress is hinted (repeated 403s), with the hint's origin.
+    #[serde(default)]
+    pub hints: Vec<HintStatus>,
 }
 
 /// One TCP route.
@@ -418,7 +439,7 @@ impl MemberStatus {
 }
 
 /// An outlier hint: another node's breaker for an upstream opened.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HintStatus {
     /// The node whose breaker opened.
     pub from: String,
