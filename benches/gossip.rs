@@ -503,8 +503,12 @@ async fn run_once(n: usize, opts: &Options) -> Result<RunResult> {
         cfg.suspect_to_down_after = opts.suspect;
         let registry = prometheus::Registry::new();
         let mut initial = NodeState::new(name);
-        initial.instances =
-            vec![Instance { service: service_of(name), url: format!("http://{name}.bench:8080"), healthy: true, egress: None }];
+        initial.instances = vec![Instance {
+            service: service_of(name),
+            url: format!("http://{name}.bench:8080"),
+            healthy: true,
+            egress: None,
+        }];
         let cluster = Cluster::start(cfg, initial, &registry, std::future::pending::<()>())
             .await
             .with_context(|| format!("starting {name}"))?;

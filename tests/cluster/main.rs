@@ -20,6 +20,7 @@ mod t05_wrong_key;
 mod t06_garbage;
 mod t07_failover;
 mod t08_outlier_hint;
+mod t09_warp_egress;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

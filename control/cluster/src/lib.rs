@@ -46,7 +46,9 @@ pub use constellation_wire::{
     generate_key_hex, KeyProblem, Keyring, KeyringError, Limits, OpenError, KEY_LEN, PROTOCOL_VERSION, SEAL_OVERHEAD,
 };
 pub use pull::{PullError, IO_TIMEOUT, MAX_FRAME};
-pub use state::{ClusterView, ContainerRecord, EgressNeed, EgressRecord, Instance, MemberState, MemberView, NodeId, NodeState};
+pub use state::{
+    ClusterView, ContainerRecord, EgressNeed, EgressRecord, Instance, MemberState, MemberView, NodeId, NodeState,
+};
 
 use broadcast::{Handler, Item};
 use constellation_wire::{AdmissionMetrics, FrameCodec};

@@ -39,8 +39,12 @@ async fn start(cfg: ClusterConfig) -> Node {
     let registry = Registry::new();
     let name = cfg.node.clone();
     let mut initial = NodeState::new("ignored");
-    initial.instances =
-        vec![Instance { service: format!("svc-{name}"), url: format!("http://{name}.test:80"), healthy: true, egress: None }];
+    initial.instances = vec![Instance {
+        service: format!("svc-{name}"),
+        url: format!("http://{name}.test:80"),
+        healthy: true,
+        egress: None,
+    }];
     let cluster = Cluster::start(cfg, initial, &registry, std::future::pending::<()>()).await.unwrap();
     Node { cluster, registry }
 }
@@ -111,7 +115,12 @@ async fn local_update_reaches_peers_through_digest_and_pull() {
 
     let before = a.cluster.local_state().version;
     a.cluster.update_local(|s| {
-        s.instances.push(Instance { service: "api".into(), url: "http://a.test:9000".into(), healthy: false, egress: None });
+        s.instances.push(Instance {
+            service: "api".into(),
+            url: "http://a.test:9000".into(),
+            healthy: false,
+            egress: None,
+        });
         s.version = 999; // ignored: only the cluster bumps versions
     });
     assert_eq!(a.cluster.local_state().version, before + 1);

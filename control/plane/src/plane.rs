@@ -965,7 +965,13 @@ async fn lease_loop(
 /// Deprioritise upstreams other nodes reported as tripped, and the egress-bound
 /// upstreams of nodes whose egress is hinted (by any node, this one included); show all
 /// hints in status.
-fn apply_hints(cluster: &Cluster, reloader: &Reloader, admin: &AdminState, me: &str, owners: &crate::warp::EgressOwners) {
+fn apply_hints(
+    cluster: &Cluster,
+    reloader: &Reloader,
+    admin: &AdminState,
+    me: &str,
+    owners: &crate::warp::EgressOwners,
+) {
     let hints = cluster.hints();
     let now_unix = crate::admin::unix_now_ms();
     let now = Instant::now();

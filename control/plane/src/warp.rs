@@ -229,8 +229,19 @@ mod tests {
         let of = |n: &str| records.get(n).map(Vec::as_slice);
         let mut list = vec![inst("a", "s", Some(false)), inst("b", "s", Some(false)), inst("b", "plain", None)];
         let st = route_by_egress(&mut list, of);
-        assert_eq!(list.iter().map(|i| (i.node.as_str(), i.service.as_str())).collect::<Vec<_>>(), [("a", "s"), ("b", "plain")]);
-        assert_eq!(st, [EgressRouteStatus { service: "s".into(), mode: "egress".into(), up: vec!["a".into()], down: vec!["b".into()] }]);
+        assert_eq!(
+            list.iter().map(|i| (i.node.as_str(), i.service.as_str())).collect::<Vec<_>>(),
+            [("a", "s"), ("b", "plain")]
+        );
+        assert_eq!(
+            st,
+            [EgressRouteStatus {
+                service: "s".into(),
+                mode: "egress".into(),
+                up: vec!["a".into()],
+                down: vec!["b".into()]
+            }]
+        );
 
         // Only b: refused keeps one withheld placeholder, fallback keeps all.
         let mut list = vec![inst("b", "s", Some(false)), inst("c", "s", Some(false))];
