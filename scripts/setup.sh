@@ -18,8 +18,9 @@ command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v pebble >/dev/null 2>&1 || need+=(pebble)
 # The Redis Sentinel tests run real servers and sentinels (redis-cli comes with redis-server).
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server); command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
-# The WARP egress tests use microsocks as the gateway's SOCKS5 proxy.
+# The WARP egress tests use microsocks and tinyproxy as the gateway's SOCKS5 and HTTP proxies.
 command -v microsocks >/dev/null 2>&1 || need+=(microsocks)
+command -v tinyproxy >/dev/null 2>&1 || need+=(tinyproxy-bin)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
   SUDO=""

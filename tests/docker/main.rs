@@ -13,6 +13,7 @@ mod t05_deploy;
 mod t06_compose;
 mod t07_engine_loss;
 mod t08_deployed_and_routed;
+mod t09_warp;
 
 /// The shared kit, plus what only this suite needs.
 mod support {

@@ -193,6 +193,19 @@ async fn probe_in_container(
         let what = what.to_string();
         move |e: bollard::errors::Error| ProbeError::Docker(format!("{what}: {e}"))
     };
+    // Probe containers of an agent killed mid-probe are left behind, exited: clear them.
+    let filters: std::collections::HashMap<&str, Vec<String>> = [
+        ("label", vec![format!("{PROBE_LABEL}={}", g.name)]),
+        ("status", vec!["exited".to_string(), "dead".to_string()]),
+    ]
+    .into_iter()
+    .collect();
+    let list = bollard::query_parameters::ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+    if let Ok(stale) = docker.list_containers(Some(list)).await {
+        for c in stale.iter().filter_map(|c| c.id.as_deref()) {
+            remove(docker, c).await;
+        }
+    }
     let opts = CreateContainerOptionsBuilder::default().name(name).build();
     docker.create_container(Some(opts), body).await.map_err(err("create"))?;
     let outcome = async {

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use constellation_testkit::warp::{Socks, TraceMode, TraceServer};
+use constellation_testkit::warp::{HttpProxy, Socks, TraceMode, TraceServer};
 use constellation_testkit::{eventually, take_port};
 use constellation_warp::GatewayStatus;
 
@@ -116,4 +116,23 @@ async fn monitor_follows_the_gateway_with_rise_and_fall() {
     until_up(&rx, true).await;
     assert!(metrics.probes.with_label_values(&["warp", "warp_off"]).get() >= 3);
     assert!(metrics.probe_seconds.with_label_values(&["warp"]).get_sample_count() >= 10);
+}
+
+#[tokio::test]
+async fn probe_through_an_http_proxy() {
+    let trace = TraceServer::start(0, "203.0.113.10").await;
+    let proxy = HttpProxy::start(take_port());
+    let mut g = GatewayConfig::socks5("warp-http", "unused:1");
+    g.socks5 = None;
+    g.http_proxy = Some(proxy.addr());
+    g.trace_url = trace.url();
+    g.interval_ms = 1000;
+    assert!(WarpConfig { gateways: vec![g.clone()] }.validate().is_empty());
+    let prober = GatewayProber::new(&g, None).unwrap();
+    let ok = prober.probe(&g).await.unwrap();
+    assert_eq!(ok.trace.ip, "203.0.113.10".parse::<IpAddr>().unwrap());
+    assert_eq!(trace.requests.load(std::sync::atomic::Ordering::Relaxed), 1);
+    drop(proxy);
+    let e = prober.probe(&g).await.unwrap_err();
+    assert!(e.to_string().starts_with("through http-proxy 127.0.0.1:"), "{e}");
 }

@@ -53,8 +53,16 @@ impl TraceServer {
     /// # Panics
     /// When the port cannot be bound.
     pub async fn start(port: u16, ip: &str) -> TraceServer {
-        let listener =
-            TcpListener::bind(("127.0.0.1", port)).await.unwrap_or_else(|e| panic!("bind trace server: {e}"));
+        Self::start_on([127, 0, 0, 1].into(), port, ip).await
+    }
+
+    /// Start on `bind:port` (e.g. a Docker bridge's gateway address, for probes from
+    /// containers) answering `warp=on` with egress `ip`.
+    ///
+    /// # Panics
+    /// When the address cannot be bound.
+    pub async fn start_on(bind: std::net::IpAddr, port: u16, ip: &str) -> TraceServer {
+        let listener = TcpListener::bind((bind, port)).await.unwrap_or_else(|e| panic!("bind trace server: {e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
         let mode = Arc::new(Mutex::new(TraceMode::Trace { ip: ip.into(), warp: "on".into() }));
         let requests = Arc::new(AtomicUsize::new(0));
@@ -175,5 +183,55 @@ impl Socks {
             assert!(std::time::Instant::now() < deadline, "microsocks did not listen on {} in 5 s", self.port);
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Debian's `tinyproxy` as the gateway's HTTP proxy on a loopback port; killed on drop.
+pub struct HttpProxy {
+    /// Its port.
+    pub port: u16,
+    child: Child,
+    _dir: crate::Scratch,
+}
+
+impl Drop for HttpProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl HttpProxy {
+    /// Start tinyproxy on `port`, allowing loopback clients.
+    ///
+    /// # Panics
+    /// When tinyproxy is not installed or does not listen within 5 s.
+    pub fn start(port: u16) -> HttpProxy {
+        let dir = crate::Scratch::new("tinyproxy");
+        let conf = dir.path("tinyproxy.conf");
+        std::fs::write(
+            &conf,
+            format!("Port {port}\nListen 127.0.0.1\nTimeout 5\nAllow 127.0.0.1\nMaxClients 20\nUser nobody\nGroup nogroup\n"),
+        )
+        .unwrap_or_else(|e| panic!("write tinyproxy.conf: {e}"));
+        let child = Command::new("tinyproxy")
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start tinyproxy (apt-get install tinyproxy-bin): {e}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "tinyproxy did not listen on {port} in 5 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        HttpProxy { port, child, _dir: dir }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 }
