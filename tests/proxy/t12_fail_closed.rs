@@ -176,3 +176,29 @@ fn config_check_reports_every_agent_config_error_at_once() {
     assert!(errors[1].contains("agent.toml:6:22: proxy.connect_timeout_ms"), "{err}");
     assert!(errors[2].contains("agent.toml:10:10: raft.voters"), "{err}");
 }
+
+#[test]
+fn config_check_names_bad_warp_gateways_and_egress() {
+    let dir = Scratch::new("fail-closed-warp");
+    dir.write("routes.yaml", &protected_routes("http://127.0.0.1:9").replace("      middlewares: [auth]\n", ""));
+    // A gateway with two ways out and a bad trace URL, a restart with no container, and
+    // a fallback with no egress.
+    dir.write(
+        "agent.toml",
+        &format!(
+            "{}[[warp.gateways]]\nname = \"warp\"\nsocks5 = \"127.0.0.1:1080\"\nhttp_proxy = \"127.0.0.1:3128\"\ntrace_url = \"ftp://example/\"\nrestart = true\n\n[[instances]]\nservice = \"scraper\"\nurl = \"http://127.0.0.1:9\"\negress_fallback = \"all\"\n",
+            agent_toml("routes.yaml")
+        ),
+    );
+    let (errors, err) = failing_check(&dir, "agent.toml");
+    assert_eq!(errors.len(), 4, "{err}");
+    assert!(errors.iter().any(|e| e.contains("agent.toml:17:19: instances[0].egress_fallback")), "{err}");
+    assert!(errors.iter().any(|e| e.contains("agent.toml:9:10: warp.gateways[0].socks5: give exactly one")), "{err}");
+    assert!(errors.iter().any(|e| e.contains("agent.toml:11:13: warp.gateways[0].trace_url")), "{err}");
+    assert!(errors.iter().any(|e| e.contains("agent.toml:12:11: warp.gateways[0].restart: restart = true needs container")), "{err}");
+    // An unknown key is an error with its place too.
+    dir.write("agent2.toml", &format!("{}[[warp.gateways]]\nname = \"w\"\nsocks = \"127.0.0.1:1\"\n", agent_toml("routes.yaml")));
+    let (errors, err) = failing_check(&dir, "agent2.toml");
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("agent2.toml:9:1") && errors[0].contains("socks"), "{err}");
+}

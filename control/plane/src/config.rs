@@ -601,12 +601,21 @@ where
 }
 
 /// Where `key` (dotted path) is set in TOML `text`: 1-based line and the column of its
-/// value. Handles `[table]` headers and `key = value` lines, which is how every
-/// documented key is written.
+/// value. Handles `[table]` and `[[array]]` headers (the n-th `[[a.b]]` is `a.b[n]`, as
+/// in `warp.gateways[0].name`) and `key = value` lines, which is how every documented key
+/// is written.
 pub fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
     let mut table = String::new();
+    let mut arrays: BTreeMap<String, usize> = BTreeMap::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim_start();
+        if line.starts_with("[[") {
+            let name = line.trim_start_matches('[').split(']').next().unwrap_or("").trim().replace(['"', ' '], "");
+            let n = arrays.entry(name.clone()).or_insert(0);
+            table = format!("{name}[{n}]");
+            *n += 1;
+            continue;
+        }
         if line.starts_with('[') {
             table = line.trim_start_matches('[').split(']').next().unwrap_or("").trim().replace(['"', ' '], "");
             continue;
