@@ -195,9 +195,15 @@ fn config_check_names_bad_warp_gateways_and_egress() {
     assert!(errors.iter().any(|e| e.contains("agent.toml:17:19: instances[0].egress_fallback")), "{err}");
     assert!(errors.iter().any(|e| e.contains("agent.toml:9:10: warp.gateways[0].socks5: give exactly one")), "{err}");
     assert!(errors.iter().any(|e| e.contains("agent.toml:11:13: warp.gateways[0].trace_url")), "{err}");
-    assert!(errors.iter().any(|e| e.contains("agent.toml:12:11: warp.gateways[0].restart: restart = true needs container")), "{err}");
+    assert!(
+        errors.iter().any(|e| e.contains("agent.toml:12:11: warp.gateways[0].restart: restart = true needs container")),
+        "{err}"
+    );
     // An unknown key is an error with its place too.
-    dir.write("agent2.toml", &format!("{}[[warp.gateways]]\nname = \"w\"\nsocks = \"127.0.0.1:1\"\n", agent_toml("routes.yaml")));
+    dir.write(
+        "agent2.toml",
+        &format!("{}[[warp.gateways]]\nname = \"w\"\nsocks = \"127.0.0.1:1\"\n", agent_toml("routes.yaml")),
+    );
     let (errors, err) = failing_check(&dir, "agent2.toml");
     assert_eq!(errors.len(), 1, "{err}");
     assert!(errors[0].contains("agent2.toml:9:1") && errors[0].contains("socks"), "{err}");

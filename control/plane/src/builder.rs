@@ -162,7 +162,7 @@ mod tests {
         let need = constellation_cluster::EgressNeed { gateway: "warp".into(), fallback_all: false };
         let a = ClusterInstance { egress: Some(need.clone()), ..inst("n1", "scraper", "http://10.0.0.1:1") };
         let b = ClusterInstance { withheld: true, ..a.clone() };
-        let (cfg, _) = build(&DynamicConfig::default(), &[a.clone()], "localhost");
+        let (cfg, _) = build(&DynamicConfig::default(), std::slice::from_ref(&a), "localhost");
         let HttpService::LoadBalancer(lb) = &cfg.http.services["scraper"] else { panic!() };
         assert!(lb.retry_on_403 && lb.servers.len() == 1);
         let (cfg, _) = build(&DynamicConfig::default(), &[b], "localhost");

@@ -153,7 +153,12 @@ async fn fetch(client: &reqwest::Client, url: &str, via: &Via, timeout_ms: u64) 
         if e.is_timeout() {
             return ProbeError::Timeout(timeout_ms);
         }
-        ProbeError::Unreachable { via: via.describe(), message: chain(&e) }
+        // reqwest's own text repeats the URL; its causes say what went wrong.
+        let message = match std::error::Error::source(&e) {
+            Some(cause) => chain(cause),
+            None => chain(&e),
+        };
+        ProbeError::Unreachable { via: via.describe(), message }
     };
     let mut resp = client.get(url).send().await.map_err(unreachable)?;
     if resp.status() != reqwest::StatusCode::OK {
