@@ -300,9 +300,47 @@ impl Compiler<'_> {
     }
 
     /// What `router` needs that is not applied, as `middleware auth: basicAuth`.
-    fn router_needs(&self, rname: &str, router: &dynamic::HttpRouter) -> Vec<String> {
+    /// A router's middleware names in the order they run: each `chain` replaced by its
+    /// members (recursively), as Traefik does. A chain nesting deeper than 10 (a cycle)
+    /// is an error and stops there.
+    fn flatten(&mut self, names: &[String], out: &mut Vec<String>, depth: usize) {
+        for m in names {
+            let name = bare(m);
+            match self.cfg.http.middlewares.get(name) {
+                Some(dynamic::Middleware::Other { kind, config }) if kind == "chain" => {
+                    if depth >= 10 {
+                        self.errors.push(CompileError {
+                            origin: String::new(),
+                            object: format!("http.middlewares.{name}"),
+                            field: "chain.middlewares".into(),
+                            message: "chains nest too deep (a chain that contains itself?)".into(),
+                            position: None,
+                        });
+                        continue;
+                    }
+                    let members: Vec<String> = match config.get("middlewares").and_then(|v| v.as_array()) {
+                        Some(list) => list.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+                        None => {
+                            self.errors.push(CompileError {
+                                origin: String::new(),
+                                object: format!("http.middlewares.{name}"),
+                                field: "chain.middlewares".into(),
+                                message: "a chain needs a list of middleware names".into(),
+                                position: None,
+                            });
+                            continue;
+                        }
+                    };
+                    self.flatten(&members, out, depth + 1);
+                }
+                _ => out.push(m.clone()),
+            }
+        }
+    }
+
+    fn router_needs(&self, rname: &str, router: &dynamic::HttpRouter, flat: &[String]) -> Vec<String> {
         let mut objects = vec![format!("http.routers.{rname}")];
-        objects.extend(router.middlewares.iter().map(|m| format!("http.middlewares.{}", bare(m))));
+        objects.extend(flat.iter().map(|m| format!("http.middlewares.{}", bare(m))));
         let mut services = Vec::new();
         if let Some(s) = router.service.as_deref() {
             self.services_under(s, true, &mut services, 0);
@@ -462,9 +500,16 @@ pub fn compile_with_files(
     for item in cfg.unsupported_items() {
         c.unapplied.entry(item.object).or_default().insert(item.feature);
     }
+    // Each router's middlewares with chains expanded, in the order they run.
+    let mut flat_middlewares: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (rname, router) in &cfg.http.routers {
+        let mut flat = Vec::new();
+        c.flatten(&router.middlewares, &mut flat, 0);
+        flat_middlewares.insert(rname.as_str(), flat);
+    }
     // Breaker overrides from circuitBreaker middlewares, per reachable service.
     for (rname, router) in &cfg.http.routers {
-        for m in &router.middlewares {
+        for m in &flat_middlewares[rname.as_str()] {
             let mname = bare(m);
             if let Some(dynamic::Middleware::CircuitBreaker(cb)) = cfg.http.middlewares.get(mname) {
                 let object = format!("http.middlewares.{mname}");
@@ -519,7 +564,8 @@ pub fn compile_with_files(
         let mut middlewares = Vec::new();
         let mut max_attempts = settings.max_attempts;
         let mut retry_interval = Duration::ZERO;
-        for m in &router.middlewares {
+        let flat = &flat_middlewares[rname.as_str()];
+        for m in flat {
             let mname = bare(m);
             let mobject = format!("http.middlewares.{mname}");
             let Some(mw) = cfg.http.middlewares.get(mname) else {
@@ -564,10 +610,33 @@ pub fn compile_with_files(
                 }
                 // Applied to the services' breakers above.
                 dynamic::Middleware::CircuitBreaker(_) => {}
-                // Listed by `DynamicConfig::unsupported`.
-                dynamic::Middleware::Other { .. } => {}
+                dynamic::Middleware::Other { kind, config } => {
+                    let cx = crate::middleware::BuildCx {
+                        name: mname,
+                        settings,
+                        files: c.files,
+                        cfg,
+                        addresses: c.addresses,
+                    };
+                    match crate::middleware::build(kind, config, &cx) {
+                        Some(Ok(applied)) => middlewares.push(Arc::new(Middleware::Custom(applied))),
+                        Some(Err(e)) => c.errors.push(CompileError {
+                            origin: String::new(),
+                            object: mobject.clone(),
+                            field: e.field,
+                            message: e.message,
+                            position: None,
+                        }),
+                        // Not applied: listed by `DynamicConfig::unsupported`, so the
+                        // router is refused (or served without it when allowed).
+                        None => {}
+                    }
+                }
             }
         }
+        let body_middlewares = middlewares.iter().any(|m| matches!(&**m, Middleware::Custom(a) if a.wants_body()));
+        let request_body_middlewares =
+            middlewares.iter().any(|m| matches!(&**m, Middleware::Custom(a) if a.wants_request_body()));
         let Some(service) = router.service.as_deref() else {
             c.errors.push(CompileError {
                 origin: String::new(),
@@ -579,7 +648,7 @@ pub fn compile_with_files(
             continue;
         };
         let Some(target) = c.target(service, 0) else { continue };
-        let unapplied = c.router_needs(rname, router);
+        let unapplied = c.router_needs(rname, router, flat);
         let priority = match router.priority {
             Some(p) if p != 0 => p,
             _ => rule.default_priority() as i64,
@@ -590,6 +659,8 @@ pub fn compile_with_files(
             priority,
             entry_points: router.entry_points.clone(),
             middlewares,
+            body_middlewares,
+            request_body_middlewares,
             target,
             max_attempts,
             retry_interval,

@@ -1754,7 +1754,8 @@ impl DynamicConfig {
         for (name, middleware) in &self.http.middlewares {
             let object = format!("http.middlewares.{name}");
             match middleware {
-                Middleware::Other { kind, .. } => note(object, kind),
+                Middleware::Other { kind, .. } if !crate::middleware::applies(kind) => note(object, kind),
+                Middleware::Other { .. } => {}
                 Middleware::Retry(r) => {
                     for field in set_fields(r, &["attempts", "initialInterval"]) {
                         note(object.clone(), &format!("retry.{field}"));

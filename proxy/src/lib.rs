@@ -19,6 +19,7 @@ pub mod forwarded;
 pub mod framing;
 pub mod health;
 pub mod metrics;
+pub mod middleware;
 pub mod probe;
 pub mod redact;
 pub mod rule;

@@ -146,6 +146,8 @@ pub struct RequestCtx {
     client_stall: bool,
     /// What the forwarding headers going upstream will say.
     origin: Origin,
+    /// The route's middlewares' per-request state.
+    mw: crate::middleware::MwState,
 }
 
 impl SmartFailoverProxy {
@@ -297,6 +299,21 @@ impl SmartFailoverProxy {
         }
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(Bytes::copy_from_slice(body.as_bytes())), true).await?;
+        Ok(())
+    }
+
+    /// Send a middleware's own response.
+    async fn reply(&self, session: &mut Session, reply: crate::middleware::Reply) -> Result<()> {
+        let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len() + 1))?;
+        for (k, v) in reply.headers {
+            resp.append_header(k, v)?;
+        }
+        resp.insert_header("content-length", reply.body.len().to_string())?;
+        let empty = reply.body.is_empty();
+        session.write_response_header(Box::new(resp), empty).await?;
+        if !empty {
+            session.write_response_body(Some(reply.body), true).await?;
+        }
         Ok(())
     }
 
@@ -522,6 +539,7 @@ impl ProxyHttp for SmartFailoverProxy {
             connection: None,
             client_stall: false,
             origin: Origin::default(),
+            mw: crate::middleware::MwState::default(),
         }
     }
 
@@ -578,12 +596,45 @@ impl ProxyHttp for SmartFailoverProxy {
             self.respond(session, 503, &[], &body).await?;
             return Ok(true);
         }
-        for mw in &route.middlewares {
-            if let Middleware::RedirectScheme { scheme, port, permanent } = &**mw {
-                let (status, location) = redirect_to(session.req_header(), scheme, port.as_deref(), *permanent);
-                ctx.status = status;
-                self.respond(session, status, &[("location", location)], "").await?;
-                return Ok(true);
+        // Middlewares in router order; the first that answers ends the request.
+        let Some(table) = ctx.table.clone() else { return Ok(false) };
+        let Some(route) = table.routes.get(idx) else { return Ok(false) };
+        ctx.mw.client_ip = ctx.client_ip;
+        for (i, mw) in route.middlewares.iter().enumerate() {
+            match &**mw {
+                Middleware::RedirectScheme { scheme, port, permanent } => {
+                    let (status, location) = redirect_to(session.req_header(), scheme, port.as_deref(), *permanent);
+                    ctx.status = status;
+                    self.respond(session, status, &[("location", location)], "").await?;
+                    return Ok(true);
+                }
+                // Path rewrites happen here, in order, so later middlewares (and every
+                // attempt) see the rewritten path, as in Traefik.
+                Middleware::StripPrefix { prefixes, force_slash } => {
+                    let path = session.req_header().uri.path();
+                    if let Some(p) = prefixes.iter().find(|p| path.starts_with(p.as_str())) {
+                        let mut rest = path[p.len()..].to_string();
+                        if *force_slash || !rest.starts_with('/') {
+                            rest.insert(0, '/');
+                        }
+                        let prefix = p.clone();
+                        crate::middleware::replace_path::set_path(session, &rest, None)?;
+                        session.req_header_mut().append_header("x-forwarded-prefix", prefix)?;
+                    }
+                }
+                Middleware::AddPrefix(prefix) => {
+                    let path = format!("{prefix}{}", session.req_header().uri.path());
+                    crate::middleware::replace_path::set_path(session, &path, None)?;
+                }
+                Middleware::Custom(applied) => {
+                    if let crate::middleware::Verdict::Respond(reply) = applied.request(session, &mut ctx.mw, i).await?
+                    {
+                        ctx.status = reply.status;
+                        self.reply(session, reply).await?;
+                        return Ok(true);
+                    }
+                }
+                _ => {}
             }
         }
         Ok(false)
@@ -670,20 +721,14 @@ impl ProxyHttp for SmartFailoverProxy {
         // Forwarding headers first, so a `headers` middleware can still override them,
         // as in Traefik (where the entry point sets them before any middleware).
         forwarded::apply(upstream_request, &ctx.origin, request_host(session.req_header()))?;
-        // Path rewriting: middlewares first, then the server URL's own path prefix.
+        // The middlewares rewrote the path in the request phase; the server URL's own
+        // path prefix goes in front of it.
         let original = upstream_request.uri.clone();
         let mut path = original.path().to_string();
-        for mw in &route.middlewares {
+        for (i, mw) in route.middlewares.iter().enumerate() {
             match &**mw {
-                Middleware::StripPrefix { prefixes, force_slash } => {
-                    if let Some(p) = prefixes.iter().find(|p| path.starts_with(p.as_str())) {
-                        path = path[p.len()..].to_string();
-                        if *force_slash || !path.starts_with('/') {
-                            path.insert(0, '/');
-                        }
-                    }
-                }
-                Middleware::AddPrefix(prefix) => path = format!("{prefix}{path}"),
+                Middleware::Custom(applied) => applied.upstream_request(upstream_request, &ctx.mw, i)?,
+                Middleware::StripPrefix { .. } | Middleware::AddPrefix(_) => {}
                 Middleware::Headers { request, .. } => {
                     for (name, value) in request {
                         match value {
@@ -768,21 +813,74 @@ impl ProxyHttp for SmartFailoverProxy {
             }
         }
         framing::clean_response(upstream_response);
-        if let Some(route) = self.route(ctx) {
-            for mw in &route.middlewares {
-                if let Middleware::Headers { response, .. } = &**mw {
-                    for (name, value) in response {
-                        match value {
-                            Some(v) => upstream_response.insert_header(name.clone(), v.clone())?,
-                            None => {
-                                upstream_response.remove_header(name);
+        let table = ctx.table.clone();
+        if let Some(route) = table.as_ref().zip(ctx.route).and_then(|(t, i)| t.routes.get(i)) {
+            // The response goes back out through the onion: last middleware first.
+            for (i, mw) in route.middlewares.iter().enumerate().rev() {
+                match &**mw {
+                    Middleware::Headers { response, .. } => {
+                        for (name, value) in response {
+                            match value {
+                                Some(v) => upstream_response.insert_header(name.clone(), v.clone())?,
+                                None => {
+                                    upstream_response.remove_header(name);
+                                }
                             }
                         }
                     }
+                    Middleware::Custom(applied) => applied.response(upstream_response, &mut ctx.mw, i)?,
+                    _ => {}
                 }
             }
         }
         Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(table) = ctx.table.clone() else { return Ok(()) };
+        let Some(route) = ctx.route.and_then(|i| table.routes.get(i)) else { return Ok(()) };
+        if !route.request_body_middlewares {
+            return Ok(());
+        }
+        for (i, mw) in route.middlewares.iter().enumerate() {
+            if let Middleware::Custom(applied) = &**mw {
+                if applied.wants_request_body() {
+                    applied.request_body(session, body, end_of_stream, &mut ctx.mw, i).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        let table = match ctx.table.as_ref() {
+            Some(t) => t.clone(),
+            None => return Ok(None),
+        };
+        let Some(route) = ctx.route.and_then(|i| table.routes.get(i)) else { return Ok(None) };
+        if !route.body_middlewares {
+            return Ok(None);
+        }
+        for (i, mw) in route.middlewares.iter().enumerate().rev() {
+            if let Middleware::Custom(applied) = &**mw {
+                if applied.wants_body() {
+                    applied.response_body(body, end_of_stream, &mut ctx.mw, i)?;
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(
@@ -902,6 +1000,15 @@ impl ProxyHttp for SmartFailoverProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         self.count_disconnect(session, e);
+        if let Some(table) = ctx.table.clone() {
+            if let Some(route) = ctx.route.and_then(|i| table.routes.get(i)) {
+                for (i, mw) in route.middlewares.iter().enumerate() {
+                    if let Middleware::Custom(applied) = &**mw {
+                        applied.finish(&mut ctx.mw, i);
+                    }
+                }
+            }
+        }
         // An attempt still open here ended without a verdict (e.g. the client left):
         // release its breaker probe slot without blaming the upstream.
         if let Some((up, admission, _)) = ctx.current.take() {

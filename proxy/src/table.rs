@@ -44,8 +44,12 @@ pub struct Route {
     pub priority: i64,
     /// Entrypoints it listens on; empty means all.
     pub entry_points: Vec<String>,
-    /// Middlewares in order.
+    /// Middlewares in order (a `chain` expanded in place).
     pub middlewares: Vec<Arc<Middleware>>,
+    /// Whether a middleware of the route must see the response body.
+    pub body_middlewares: bool,
+    /// Whether a middleware of the route must see the request body.
+    pub request_body_middlewares: bool,
     /// Where requests go.
     pub target: Target,
     /// Attempt cap (from a `retry` middleware or the proxy default).
@@ -91,6 +95,8 @@ pub enum Middleware {
         /// Permanent (301/308) or temporary (302/307).
         permanent: bool,
     },
+    /// A kind implemented in [`crate::middleware`].
+    Custom(Box<dyn crate::middleware::Apply>),
 }
 
 /// A routing target: a pool, or a composition of targets.

@@ -20,6 +20,7 @@ mod t14_websocket;
 mod t15_upstream_h2;
 mod t16_tcp;
 mod t17_udp;
+mod t18_middlewares;
 
 /// The shared kit, plus what only this suite needs.
 mod support {

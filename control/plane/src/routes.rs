@@ -341,7 +341,7 @@ impl Reloader {
         });
         if let Ok(cfg) = &config {
             self.resolver.want(&host_names(cfg));
-            let paths = crate::transport_files::references(cfg).into_iter().map(|r| r.3).collect();
+            let paths = crate::transport_files::references(cfg).into_iter().map(|r| r.path).collect();
             *self.transport_paths.lock().unwrap_or_else(|p| p.into_inner()) = paths;
         }
         let mut tls_files = TlsFiles::new();

@@ -1,8 +1,9 @@
-//! The files servers transports name (`rootCAs`, client `certificates`), read here so
-//! the proxy never touches the disk: each path is taken relative to the folder of the
-//! route file that defines the transport, read whole, and handed to the compiler as
-//! [`TransportFiles`]. An unreadable file is an error naming the file, the transport and
-//! the key; the table in force then stays.
+//! The files servers transports name (`rootCAs`, client `certificates`) and middlewares
+//! name (`basicAuth`/`digestAuth` `usersFile`), read here so the proxy never touches the
+//! disk: each path is taken relative to the folder of the route file that defines the
+//! object, read whole, and handed to the compiler as [`TransportFiles`]. An unreadable
+//! file is an error naming the file, the object and the key; the table in force then
+//! stays.
 
 use std::path::{Path, PathBuf};
 
@@ -12,23 +13,52 @@ use constellation_proxy::{DynamicConfig, TransportFiles};
 /// Largest file read for a transport (a CA bundle of a few hundred certificates fits).
 const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Every file reference of the config's servers transports: (transport, key, reference
-/// as written, path to read).
-pub fn references(cfg: &DynamicConfig) -> Vec<(String, String, String, PathBuf)> {
+/// One file a configuration names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    /// Under which name the compiler looks it up (the transport's name, or
+    /// `middleware:<name>`).
+    pub owner: String,
+    /// The object that names it, e.g. `http.serversTransports.t`.
+    pub object: String,
+    /// The field, e.g. `rootCAs[0]`.
+    pub key: String,
+    /// The reference as written.
+    pub reference: String,
+    /// The path to read.
+    pub path: PathBuf,
+}
+
+/// Every file reference of the config's servers transports and middlewares.
+pub fn references(cfg: &DynamicConfig) -> Vec<FileRef> {
     let mut out = Vec::new();
+    let resolve = |object: &str, reference: &str| {
+        let base = cfg.origin_of(object).map(Path::new).and_then(Path::parent).map(Path::to_path_buf);
+        let path = Path::new(reference);
+        match &base {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
+    };
+    for (name, key, reference) in constellation_proxy::middleware::file_references(cfg) {
+        let object = format!("http.middlewares.{name}");
+        let path = resolve(&object, &reference);
+        out.push(FileRef { owner: constellation_proxy::middleware::files_key(&name), object, key, reference, path });
+    }
     for (name, t) in &cfg.http.servers_transports {
         let object = format!("http.serversTransports.{name}");
-        let base = cfg.origin_of(&object).map(Path::new).and_then(Path::parent).map(Path::to_path_buf);
         let mut add = |key: String, reference: &str| {
             if is_inline_pem(reference) || reference.is_empty() {
                 return;
             }
-            let path = Path::new(reference);
-            let path = match &base {
-                Some(dir) if path.is_relative() => dir.join(path),
-                _ => path.to_path_buf(),
-            };
-            out.push((name.clone(), key, reference.to_string(), path));
+            let path = resolve(&object, reference);
+            out.push(FileRef {
+                owner: name.clone(),
+                object: object.clone(),
+                key,
+                reference: reference.to_string(),
+                path,
+            });
         };
         for (i, r) in t.root_cas.iter().enumerate() {
             add(format!("rootCAs[{i}]"), r);
@@ -45,8 +75,7 @@ pub fn references(cfg: &DynamicConfig) -> Vec<(String, String, String, PathBuf)>
 pub fn load(cfg: &DynamicConfig) -> Result<TransportFiles, Vec<String>> {
     let mut files = TransportFiles::default();
     let mut errors = Vec::new();
-    for (name, key, reference, path) in references(cfg) {
-        let object = format!("http.serversTransports.{name}");
+    for FileRef { owner, object, key, reference, path } in references(cfg) {
         let origin = cfg.origin_of(&object).unwrap_or("route configuration");
         let fail = |why: String| format!("{origin}: {object}: field \"{key}\": {}: {why}", path.display());
         match std::fs::metadata(&path) {
@@ -61,7 +90,7 @@ pub fn load(cfg: &DynamicConfig) -> Result<TransportFiles, Vec<String>> {
             }
         }
         match std::fs::read(&path) {
-            Ok(bytes) => files.insert(&name, &reference, bytes),
+            Ok(bytes) => files.insert(&owner, &reference, bytes),
             Err(e) => errors.push(fail(format!("cannot read: {e}"))),
         }
     }
@@ -87,7 +116,7 @@ mod tests {
         let cfg = constellation_proxy::dynamic::parse_named(&route.display().to_string(), text).unwrap();
         let refs = references(&cfg);
         assert_eq!(refs.len(), 2, "inline PEM is not a file: {refs:?}");
-        assert_eq!(refs[0].3, dir.join("certs/ca.pem"));
+        assert_eq!(refs[0].path, dir.join("certs/ca.pem"));
         let errs = load(&cfg).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert!(
