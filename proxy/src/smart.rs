@@ -828,7 +828,7 @@ impl ProxyHttp for SmartFailoverProxy {
                             }
                         }
                     }
-                    Middleware::Custom(applied) => applied.response(upstream_response, &mut ctx.mw, i)?,
+                    Middleware::Custom(applied) => applied.response(session, upstream_response, &mut ctx.mw, i).await?,
                     _ => {}
                 }
             }

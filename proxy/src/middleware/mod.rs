@@ -154,8 +154,15 @@ pub trait Apply: Send + Sync + fmt::Debug {
         Ok(())
     }
 
-    /// On the upstream's response head, in reverse router order.
-    fn response(&self, _resp: &mut ResponseHeader, _state: &mut MwState, _index: usize) -> pingora_core::Result<()> {
+    /// On the upstream's response head, in reverse router order (may await, e.g. to
+    /// fetch an error page from another service).
+    async fn response(
+        &self,
+        _session: &mut Session,
+        _resp: &mut ResponseHeader,
+        _state: &mut MwState,
+        _index: usize,
+    ) -> pingora_core::Result<()> {
         Ok(())
     }
 
