@@ -17,7 +17,7 @@ use crate::breaker::BreakerConfig;
 use crate::dynamic::{self, DynamicConfig, HttpService, TraefikDuration};
 use crate::rule::Rule;
 use crate::settings::ProxySettings;
-use crate::table::{weighted_order, HealthSpec, Middleware, Pool, Route, RouteTable, Target};
+use crate::table::{weighted_order, HealthSpec, Middleware, Pool, Route, RouteTable, StickySpec, Strategy, Target};
 use crate::transport::{TransportFiles, UpstreamTransport};
 use crate::upstream::{parse_server_url, UpstreamKey, UpstreamRegistry};
 
@@ -120,6 +120,9 @@ impl Compiler<'_> {
                 Some(Target::Pool(pool))
             }
             HttpService::Weighted(w) => {
+                if w.sticky.is_some() {
+                    self.not_applied(&object, "weighted.sticky");
+                }
                 let mut children = Vec::new();
                 for ws in &w.services {
                     let weight = ws.weight.unwrap_or(1).min(MAX_WEIGHT);
@@ -164,9 +167,22 @@ impl Compiler<'_> {
 
     fn pool(&mut self, name: &str, lb: &dynamic::LoadBalancer) -> Option<Arc<Pool>> {
         let object = format!("http.services.{name}");
-        if lb.sticky.is_some() {
-            self.not_applied(&object, "loadBalancer.sticky");
-        }
+        let strategy = match lb.strategy.as_deref() {
+            None => Strategy::Wrr,
+            Some(s) => match Strategy::parse(s) {
+                Some(st) => st,
+                None => {
+                    self.errors.push(CompileError {
+                        origin: String::new(),
+                        object: object.clone(),
+                        field: "loadBalancer.strategy".into(),
+                        message: format!("{s:?} is not a strategy (wrr, p2c, hrw, leasttime)"),
+                        position: None,
+                    });
+                    return None;
+                }
+            },
+        };
         let transport = self.transport(&object, lb.servers_transport.as_deref())?;
         for feature in &transport.unapplied {
             self.not_applied(&object, &format!("serversTransport {}: {feature}", transport.name));
@@ -218,7 +234,37 @@ impl Compiler<'_> {
             }
         });
         let resolved = upstreams.iter().filter(|u| u.addr.is_some()).count();
+        let sticky = lb.sticky.as_ref().and_then(|s| s.cookie.as_ref()).map(|c| StickySpec {
+            // Traefik derives the default name from the service; so do we (stable on
+            // every node), with our own hash.
+            name: c.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| {
+                let h = crate::table::sticky_value(name);
+                format!("_{}", &h[..h.len().min(6)])
+            }),
+            secure: c.secure.unwrap_or(false),
+            http_only: c.http_only.unwrap_or(false),
+            same_site: c.same_site.clone().filter(|v| !v.is_empty()).map(|v| {
+                let mut chars = v.chars();
+                chars
+                    .next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + &chars.as_str().to_ascii_lowercase())
+                    .unwrap_or_default()
+            }),
+            max_age: c.max_age.unwrap_or(0),
+            path: c.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into()),
+            domain: c.domain.clone().filter(|d| !d.is_empty()),
+            values: upstreams
+                .iter()
+                .map(|u: &Arc<crate::upstream::Upstream>| crate::table::sticky_value(&u.key.url))
+                .collect(),
+        });
+        if lb.sticky.as_ref().is_some_and(|s| s.cookie.is_none()) {
+            self.not_applied(&object, "loadBalancer.sticky (without cookie)");
+        }
         Some(Arc::new(Pool {
+            strategy,
+            weights: weights.clone(),
+            sticky,
             resolved,
             name: name.to_string(),
             order: weighted_order(&weights),
@@ -658,6 +704,8 @@ pub fn compile_with_files(
             rule,
             priority,
             entry_points: router.entry_points.clone(),
+            sticky: target.pools().iter().any(|p| p.sticky.is_some()),
+            keyed: target.pools().iter().any(|p| p.strategy == Strategy::Hrw),
             middlewares,
             body_middlewares,
             request_body_middlewares,
@@ -819,14 +867,14 @@ mod tests {
     #[test]
     fn routers_needing_unapplied_features_are_refused_unless_allowed() {
         let reg = UpstreamRegistry::default();
-        // `guarded` uses a basicAuth middleware; `sticky` reaches a sticky load balancer
-        // through a weighted service; `plain` needs nothing missing.
-        let yaml = "http:\n  routers:\n    guarded:\n      rule: \"Path(`/g`)\"\n      service: s\n      middlewares: [auth, strip]\n    sticky:\n      rule: \"Path(`/w`)\"\n      service: w\n    plain:\n      rule: \"Path(`/p`)\"\n      service: s\n  middlewares:\n    auth:\n      basicAuth:\n        users: [\"u:h\"]\n    strip:\n      stripPrefix:\n        prefixes: [\"/g\"]\n  services:\n    w:\n      weighted:\n        services:\n          - name: s\n          - name: t\n    s:\n      loadBalancer:\n        servers:\n          - url: \"http://127.0.0.1:9001\"\n    t:\n      loadBalancer:\n        sticky:\n          cookie: {}\n        servers:\n          - url: \"http://127.0.0.1:9002\"\n";
+        // `guarded` uses a grpcWeb middleware; `sticky` reaches a load balancer with a
+        // passive health check through a weighted service; `plain` needs nothing missing.
+        let yaml = "http:\n  routers:\n    guarded:\n      rule: \"Path(`/g`)\"\n      service: s\n      middlewares: [auth, strip]\n    sticky:\n      rule: \"Path(`/w`)\"\n      service: w\n    plain:\n      rule: \"Path(`/p`)\"\n      service: s\n  middlewares:\n    auth:\n      grpcWeb:\n        allowOrigins: [\"*\"]\n    strip:\n      stripPrefix:\n        prefixes: [\"/g\"]\n  services:\n    w:\n      weighted:\n        services:\n          - name: s\n          - name: t\n    s:\n      loadBalancer:\n        servers:\n          - url: \"http://127.0.0.1:9001\"\n    t:\n      loadBalancer:\n        passiveHealthCheck:\n          failureWindow: 10s\n        servers:\n          - url: \"http://127.0.0.1:9002\"\n";
         let (t, _) = compile(&cfg(yaml), &ProxySettings::default(), &[], &reg, &AddressMap::new(), 1).unwrap();
         let route = |name: &str| t.routes.iter().find(|r| r.name == name).unwrap();
-        assert_eq!(route("guarded").unapplied, ["middleware auth: basicAuth"]);
+        assert_eq!(route("guarded").unapplied, ["middleware auth: grpcWeb"]);
         assert!(route("guarded").refused);
-        assert_eq!(route("sticky").unapplied, ["service t: loadBalancer.sticky"]);
+        assert_eq!(route("sticky").unapplied, ["service t: loadBalancer.passiveHealthCheck"]);
         assert!(route("sticky").refused);
         assert!(route("plain").unapplied.is_empty() && !route("plain").refused);
 
@@ -877,5 +925,17 @@ mod tests {
         // 1 of 1, so no panic (panic would spread load over members that cannot take it).
         assert_eq!(t.pools[0].available(now), 1);
         assert!(!t.pools[0].in_panic(now));
+    }
+
+    #[test]
+    fn strategy_and_sticky_reach_the_pool() {
+        let yaml = "http:\n  routers:\n    r:\n      rule: \"PathPrefix(`/`)\"\n      service: s\n  services:\n    s:\n      loadBalancer:\n        strategy: p2c\n        sticky:\n          cookie: {}\n        servers:\n          - url: \"http://127.0.0.1:9001\"\n";
+        let reg = UpstreamRegistry::default();
+        let (t, _) = compile(&cfg(yaml), &ProxySettings::default(), &[], &reg, &AddressMap::new(), 1).unwrap();
+        let pool = t.pools.iter().find(|p| p.name == "s").unwrap();
+        assert_eq!(pool.strategy, Strategy::P2c);
+        let sticky = pool.sticky.as_ref().unwrap();
+        assert!(sticky.name.starts_with('_') && sticky.path == "/", "{sticky:?}");
+        assert!(t.routes[0].sticky && !t.routes[0].refused);
     }
 }

@@ -292,7 +292,7 @@ pub struct LoadBalancer {
     /// Response forwarding (flush interval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_forwarding: Option<ResponseForwarding>,
-    /// Balancing strategy (Traefik ≥ 3.4; not supported by Constellation).
+    /// Balancing strategy (Traefik ≥ 3.4): `wrr`, `p2c`, `hrw`, `leasttime`.
     // Outside the v3 schema the Traefik endpoint must satisfy: read, never served.
     #[serde(default, skip_serializing)]
     pub strategy: Option<String>,
@@ -1733,9 +1733,6 @@ impl DynamicConfig {
             let object = format!("http.services.{name}");
             match service {
                 HttpService::LoadBalancer(lb) => {
-                    if lb.strategy.is_some() {
-                        note(object.clone(), "loadBalancer.strategy");
-                    }
                     if lb.passive_health_check.is_some() {
                         note(object, "loadBalancer.passiveHealthCheck");
                     }

@@ -234,6 +234,7 @@ mod tests {
             requests: AtomicUsize::new(0),
             failures: AtomicUsize::new(0),
             hint_until: std::sync::atomic::AtomicU64::new(0),
+            latency_ewma_us: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

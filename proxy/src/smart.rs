@@ -148,6 +148,10 @@ pub struct RequestCtx {
     origin: Origin,
     /// The route's middlewares' per-request state.
     mw: crate::middleware::MwState,
+    /// When the current attempt was picked (for `leasttime`).
+    attempt_start: Instant,
+    /// `Set-Cookie` for a sticky pool whose server the client did not name yet.
+    set_cookie: Option<String>,
 }
 
 impl SmartFailoverProxy {
@@ -540,6 +544,8 @@ impl ProxyHttp for SmartFailoverProxy {
             client_stall: false,
             origin: Origin::default(),
             mw: crate::middleware::MwState::default(),
+            attempt_start: now,
+            set_cookie: None,
         }
     }
 
@@ -646,7 +652,19 @@ impl ProxyHttp for SmartFailoverProxy {
             return Err(Error::explain(ErrorType::InternalError, "no route in context"));
         };
         let (retry_interval, service) = (route.retry_interval, route.target.name().to_string());
-        let pick = route.target.pick(&ctx.tried, now);
+        let pick = if route.sticky || route.keyed {
+            let cookies: Vec<&str> = session
+                .req_header()
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let key = crate::table::PickKey { cookies: &cookies, client_ip: ctx.client_ip };
+            route.target.pick_keyed(&ctx.tried, now, &key)
+        } else {
+            route.target.pick(&ctx.tried, now)
+        };
         let (up, admission, pool) = match pick {
             Pick::Upstream { upstream, admission, pool, transition } => {
                 if let Some(t) = transition {
@@ -707,6 +725,7 @@ impl ProxyHttp for SmartFailoverProxy {
         up.requests.fetch_add(1, Ordering::Relaxed);
         ctx.tried.push(up.clone());
         ctx.current = Some((up, admission, pool));
+        ctx.attempt_start = now;
         Ok(Box::new(peer))
     }
 
@@ -784,6 +803,24 @@ impl ProxyHttp for SmartFailoverProxy {
             }
         }
         if !gateway {
+            if let Some((up, _, pool)) = &ctx.current {
+                if pool.strategy == crate::table::Strategy::LeastTime {
+                    up.record_latency(ctx.attempt_start.elapsed());
+                }
+                if let Some(sticky) = &pool.sticky {
+                    let index = pool.upstreams.iter().position(|u| Arc::ptr_eq(u, up));
+                    let cookies: Vec<&str> = session
+                        .req_header()
+                        .headers
+                        .get_all(http::header::COOKIE)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .collect();
+                    if index.is_some() && sticky.chosen(&cookies, |_| true) != index {
+                        ctx.set_cookie = index.and_then(|i| sticky.set_cookie(i));
+                    }
+                }
+            }
             self.finish_attempt(ctx, None);
             return Ok(());
         }
@@ -813,6 +850,9 @@ impl ProxyHttp for SmartFailoverProxy {
             }
         }
         framing::clean_response(upstream_response);
+        if let Some(cookie) = ctx.set_cookie.take() {
+            upstream_response.append_header(http::header::SET_COOKIE, cookie)?;
+        }
         let table = ctx.table.clone();
         if let Some(route) = table.as_ref().zip(ctx.route).and_then(|(t, i)| t.routes.get(i)) {
             // The response goes back out through the onion: last middleware first.

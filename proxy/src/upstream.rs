@@ -62,6 +62,20 @@ pub struct Upstream {
     /// Another node's breaker tripped for this upstream: prefer others until this
     /// instant (nanoseconds on [`epoch_nanos`]'s clock; 0 = no hint).
     pub hint_until: AtomicU64,
+    /// Moving average of successful attempts' time to response headers, in
+    /// microseconds (0 until the first), for the `leasttime` strategy.
+    pub latency_ewma_us: AtomicU64,
+}
+
+impl Upstream {
+    /// Fold one attempt's time to response headers into [`Upstream::latency_ewma_us`]
+    /// (weight 1/8 for the new sample; a lost update under a race only delays it).
+    pub fn record_latency(&self, took: std::time::Duration) {
+        let sample = (took.as_micros() as u64).max(1);
+        let old = self.latency_ewma_us.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
+        self.latency_ewma_us.store(new, Ordering::Relaxed);
+    }
 }
 
 /// Nanoseconds from a process-wide epoch to `t` (monotonic; for atomics).
@@ -214,6 +228,7 @@ impl UpstreamRegistry {
             requests: AtomicUsize::new(0),
             failures: AtomicUsize::new(0),
             hint_until: AtomicU64::new(0),
+            latency_ewma_us: AtomicU64::new(0),
         });
         inner.upstreams.insert(key, up.clone());
         up
