@@ -32,6 +32,10 @@ use serde_json::Value;
 use crate::settings::ProxySettings;
 use crate::transport::TransportFiles;
 
+pub mod in_flight;
+pub mod ip_allow_list;
+pub mod ip_strategy;
+pub mod rate_limit;
 pub mod replace_path;
 
 /// What a middleware's request phase decided.
@@ -244,7 +248,13 @@ pub fn options<T: serde::de::DeserializeOwned>(kind: &str, config: &Value) -> Re
 pub type Builder = fn(&Value, &BuildCx<'_>) -> Result<Box<dyn Apply>, BuildError>;
 
 /// Every kind applied here, with its builder. (`chain` is expanded by the compiler.)
-pub const KINDS: &[(&str, Builder)] = &[("replacePath", replace_path::build)];
+pub const KINDS: &[(&str, Builder)] = &[
+    ("replacePath", replace_path::build),
+    ("ipAllowList", ip_allow_list::build),
+    ("ipWhiteList", ip_allow_list::build_white_list),
+    ("inFlightReq", in_flight::build),
+    ("rateLimit", rate_limit::build),
+];
 
 /// Whether `kind` is applied (a kind in [`KINDS`], or `chain`).
 pub fn applies(kind: &str) -> bool {
