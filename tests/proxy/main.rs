@@ -21,6 +21,7 @@ mod t15_upstream_h2;
 mod t16_tcp;
 mod t17_udp;
 mod t18_middlewares;
+mod t20_mw_limits;
 mod t23_load_balancing;
 
 /// The shared kit, plus what only this suite needs.
