@@ -48,11 +48,8 @@ impl InFlight {
         let amount = u64::try_from(o.amount).ok().filter(|a| *a > 0).ok_or_else(|| {
             BuildError::new("inFlightReq.amount", format!("{} is not a positive number of requests", o.amount))
         })?;
-        let source = SourceCriterion::build(
-            o.source_criterion.as_ref(),
-            "inFlightReq.sourceCriterion",
-            SourceCriterion::Host,
-        )?;
+        let source =
+            SourceCriterion::build(o.source_criterion.as_ref(), "inFlightReq.sourceCriterion", SourceCriterion::Host)?;
         let full = Reply::text(429, &format!("max connections reached: {amount}"));
         Ok(InFlight { amount, source, counts: Mutex::new(HashMap::new()), full })
     }
@@ -84,12 +81,7 @@ impl InFlight {
 
 #[async_trait::async_trait]
 impl Apply for InFlight {
-    async fn request(
-        &self,
-        session: &mut Session,
-        state: &mut MwState,
-        index: usize,
-    ) -> pingora_core::Result<Verdict> {
+    async fn request(&self, session: &mut Session, state: &mut MwState, index: usize) -> pingora_core::Result<Verdict> {
         let key = self.source.key(session.req_header(), state);
         if !self.acquire(&key) {
             tracing::debug!(source = %key, amount = self.amount, "inFlightReq: limiting request source");
@@ -133,8 +125,10 @@ mod tests {
         for bad in [serde_json::json!({}), serde_json::json!({"amount": 0}), serde_json::json!({"amount": -3})] {
             assert_eq!(InFlight::new(&bad).unwrap_err().field, "inFlightReq.amount");
         }
-        let e = InFlight::new(&serde_json::json!({"amount": 1, "sourceCriterion": {"requestHost": true, "ipStrategy": {}}}))
-            .unwrap_err();
+        let e = InFlight::new(
+            &serde_json::json!({"amount": 1, "sourceCriterion": {"requestHost": true, "ipStrategy": {}}}),
+        )
+        .unwrap_err();
         assert_eq!(e.field, "inFlightReq.sourceCriterion");
     }
 }

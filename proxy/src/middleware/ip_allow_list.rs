@@ -132,7 +132,10 @@ mod tests {
     #[test]
     fn bad_configuration_names_the_field() {
         assert_eq!(list(r#"{"sourceRange": []}"#).unwrap_err().field, "ipAllowList.sourceRange");
-        assert_eq!(list(r#"{"sourceRange": ["1.2.3.4", "1.2.3.4/33"]}"#).unwrap_err().field, "ipAllowList.sourceRange[1]");
+        assert_eq!(
+            list(r#"{"sourceRange": ["1.2.3.4", "1.2.3.4/33"]}"#).unwrap_err().field,
+            "ipAllowList.sourceRange[1]"
+        );
         assert_eq!(
             list(r#"{"sourceRange": ["1.2.3.4"], "rejectStatusCode": 999}"#).unwrap_err().field,
             "ipAllowList.rejectStatusCode"

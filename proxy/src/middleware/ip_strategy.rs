@@ -118,9 +118,7 @@ impl IpStrategy {
         let (ip, subnet) = match self {
             IpStrategy::Peer { ipv6_subnet } => (state.client_ip, *ipv6_subnet),
             IpStrategy::Depth { depth, ipv6_subnet } => (from_depth(first_xff(req), *depth), *ipv6_subnet),
-            IpStrategy::Excluded { excluded, ipv6_subnet } => {
-                (from_excluded(first_xff(req), excluded), *ipv6_subnet)
-            }
+            IpStrategy::Excluded { excluded, ipv6_subnet } => (from_excluded(first_xff(req), excluded), *ipv6_subnet),
         };
         let ip = ip?.to_canonical();
         Some(match (ip, subnet) {
@@ -135,7 +133,9 @@ pub fn parse_ranges(entries: &[String], field: &str) -> Result<Vec<IpNet>, Build
     entries
         .iter()
         .enumerate()
-        .map(|(i, e)| e.trim().parse::<IpNet>().map_err(|err| BuildError::new(format!("{field}[{i}]"), err.to_string())))
+        .map(|(i, e)| {
+            e.trim().parse::<IpNet>().map_err(|err| BuildError::new(format!("{field}[{i}]"), err.to_string()))
+        })
         .collect()
 }
 
@@ -338,7 +338,10 @@ mod tests {
         assert_eq!(strategy(r#"{"ipv6Subnet": 0}"#).unwrap_err().field, "x.ipStrategy.ipv6Subnet");
         assert_eq!(strategy(r#"{"ipv6Subnet": 129}"#).unwrap_err().field, "x.ipStrategy.ipv6Subnet");
         assert_eq!(strategy(r#"{"depth": -1}"#).unwrap_err().field, "x.ipStrategy.depth");
-        assert_eq!(strategy(r#"{"excludedIPs": ["1.2.3.4", "10.0.0/8x"]}"#).unwrap_err().field, "x.ipStrategy.excludedIPs[1]");
+        assert_eq!(
+            strategy(r#"{"excludedIPs": ["1.2.3.4", "10.0.0/8x"]}"#).unwrap_err().field,
+            "x.ipStrategy.excludedIPs[1]"
+        );
     }
 
     #[test]
@@ -355,6 +358,9 @@ mod tests {
         let mut r = req(&[]);
         r.insert_header("x-user", "alice").unwrap();
         assert_eq!(h.key(&r, &MwState::default()), SourceKey::Text("alice".into()));
-        assert_eq!(c(r#"{"requestHeaderName": "bad header"}"#).unwrap_err().field, "m.sourceCriterion.requestHeaderName");
+        assert_eq!(
+            c(r#"{"requestHeaderName": "bad header"}"#).unwrap_err().field,
+            "m.sourceCriterion.requestHeaderName"
+        );
     }
 }

@@ -259,7 +259,10 @@ mod tests {
         let l = Limit::new(100, Duration::ZERO, 0);
         assert_eq!((l.rate, l.burst, l.max_delay, l.ttl), (Some(100.0), 1.0, ms(5), Duration::from_secs(2)));
         let slow = Limit::new(1, Duration::from_secs(10), 5);
-        assert_eq!((slow.rate, slow.burst, slow.max_delay, slow.ttl), (Some(0.1), 5.0, ms(500), Duration::from_secs(11)));
+        assert_eq!(
+            (slow.rate, slow.burst, slow.max_delay, slow.ttl),
+            (Some(0.1), 5.0, ms(500), Duration::from_secs(11))
+        );
         // 1.5/s: the rate is rounded down to 1 for the delay.
         assert_eq!(Limit::new(3, Duration::from_secs(2), 1).max_delay, ms(500));
         assert_eq!(Limit::new(0, Duration::from_secs(1), 1).rate, None);
