@@ -121,6 +121,22 @@ mod tests {
     }
 
     #[test]
+    fn finish_releases_the_held_slot_once() {
+        let f = InFlight::new(&serde_json::json!({"amount": 1})).unwrap();
+        let key = SourceKey::Text("app".into());
+        let mut state = MwState::default();
+        assert!(f.acquire(&key));
+        state.put(3, Held(key.clone()));
+        assert!(!f.acquire(&key));
+        f.finish(&mut state, 3);
+        // A second finish (or one for a request that never took a slot) frees nothing.
+        f.finish(&mut state, 3);
+        f.finish(&mut MwState::default(), 3);
+        assert!(f.acquire(&key));
+        assert!(!f.acquire(&key));
+    }
+
+    #[test]
     fn amount_must_be_positive() {
         for bad in [serde_json::json!({}), serde_json::json!({"amount": 0}), serde_json::json!({"amount": -3})] {
             assert_eq!(InFlight::new(&bad).unwrap_err().field, "inFlightReq.amount");
