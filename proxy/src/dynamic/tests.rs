@@ -118,12 +118,8 @@ fn schemastore_example_unsupported_parts_are_listed() {
         ("Middleware09", "errors"),
         ("Middleware10", "forwardAuth"),
         ("Middleware11", "grpcWeb"),
-        ("Middleware13", "ipAllowList"),
-        ("Middleware14", "ipWhiteList"),
-        ("Middleware15", "inFlightReq"),
         ("Middleware16", "passTLSClientCert"),
         ("Middleware17", "plugin"),
-        ("Middleware18", "rateLimit"),
         ("Middleware19", "redirectRegex"),
         ("Middleware22", "replacePathRegex"),
         ("Middleware25", "stripPrefixRegex"),
@@ -794,7 +790,6 @@ http:
             "http.services.hrw: highestRandomWeight is not supported (parsed, not applied)",
             "http.middlewares.auth: basicAuth is not supported (parsed, not applied)",
             "http.middlewares.h: headers.frameDeny is not supported (parsed, not applied)",
-            "http.middlewares.limit: rateLimit is not supported (parsed, not applied)",
             "http.middlewares.r: retry.status is not supported (parsed, not applied)",
         ]
     );
