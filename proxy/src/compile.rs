@@ -216,6 +216,13 @@ impl Compiler<'_> {
             upstreams.push(self.registry.upstream(key, &url, addr, &transport, &breaker, &budget, &mut self.live));
             weights.push(server.weight.unwrap_or(1).min(MAX_WEIGHT));
         }
+        if let Some(mode) = lb.health_check.as_ref().and_then(|h| h.mode.as_deref()) {
+            if !mode.eq_ignore_ascii_case("http") {
+                // gRPC health checks (grpc.health.v1) are not implemented: a router must
+                // not be served on an HTTP check that proves nothing about the service.
+                self.not_applied(&object, &format!("healthCheck.mode {mode}"));
+            }
+        }
         let health = lb.health_check.as_ref().map(|h| {
             let interval = duration(&h.interval, DEFAULT_HEALTH_INTERVAL);
             HealthSpec {
