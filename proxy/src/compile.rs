@@ -646,9 +646,20 @@ pub fn compile_with_files(
                         header_list(&mobject, "customRequestHeaders", &h.custom_request_headers),
                         header_list(&mobject, "customResponseHeaders", &h.custom_response_headers),
                     ) {
-                        (Ok(request), Ok(response)) => {
+                        (Ok(request), Ok(response)) if crate::middleware::headers::is_plain(h) => {
                             middlewares.push(Arc::new(Middleware::Headers { request, response }))
                         }
+                        // Security or CORS options: the full middleware.
+                        (Ok(request), Ok(response)) => match crate::middleware::headers::build(h, request, response) {
+                            Ok(applied) => middlewares.push(Arc::new(Middleware::Custom(Box::new(applied)))),
+                            Err(e) => c.errors.push(CompileError {
+                                origin: String::new(),
+                                object: mobject.clone(),
+                                field: e.field,
+                                message: e.message,
+                                position: None,
+                            }),
+                        },
                         (Err(e), _) | (_, Err(e)) => c.errors.push(e),
                     }
                 }

@@ -1790,7 +1790,38 @@ impl fmt::Display for Unsupported {
 
 /// The `headers` middleware options that Constellation applies; any other option that
 /// is set is listed by [`DynamicConfig::unsupported`].
-pub const SUPPORTED_HEADERS_OPTIONS: &[&str] = &["customRequestHeaders", "customResponseHeaders"];
+/// (`sslRedirect`, `sslTemporaryRedirect`, `sslHost`, `sslForceHost` and `featurePolicy`,
+/// removed in Traefik v3, are not: they are also compile errors naming them.)
+pub const SUPPORTED_HEADERS_OPTIONS: &[&str] = &[
+    "customRequestHeaders",
+    "customResponseHeaders",
+    "accessControlAllowCredentials",
+    "accessControlAllowHeaders",
+    "accessControlAllowMethods",
+    "accessControlAllowOriginList",
+    "accessControlAllowOriginListRegex",
+    "accessControlExposeHeaders",
+    "accessControlMaxAge",
+    "addVaryHeader",
+    "allowedHosts",
+    "hostsProxyHeaders",
+    "sslProxyHeaders",
+    "stsSeconds",
+    "stsIncludeSubdomains",
+    "stsPreload",
+    "forceSTSHeader",
+    "frameDeny",
+    "customFrameOptionsValue",
+    "contentTypeNosniff",
+    "browserXssFilter",
+    "customBrowserXSSValue",
+    "contentSecurityPolicy",
+    "contentSecurityPolicyReportOnly",
+    "publicKey",
+    "referrerPolicy",
+    "permissionsPolicy",
+    "isDevelopment",
+];
 
 /// Names of the fields of `value` that are set (serialised) but not in `supported`.
 fn set_fields<T: Serialize>(value: &T, supported: &[&str]) -> Vec<String> {

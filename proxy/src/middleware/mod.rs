@@ -32,11 +32,16 @@ use serde_json::Value;
 use crate::settings::ProxySettings;
 use crate::transport::TransportFiles;
 
+pub mod content_type;
+pub mod headers;
 pub mod in_flight;
 pub mod ip_allow_list;
 pub mod ip_strategy;
 pub mod rate_limit;
+pub mod redirect_regex;
 pub mod replace_path;
+pub mod replace_path_regex;
+pub mod strip_prefix_regex;
 
 /// What a middleware's request phase decided.
 pub enum Verdict {
@@ -254,6 +259,10 @@ pub const KINDS: &[(&str, Builder)] = &[
     ("ipWhiteList", ip_allow_list::build_white_list),
     ("inFlightReq", in_flight::build),
     ("rateLimit", rate_limit::build),
+    ("stripPrefixRegex", strip_prefix_regex::build),
+    ("replacePathRegex", replace_path_regex::build),
+    ("redirectRegex", redirect_regex::build),
+    ("contentType", content_type::build),
 ];
 
 /// Whether `kind` is applied (a kind in [`KINDS`], or `chain`).
