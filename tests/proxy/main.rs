@@ -22,6 +22,7 @@ mod t16_tcp;
 mod t17_udp;
 mod t18_middlewares;
 mod t20_mw_limits;
+mod t21_mw_rewrite;
 mod t23_load_balancing;
 
 /// The shared kit, plus what only this suite needs.
