@@ -188,9 +188,7 @@ async fn headers_sets_security_headers_cors_and_checks_hosts() {
     assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
     assert_eq!(r.header("access-control-expose-headers"), Some("X-Exposed"));
     assert_eq!(r.header("vary"), Some("Origin"));
-    let r = fetch(agent.web, "GET", "cors.test", "/", &[("origin", "https://app.trusted.example")], &[])
-        .await
-        .unwrap();
+    let r = fetch(agent.web, "GET", "cors.test", "/", &[("origin", "https://app.trusted.example")], &[]).await.unwrap();
     assert_eq!(r.header("access-control-allow-origin"), Some("https://app.trusted.example"));
     let r = fetch(agent.web, "GET", "cors.test", "/", &[("origin", "https://evil.example")], &[]).await.unwrap();
     assert_eq!(r.status, 200);
@@ -214,9 +212,8 @@ async fn headers_sets_security_headers_cors_and_checks_hosts() {
     assert_eq!(r.header("access-control-allow-origin"), None);
     assert_eq!(backend.count(), before, "a preflight reached the backend");
     // An OPTIONS without Access-Control-Request-Method is not a preflight: proxied.
-    let r = fetch(agent.web, "OPTIONS", "cors.test", "/things", &[("origin", "https://good.example")], &[])
-        .await
-        .unwrap();
+    let r =
+        fetch(agent.web, "OPTIONS", "cors.test", "/things", &[("origin", "https://good.example")], &[]).await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(backend.count(), before + 1);
 
@@ -270,6 +267,7 @@ fn bad_or_unsupported_options_are_errors_naming_the_field() {
     let (code, out) = check("      contentType: {}\n");
     assert_eq!(code, 78, "{out}");
     assert!(out.contains("contentType") && out.contains("not supported"), "{out}");
-    let (code, out) = check("      redirectRegex:\n        regex: \"^x\"\n        replacement: y\n        permanent: true\n");
+    let (code, out) =
+        check("      redirectRegex:\n        regex: \"^x\"\n        replacement: y\n        permanent: true\n");
     assert_eq!(code, 0, "{out}");
 }

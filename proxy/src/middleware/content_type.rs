@@ -49,6 +49,8 @@ impl Apply for ContentType {}
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]

@@ -77,7 +77,8 @@ pub struct Headers {
 }
 
 fn value(field: &str, v: &str) -> Result<HeaderValue, BuildError> {
-    HeaderValue::from_str(v).map_err(|e| BuildError::new(format!("headers.{field}"), format!("invalid header value: {e}")))
+    HeaderValue::from_str(v)
+        .map_err(|e| BuildError::new(format!("headers.{field}"), format!("invalid header value: {e}")))
 }
 
 fn name(field: &str, v: &str) -> Result<HeaderName, BuildError> {
@@ -103,7 +104,10 @@ pub fn build(h: &dynamic::Headers, request: Vec<HeaderEdit>, response: Vec<Heade
         ("featurePolicy", h.feature_policy.is_some(), "use permissionsPolicy"),
     ];
     if let Some((field, _, hint)) = removed.iter().find(|(_, set, _)| *set) {
-        return Err(BuildError::new(format!("headers.{field}"), format!("was removed in Traefik v3 and is not supported: {hint}")));
+        return Err(BuildError::new(
+            format!("headers.{field}"),
+            format!("was removed in Traefik v3 and is not supported: {hint}"),
+        ));
     }
 
     let mut s = Secure {
@@ -133,12 +137,17 @@ pub fn build(h: &dynamic::Headers, request: Vec<HeaderEdit>, response: Vec<Heade
         s.sts = Some(value("stsSeconds", &v)?);
     }
     let nonempty = |o: &Option<String>| o.as_deref().filter(|v| !v.is_empty()).map(str::to_string);
-    let frame = nonempty(&h.custom_frame_options_value).or_else(|| h.frame_deny.unwrap_or(false).then(|| "DENY".into()));
-    let xss =
-        nonempty(&h.custom_browser_xss_value).or_else(|| h.browser_xss_filter.unwrap_or(false).then(|| "1; mode=block".into()));
+    let frame =
+        nonempty(&h.custom_frame_options_value).or_else(|| h.frame_deny.unwrap_or(false).then(|| "DENY".into()));
+    let xss = nonempty(&h.custom_browser_xss_value)
+        .or_else(|| h.browser_xss_filter.unwrap_or(false).then(|| "1; mode=block".into()));
     let fixed: [(&str, &str, Option<String>); 8] = [
         ("customFrameOptionsValue", "x-frame-options", frame),
-        ("contentTypeNosniff", "x-content-type-options", h.content_type_nosniff.unwrap_or(false).then(|| "nosniff".into())),
+        (
+            "contentTypeNosniff",
+            "x-content-type-options",
+            h.content_type_nosniff.unwrap_or(false).then(|| "nosniff".into()),
+        ),
         ("customBrowserXSSValue", "x-xss-protection", xss),
         ("contentSecurityPolicy", "content-security-policy", nonempty(&h.content_security_policy)),
         (
@@ -363,6 +372,8 @@ impl Apply for Headers {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn opts(v: serde_json::Value) -> dynamic::Headers {
@@ -391,7 +402,8 @@ mod tests {
         assert_eq!(e.field, "headers.featurePolicy");
         let e = build(&opts(serde_json::json!({"stsSeconds": -1})), vec![], vec![]).unwrap_err();
         assert_eq!(e.field, "headers.stsSeconds");
-        let e = build(&opts(serde_json::json!({"accessControlAllowOriginListRegex": ["("]})), vec![], vec![]).unwrap_err();
+        let e =
+            build(&opts(serde_json::json!({"accessControlAllowOriginListRegex": ["("]})), vec![], vec![]).unwrap_err();
         assert_eq!(e.field, "headers.accessControlAllowOriginListRegex[0]");
     }
 
@@ -413,8 +425,7 @@ mod tests {
         let mut out = vec![];
         h.secure.unwrap().apply(&req("GET", &[("x-forwarded-proto", "https")]), false, &mut out);
         assert_eq!(out.len(), 1);
-        let h =
-            build(&opts(serde_json::json!({"stsSeconds": 60, "isDevelopment": true})), vec![], vec![]).unwrap();
+        let h = build(&opts(serde_json::json!({"stsSeconds": 60, "isDevelopment": true})), vec![], vec![]).unwrap();
         let mut out = vec![];
         h.secure.unwrap().apply(&req("GET", &[]), true, &mut out);
         assert!(out.is_empty());
@@ -458,7 +469,9 @@ mod tests {
     #[test]
     fn a_preflight_needs_options_origin_and_a_requested_method() {
         let h = build(
-            &opts(serde_json::json!({"accessControlAllowMethods": ["GET", "PUT"], "accessControlAllowOriginList": ["*"]})),
+            &opts(
+                serde_json::json!({"accessControlAllowMethods": ["GET", "PUT"], "accessControlAllowOriginList": ["*"]}),
+            ),
             vec![],
             vec![],
         )

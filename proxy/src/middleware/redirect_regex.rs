@@ -112,6 +112,8 @@ impl Apply for RedirectRegex {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn req(method: &str, target: &str, host: &str) -> RequestHeader {

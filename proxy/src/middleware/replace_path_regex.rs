@@ -61,6 +61,8 @@ impl Apply for ReplacePathRegex {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn mw(re: &str, rep: &str) -> ReplacePathRegex {

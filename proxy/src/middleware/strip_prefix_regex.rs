@@ -80,6 +80,8 @@ impl Apply for StripPrefixRegex {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn mw(p: &[&str]) -> StripPrefixRegex {
