@@ -50,6 +50,8 @@ struct Secure {
     /// The `Strict-Transport-Security` value, when `stsSeconds` is set.
     sts: Option<HeaderValue>,
     force_sts: bool,
+    /// The `Public-Key-Pins` value, sent like STS only over HTTPS and not in development.
+    pkp: Option<HeaderValue>,
     /// Headers sent on every response.
     fixed: Vec<(HeaderName, HeaderValue)>,
 }
@@ -141,7 +143,10 @@ pub fn build(h: &dynamic::Headers, request: Vec<HeaderEdit>, response: Vec<Heade
         nonempty(&h.custom_frame_options_value).or_else(|| h.frame_deny.unwrap_or(false).then(|| "DENY".into()));
     let xss = nonempty(&h.custom_browser_xss_value)
         .or_else(|| h.browser_xss_filter.unwrap_or(false).then(|| "1; mode=block".into()));
-    let fixed: [(&str, &str, Option<String>); 8] = [
+    if let Some(pk) = nonempty(&h.public_key) {
+        s.pkp = Some(value("publicKey", &pk)?);
+    }
+    let fixed: [(&str, &str, Option<String>); 7] = [
         ("customFrameOptionsValue", "x-frame-options", frame),
         (
             "contentTypeNosniff",
@@ -155,7 +160,6 @@ pub fn build(h: &dynamic::Headers, request: Vec<HeaderEdit>, response: Vec<Heade
             "content-security-policy-report-only",
             nonempty(&h.content_security_policy_report_only),
         ),
-        ("publicKey", "public-key-pins", nonempty(&h.public_key)),
         ("referrerPolicy", "referrer-policy", nonempty(&h.referrer_policy)),
         ("permissionsPolicy", "permissions-policy", nonempty(&h.permissions_policy)),
     ];
@@ -168,6 +172,7 @@ pub fn build(h: &dynamic::Headers, request: Vec<HeaderEdit>, response: Vec<Heade
         || !s.hosts_proxy_headers.is_empty()
         || !s.ssl_proxy_headers.is_empty()
         || s.sts.is_some()
+        || s.pkp.is_some()
         || !s.fixed.is_empty();
 
     let max_age = h.access_control_max_age.unwrap_or(0);
@@ -234,9 +239,13 @@ impl Secure {
     }
 
     fn apply(&self, req: &RequestHeader, tls: bool, out: &mut Vec<(HeaderName, HeaderValue)>) {
-        if let Some(sts) = &self.sts {
-            if !self.is_development && (self.force_sts || self.is_ssl(req, tls)) {
+        if self.sts.is_some() || self.pkp.is_some() {
+            let ssl = !self.is_development && self.is_ssl(req, tls);
+            if let Some(sts) = self.sts.as_ref().filter(|_| !self.is_development && (ssl || self.force_sts)) {
                 out.push((http::header::STRICT_TRANSPORT_SECURITY, sts.clone()));
+            }
+            if let Some(pkp) = self.pkp.as_ref().filter(|_| ssl) {
+                out.push((HeaderName::from_static("public-key-pins"), pkp.clone()));
             }
         }
         out.extend(self.fixed.iter().cloned());
@@ -416,6 +425,15 @@ mod tests {
         assert!(out.is_empty());
         s.apply(&req("GET", &[]), true, &mut out);
         assert_eq!(out[0].1, "max-age=60; preload");
+        let h =
+            build(&opts(serde_json::json!({"publicKey": "pin-sha256=\"x\"", "forceSTSHeader": true})), vec![], vec![])
+                .unwrap();
+        let s = h.secure.unwrap();
+        let mut out = vec![];
+        s.apply(&req("GET", &[]), false, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        s.apply(&req("GET", &[]), true, &mut out);
+        assert_eq!(out[0].0, "public-key-pins");
         let h = build(
             &opts(serde_json::json!({"stsSeconds": 60, "sslProxyHeaders": {"X-Forwarded-Proto": "https"}})),
             vec![],
