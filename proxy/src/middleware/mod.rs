@@ -32,8 +32,10 @@ use serde_json::Value;
 use crate::settings::ProxySettings;
 use crate::transport::TransportFiles;
 
+pub mod basic_auth;
 pub mod content_type;
 pub mod headers;
+pub mod htpasswd;
 pub mod in_flight;
 pub mod ip_allow_list;
 pub mod ip_strategy;
@@ -263,6 +265,7 @@ pub const KINDS: &[(&str, Builder)] = &[
     ("replacePathRegex", replace_path_regex::build),
     ("redirectRegex", redirect_regex::build),
     ("contentType", content_type::build),
+    ("basicAuth", basic_auth::build),
 ];
 
 /// Whether `kind` is applied (a kind in [`KINDS`], or `chain`).
