@@ -21,6 +21,7 @@ mod t15_upstream_h2;
 mod t16_tcp;
 mod t17_udp;
 mod t18_middlewares;
+mod t19_mw_auth;
 mod t20_mw_limits;
 mod t21_mw_rewrite;
 mod t23_load_balancing;

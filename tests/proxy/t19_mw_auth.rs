@@ -1,0 +1,167 @@
+//! Authentication middlewares end to end: `basicAuth`, `digestAuth` and `forwardAuth`
+//! answer for the upstream when credentials are missing or wrong (and the backend then
+//! receives nothing), pass the user upstream, and fail the configuration when a users
+//! file is missing.
+//!
+//! Hashes: apr1 and SHA-1 are the vectors of Apache's "Password Formats" page
+//! (`htpasswd -nbm myName myPassword`, `htpasswd -nbs myName myPassword`, both checked
+//! with `openssl passwd -apr1` and `openssl sha1`); bcrypt is generated here with the
+//! crate the proxy verifies with.
+
+use constellation_proxy::middleware::htpasswd::{bcrypt_hash, md5_hex};
+
+use crate::support::*;
+
+const APR1: &str = "$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/";
+const SHA: &str = "{SHA}VBPuJHI7uixaa6LQGWx4s+5GKNE=";
+
+fn b64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!("Basic {}", b64(format!("{user}:{password}").as_bytes()))
+}
+
+async fn send(agent: &Agent, path: &str, headers: &[(&str, &str)]) -> Reply {
+    agent.client().request("GET", "app", path, headers, b"").await.unwrap()
+}
+
+fn basic_routes(backend: &str, carol: &str) -> String {
+    format!(
+        "http:
+  routers:
+    strict:
+      rule: \"PathPrefix(`/strict`)\"
+      service: app
+      middlewares: [strict]
+    plain:
+      rule: \"PathPrefix(`/plain`)\"
+      service: app
+      middlewares: [plain]
+  middlewares:
+    strict:
+      basicAuth:
+        realm: Constellation
+        removeHeader: true
+        headerField: X-Auth-User
+        usersFile: users.htpasswd
+        users:
+          - 'alice:{APR1}'
+          - 'bob:{SHA}'
+          - 'carol:{carol}'
+    plain:
+      basicAuth:
+        users: ['bob:{SHA}']
+  services:
+    app:
+      loadBalancer:
+        servers:
+          - url: \"{backend}\"
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_checks_every_hash_type_and_passes_the_user() {
+    let backend = Backend::start("b1", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let carol = bcrypt_hash("carol-pw", 4, [3; 16]).unwrap();
+    let dave = bcrypt_hash("dave-pw", 4, [9; 16]).unwrap().replacen("$2y$", "$2b$", 1);
+    let eve = bcrypt_hash("eve-pw", 4, [5; 16]).unwrap().replacen("$2y$", "$2a$", 1);
+    // The file's alice is overridden by the inline one (Traefik merges file, then inline).
+    let file = format!("# users\ndave:{dave}\n\neve:{eve}\nalice:{SHA}\n");
+    let agent = start_agent_with(&basic_routes(&backend.url(), &carol), "", "", &[("users.htpasswd", &file)], None).await;
+
+    // No credentials, wrong password, unknown user, wrong scheme: 401 with the realm.
+    let bearer = "Bearer abc".to_string();
+    for auth in [None, Some(basic("alice", "nope")), Some(basic("mallory", "myPassword")), Some(bearer)] {
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let r = send(&agent, "/strict/x", &headers).await;
+        assert_eq!(r.status, 401, "{auth:?}: {}", agent.log());
+        assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"Constellation\""));
+        assert_eq!(r.text(), "401 Unauthorized\n");
+    }
+    assert_eq!(backend.count(), 0, "the backend must see no unauthenticated request");
+
+    // Every hash type: apr1 (alice), SHA-1 (bob), bcrypt $2y$ (carol), $2b$ and $2a$ from
+    // the file (dave, eve).
+    for (user, pw) in [("alice", "myPassword"), ("bob", "myPassword"), ("carol", "carol-pw"), ("dave", "dave-pw"), ("eve", "eve-pw")] {
+        let auth = basic(user, pw);
+        let r = send(&agent, "/strict/x", &[("authorization", &auth), ("x-auth-user", "forged")]).await;
+        assert_eq!((r.status, r.text()), (200, "b1\n".to_string()), "{user}: {}", agent.log());
+        let hits = backend.hits();
+        let h = hits.last().unwrap();
+        assert_eq!(h.header("x-auth-user"), Some(user), "the user name goes upstream, replacing the client's");
+        assert_eq!(h.header("authorization"), None, "removeHeader drops the credentials");
+    }
+    // Wrong bcrypt password, and alice's password from the file (overridden).
+    for (user, pw) in [("carol", "carol-PW"), ("alice", "myPassword ")] {
+        let r = send(&agent, "/strict/x", &[("authorization", &basic(user, pw))]).await;
+        assert_eq!(r.status, 401, "{user}");
+    }
+
+    // Default realm; without removeHeader the credentials go upstream; no user header.
+    let before = backend.count();
+    let r = send(&agent, "/plain", &[("authorization", &basic("bob", "wrong"))]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"traefik\""));
+    assert_eq!(backend.count(), before);
+    let auth = basic("bob", "myPassword");
+    let r = send(&agent, "/plain", &[("authorization", &auth)]).await;
+    assert_eq!(r.status, 200);
+    let hits = backend.hits();
+    let h = hits.last().unwrap();
+    assert_eq!(h.header("authorization"), Some(auth.as_str()));
+    assert_eq!(h.header("x-auth-user"), None);
+    // No secret in the log.
+    assert!(!agent.log().contains("VBPuJHI7") && !agent.log().contains(&carol[7..]), "hash in the log");
+}
+
+fn check(routes: &str, files: &[(&str, &str)]) -> (i32, String, String) {
+    let dir = Scratch::new("mw-auth-check");
+    dir.write("routes.yaml", routes);
+    for (name, text) in files {
+        dir.write(name, text);
+    }
+    dir.write("agent.toml", "[entrypoints.web]\naddress = \"127.0.0.1:1\"\n[admin]\naddress = \"127.0.0.1:2\"\n[routes]\nfiles = [\"routes.yaml\"]\n");
+    run(&["config", "check", dir.path("agent.toml").to_str().unwrap()], &dir.0)
+}
+
+fn one_middleware(kind_yaml: &str) -> String {
+    format!(
+        "http:\n  routers:\n    r:\n      rule: \"PathPrefix(`/`)\"\n      service: app\n      middlewares: [m]\n  middlewares:\n    m:\n{kind_yaml}  services:\n    app:\n      loadBalancer:\n        servers:\n          - url: \"http://127.0.0.1:9\"\n"
+    )
+}
+
+#[test]
+fn a_missing_users_file_or_a_bad_hash_fails_the_check() {
+    for kind in ["basicAuth", "digestAuth"] {
+        let (code, out, err) = check(&one_middleware(&format!("      {kind}:\n        usersFile: missing.htpasswd\n")), &[]);
+        assert_eq!(code, 78, "{out}\n{err}");
+        assert!(err.contains(&format!("{kind}.usersFile")) && err.contains("missing.htpasswd"), "{err}");
+    }
+    // A DES-crypt hash (`htpasswd -nbd`) is refused, naming the user, not the hash.
+    let (code, out, err) = check(&one_middleware("      basicAuth:\n        users: ['myName:rqXexS6ZhobKA']\n"), &[]);
+    assert_eq!(code, 78, "{out}\n{err}");
+    assert!(err.contains("basicAuth.users[0]") && err.contains("myName"), "{err}");
+    assert!(!err.contains("rqXexS6ZhobKA"), "the hash must not be shown: {err}");
+    // A users file that exists is fine.
+    let (code, out, err) = check(
+        &one_middleware("      basicAuth:\n        usersFile: users\n"),
+        &[("users", &format!("bob:{SHA}\n"))],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let _ = md5_hex(b"");
+}
