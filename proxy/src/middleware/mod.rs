@@ -34,6 +34,7 @@ use crate::transport::TransportFiles;
 
 pub mod basic_auth;
 pub mod content_type;
+pub mod digest_auth;
 pub mod headers;
 pub mod htpasswd;
 pub mod in_flight;
@@ -266,6 +267,7 @@ pub const KINDS: &[(&str, Builder)] = &[
     ("redirectRegex", redirect_regex::build),
     ("contentType", content_type::build),
     ("basicAuth", basic_auth::build),
+    ("digestAuth", digest_auth::build),
 ];
 
 /// Whether `kind` is applied (a kind in [`KINDS`], or `chain`).
