@@ -165,3 +165,101 @@ fn a_missing_users_file_or_a_bad_hash_fails_the_check() {
     assert_eq!(code, 0, "{out}\n{err}");
     let _ = md5_hex(b"");
 }
+
+/// A `key="value"` parameter of a challenge.
+fn param(challenge: &str, key: &str) -> String {
+    let start = challenge.find(&format!("{key}=\"")).unwrap() + key.len() + 2;
+    let len = challenge[start..].find('"').unwrap();
+    challenge[start..start + len].to_string()
+}
+
+/// The `Authorization` a digest client sends for `challenge`.
+fn digest(challenge: &str, user: &str, password: &str, realm: &str, method: &str, uri: &str, nc: u32) -> String {
+    let (nonce, opaque) = (param(challenge, "nonce"), param(challenge, "opaque"));
+    let ha1 = md5_hex(format!("{user}:{realm}:{password}").as_bytes());
+    let ha2 = md5_hex(format!("{method}:{uri}").as_bytes());
+    let nc = format!("{nc:08x}");
+    let response = md5_hex(format!("{ha1}:{nonce}:{nc}:f00d:auth:{ha2}").as_bytes());
+    format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"f00d\", response=\"{response}\", opaque=\"{opaque}\""
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_auth_issues_and_checks_nonces() {
+    let backend = Backend::start("b1", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let alice = md5_hex(b"alice:Constellation:wonder");
+    let bob = md5_hex(b"bob:Constellation:builder");
+    let other = md5_hex(b"carol:elsewhere:pw");
+    let routes = format!(
+        "http:
+  routers:
+    r:
+      rule: \"PathPrefix(`/`)\"
+      service: app
+      middlewares: [d]
+  middlewares:
+    d:
+      digestAuth:
+        realm: Constellation
+        headerField: X-Auth-User
+        removeHeader: true
+        usersFile: users.htdigest
+        users: ['alice:Constellation:{alice}']
+  services:
+    app:
+      loadBalancer:
+        servers:
+          - url: \"{}\"
+",
+        backend.url()
+    );
+    let file = format!("bob:Constellation:{bob}\ncarol:elsewhere:{other}\n");
+    let agent = start_agent_with(&routes, "", "", &[("users.htdigest", &file)], None).await;
+
+    let r = send(&agent, "/page?x=1", &[]).await;
+    assert_eq!(r.status, 401, "{}", agent.log());
+    let challenge = r.header("www-authenticate").unwrap().to_string();
+    assert!(challenge.starts_with("Digest realm=\"Constellation\", nonce=\""), "{challenge}");
+    assert!(challenge.ends_with("algorithm=\"MD5\", qop=\"auth\""), "{challenge}");
+
+    // Right password: through, user upstream, credentials removed.
+    let auth = digest(&challenge, "alice", "wonder", "Constellation", "GET", "/page?x=1", 1);
+    let r = send(&agent, "/page?x=1", &[("authorization", &auth)]).await;
+    assert_eq!((r.status, r.text()), (200, "b1\n".to_string()), "{}", agent.log());
+    let h = backend.hits().last().unwrap().clone();
+    assert_eq!((h.path.as_str(), h.header("x-auth-user"), h.header("authorization")), ("/page?x=1", Some("alice"), None));
+
+    // The same nonce count again is a replay.
+    let r = send(&agent, "/page?x=1", &[("authorization", &auth)]).await;
+    assert_eq!(r.status, 401);
+    // A higher count on the same nonce is fine; so is a user from the file (the count
+    // belongs to the nonce, whoever uses it).
+    let auth = digest(&challenge, "alice", "wonder", "Constellation", "GET", "/page?x=1", 2);
+    assert_eq!(send(&agent, "/page?x=1", &[("authorization", &auth)]).await.status, 200);
+    let auth = digest(&challenge, "bob", "builder", "Constellation", "GET", "/other", 3);
+    assert_eq!(send(&agent, "/other", &[("authorization", &auth)]).await.status, 200);
+    let count = backend.count();
+
+    // Wrong password, a user of another realm, a digest for another path: refused.
+    for (user, pw, realm, uri) in [
+        ("alice", "wrong", "Constellation", "/page"),
+        ("carol", "pw", "elsewhere", "/page"),
+        ("alice", "wonder", "Constellation", "/secret"),
+    ] {
+        let auth = digest(&challenge, user, pw, realm, "GET", uri, 9);
+        let r = send(&agent, "/page", &[("authorization", &auth)]).await;
+        assert_eq!(r.status, 401, "{user} {uri}");
+        assert!(!r.header("www-authenticate").unwrap().contains("stale"));
+    }
+    // A nonce this agent never issued: stale, with a fresh nonce.
+    let forged = challenge.replace(&param(&challenge, "nonce"), "00112233445566778899aabbccddeeff");
+    let auth = digest(&forged, "alice", "wonder", "Constellation", "GET", "/page", 1);
+    let r = send(&agent, "/page", &[("authorization", &auth)]).await;
+    assert_eq!(r.status, 401);
+    let fresh = r.header("www-authenticate").unwrap().to_string();
+    assert!(fresh.ends_with(", stale=true"), "{fresh}");
+    let auth = digest(&fresh, "alice", "wonder", "Constellation", "GET", "/page", 1);
+    assert_eq!(send(&agent, "/page", &[("authorization", &auth)]).await.status, 200);
+    assert_eq!(backend.count(), count + 1, "no refused request reached the backend");
+}
