@@ -35,6 +35,7 @@ use crate::transport::TransportFiles;
 pub mod basic_auth;
 pub mod content_type;
 pub mod digest_auth;
+pub mod forward_auth;
 pub mod headers;
 pub mod htpasswd;
 pub mod in_flight;
@@ -268,6 +269,7 @@ pub const KINDS: &[(&str, Builder)] = &[
     ("contentType", content_type::build),
     ("basicAuth", basic_auth::build),
     ("digestAuth", digest_auth::build),
+    ("forwardAuth", forward_auth::build),
 ];
 
 /// Whether `kind` is applied (a kind in [`KINDS`], or `chain`).
@@ -289,6 +291,11 @@ pub fn file_references(cfg: &crate::DynamicConfig) -> Vec<(String, String, Strin
             if matches!(kind.as_str(), "basicAuth" | "digestAuth") {
                 if let Some(f) = config.get("usersFile").and_then(Value::as_str).filter(|f| !f.is_empty()) {
                     out.push((name.clone(), format!("{kind}.usersFile"), f.to_string()));
+                }
+            }
+            if kind == "forwardAuth" {
+                for (key, f) in forward_auth::tls_files(config) {
+                    out.push((name.clone(), key, f));
                 }
             }
         }
