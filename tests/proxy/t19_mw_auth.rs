@@ -263,3 +263,179 @@ async fn digest_auth_issues_and_checks_nonces() {
     assert_eq!(send(&agent, "/page", &[("authorization", &auth)]).await.status, 200);
     assert_eq!(backend.count(), count + 1, "no refused request reached the backend");
 }
+
+/// A tiny auth server: records each request's headers; `authorization: let-me-in` gets
+/// 200 with identity headers, `authorization: redirect` a 302 to a relative `/login`,
+/// anything else 403 with its own headers and body.
+struct AuthServer {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Vec<(String, String)>>>>,
+}
+
+impl AuthServer {
+    async fn start() -> AuthServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/check?from=proxy", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let mut lines = text.split("\r\n");
+                    let request_line = lines.next().unwrap_or("").to_string();
+                    let mut headers = vec![(":request".to_string(), request_line)];
+                    for l in lines.take_while(|l| !l.is_empty()) {
+                        if let Some((k, v)) = l.split_once(':') {
+                            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+                        }
+                    }
+                    let auth = headers.iter().find(|(k, _)| k == "authorization").map(|(_, v)| v.clone());
+                    log.lock().unwrap().push(headers);
+                    let reply = match auth.as_deref() {
+                        Some("let-me-in") => "HTTP/1.1 200 OK\r\nX-Auth-User: alice\r\nX-Auth-Role: admin\r\nX-Auth-Extra: not-asked\r\nX-Other: no\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+                        Some("redirect") => "HTTP/1.1 302 Found\r\nLocation: /login?next=1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+                        _ => "HTTP/1.1 403 Forbidden\r\nX-Reason: no ticket\r\nContent-Type: text/x-denied\r\nContent-Length: 8\r\nConnection: close\r\n\r\ngo away\n".to_string(),
+                    };
+                    let _ = sock.write_all(reply.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        AuthServer { url, seen }
+    }
+
+    fn last(&self) -> Vec<(String, String)> {
+        self.seen.lock().unwrap().last().cloned().unwrap_or_default()
+    }
+}
+
+fn get<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_allows_denies_and_copies_headers() {
+    let backend = Backend::start("b1", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let auth = AuthServer::start().await;
+    let routes = format!(
+        "http:
+  routers:
+    r:
+      rule: \"PathPrefix(`/`)\"
+      service: app
+      middlewares: [fa]
+    trusting:
+      rule: \"PathPrefix(`/trust`)\"
+      service: app
+      middlewares: [trusting]
+    down:
+      rule: \"PathPrefix(`/down`)\"
+      service: app
+      middlewares: [down]
+  middlewares:
+    fa:
+      forwardAuth:
+        address: \"{auth}\"
+        authResponseHeaders: [X-Auth-User]
+        authResponseHeadersRegex: \"^X-Auth-R\"
+    trusting:
+      forwardAuth:
+        address: \"{auth}\"
+        trustForwardHeader: true
+        authRequestHeaders: [Authorization, X-Forwarded-Uri]
+    down:
+      forwardAuth:
+        address: \"http://127.0.0.1:9/auth\"
+  services:
+    app:
+      loadBalancer:
+        servers:
+          - url: \"{backend}\"
+",
+        auth = auth.url,
+        backend = backend.url()
+    );
+    // The entry point trusts the client's X-Forwarded-* (else it drops them before any
+    // middleware, as Traefik's does), so what the middleware does with them shows.
+    let agent = Agent::start(&routes, "[entrypoints.web.forwarded_headers]\ntrusted_ips = [\"127.0.0.0/8\"]\n").await;
+
+    // Denied: the auth server's 403, headers and body reach the client as they were.
+    let r = send(&agent, "/page?q=1", &[("authorization", "nope"), ("x-forwarded-uri", "/forged")]).await;
+    assert_eq!((r.status, r.text()), (403, "go away\n".to_string()), "{}", agent.log());
+    assert_eq!(r.header("x-reason"), Some("no ticket"));
+    assert_eq!(r.header("content-type"), Some("text/x-denied"));
+    assert_eq!(backend.count(), 0, "a denied request must not reach the backend");
+    // What the auth server got: a GET to its address, with the client's headers and
+    // X-Forwarded-* computed by the proxy (the client's X-Forwarded-Uri not trusted).
+    let seen = auth.last();
+    assert_eq!(get(&seen, ":request"), Some("GET /check?from=proxy HTTP/1.1"));
+    assert_eq!(get(&seen, "authorization"), Some("nope"));
+    assert_eq!(get(&seen, "x-forwarded-method"), Some("GET"));
+    assert_eq!(get(&seen, "x-forwarded-proto"), Some("http"));
+    assert_eq!(get(&seen, "x-forwarded-host"), Some("app"));
+    assert_eq!(get(&seen, "x-forwarded-uri"), Some("/page?q=1"));
+    assert_eq!(get(&seen, "x-forwarded-for"), Some("127.0.0.1"));
+
+    // Allowed: the chosen headers replace the client's; others are not copied.
+    let r = send(&agent, "/page", &[("authorization", "let-me-in"), ("x-auth-user", "mallory"), ("x-auth-role", "root")]).await;
+    assert_eq!((r.status, r.text()), (200, "b1\n".to_string()), "{}", agent.log());
+    let hits = backend.hits();
+    let h = hits.last().unwrap();
+    assert_eq!(h.header("x-auth-user"), Some("alice"));
+    assert_eq!(h.header("x-auth-role"), Some("admin"));
+    assert_eq!(h.headers.iter().filter(|(k, _)| k == "x-auth-role").count(), 1);
+    assert_eq!(h.header("x-auth-extra"), None);
+    assert_eq!(h.header("x-other"), None);
+
+    // A relative Location is made absolute against the auth address.
+    let r = send(&agent, "/page", &[("authorization", "redirect")]).await;
+    assert_eq!(r.status, 302);
+    let base = auth.url.trim_end_matches("/check?from=proxy");
+    assert_eq!(r.header("location"), Some(format!("{base}/login?next=1").as_str()));
+
+    // trustForwardHeader: the client's X-Forwarded-* are kept; authRequestHeaders filter.
+    let r = send(
+        &agent,
+        "/trust/x",
+        &[("authorization", "let-me-in"), ("x-forwarded-uri", "/original"), ("x-forwarded-for", "10.0.0.1"), ("x-junk", "1")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", agent.log());
+    let seen = auth.last();
+    assert_eq!(get(&seen, "x-forwarded-uri"), Some("/original"));
+    assert_eq!(get(&seen, "x-forwarded-for"), Some("10.0.0.1, 127.0.0.1"));
+    assert_eq!(get(&seen, "x-junk"), None);
+    assert_eq!(get(&seen, "authorization"), Some("let-me-in"));
+
+    // Unreachable auth server: 500, nothing upstream.
+    let before = backend.count();
+    let r = send(&agent, "/down", &[]).await;
+    assert_eq!(r.status, 500, "{}", agent.log());
+    assert_eq!(backend.count(), before);
+}
+
+#[test]
+fn forward_auth_refuses_what_it_does_not_apply() {
+    for (yaml, field) in [
+        ("        forwardBody: true\n", "forwardAuth.forwardBody"),
+        ("        addAuthCookiesToResponse: [session]\n", "forwardAuth.addAuthCookiesToResponse"),
+        ("        tls:\n          ca: missing-ca.pem\n", "forwardAuth.tls.ca"),
+    ] {
+        let (code, out, err) =
+            check(&one_middleware(&format!("      forwardAuth:\n        address: http://127.0.0.1:9/\n{yaml}")), &[]);
+        assert_eq!(code, 78, "{out}\n{err}");
+        assert!(err.contains(field), "{field}: {err}");
+    }
+}
