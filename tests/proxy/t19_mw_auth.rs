@@ -19,7 +19,8 @@ fn b64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
         for i in 0..4 {
             if i <= c.len() {
                 out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -82,7 +83,8 @@ async fn basic_auth_checks_every_hash_type_and_passes_the_user() {
     let eve = bcrypt_hash("eve-pw", 4, [5; 16]).unwrap().replacen("$2y$", "$2a$", 1);
     // The file's alice is overridden by the inline one (Traefik merges file, then inline).
     let file = format!("# users\ndave:{dave}\n\neve:{eve}\nalice:{SHA}\n");
-    let agent = start_agent_with(&basic_routes(&backend.url(), &carol), "", "", &[("users.htpasswd", &file)], None).await;
+    let agent =
+        start_agent_with(&basic_routes(&backend.url(), &carol), "", "", &[("users.htpasswd", &file)], None).await;
 
     // No credentials, wrong password, unknown user, wrong scheme: 401 with the realm.
     let bearer = "Bearer abc".to_string();
@@ -97,7 +99,9 @@ async fn basic_auth_checks_every_hash_type_and_passes_the_user() {
 
     // Every hash type: apr1 (alice), SHA-1 (bob), bcrypt $2y$ (carol), $2b$ and $2a$ from
     // the file (dave, eve).
-    for (user, pw) in [("alice", "myPassword"), ("bob", "myPassword"), ("carol", "carol-pw"), ("dave", "dave-pw"), ("eve", "eve-pw")] {
+    for (user, pw) in
+        [("alice", "myPassword"), ("bob", "myPassword"), ("carol", "carol-pw"), ("dave", "dave-pw"), ("eve", "eve-pw")]
+    {
         let auth = basic(user, pw);
         let r = send(&agent, "/strict/x", &[("authorization", &auth), ("x-auth-user", "forged")]).await;
         assert_eq!((r.status, r.text()), (200, "b1\n".to_string()), "{user}: {}", agent.log());
@@ -148,7 +152,8 @@ fn one_middleware(kind_yaml: &str) -> String {
 #[test]
 fn a_missing_users_file_or_a_bad_hash_fails_the_check() {
     for kind in ["basicAuth", "digestAuth"] {
-        let (code, out, err) = check(&one_middleware(&format!("      {kind}:\n        usersFile: missing.htpasswd\n")), &[]);
+        let (code, out, err) =
+            check(&one_middleware(&format!("      {kind}:\n        usersFile: missing.htpasswd\n")), &[]);
         assert_eq!(code, 78, "{out}\n{err}");
         assert!(err.contains(&format!("{kind}.usersFile")) && err.contains("missing.htpasswd"), "{err}");
     }
@@ -158,12 +163,9 @@ fn a_missing_users_file_or_a_bad_hash_fails_the_check() {
     assert!(err.contains("basicAuth.users[0]") && err.contains("myName"), "{err}");
     assert!(!err.contains("rqXexS6ZhobKA"), "the hash must not be shown: {err}");
     // A users file that exists is fine.
-    let (code, out, err) = check(
-        &one_middleware("      basicAuth:\n        usersFile: users\n"),
-        &[("users", &format!("bob:{SHA}\n"))],
-    );
+    let (code, out, err) =
+        check(&one_middleware("      basicAuth:\n        usersFile: users\n"), &[("users", &format!("bob:{SHA}\n"))]);
     assert_eq!(code, 0, "{out}\n{err}");
-    let _ = md5_hex(b"");
 }
 
 /// A `key="value"` parameter of a challenge.
@@ -228,7 +230,10 @@ async fn digest_auth_issues_and_checks_nonces() {
     let r = send(&agent, "/page?x=1", &[("authorization", &auth)]).await;
     assert_eq!((r.status, r.text()), (200, "b1\n".to_string()), "{}", agent.log());
     let h = backend.hits().last().unwrap().clone();
-    assert_eq!((h.path.as_str(), h.header("x-auth-user"), h.header("authorization")), ("/page?x=1", Some("alice"), None));
+    assert_eq!(
+        (h.path.as_str(), h.header("x-auth-user"), h.header("authorization")),
+        ("/page?x=1", Some("alice"), None)
+    );
 
     // The same nonce count again is a replay.
     let r = send(&agent, "/page?x=1", &[("authorization", &auth)]).await;
@@ -264,12 +269,15 @@ async fn digest_auth_issues_and_checks_nonces() {
     assert_eq!(backend.count(), count + 1, "no refused request reached the backend");
 }
 
+/// The header lists an [`AuthServer`] received, in order.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<Vec<(String, String)>>>>;
+
 /// A tiny auth server: records each request's headers; `authorization: let-me-in` gets
 /// 200 with identity headers, `authorization: redirect` a 302 to a relative `/login`,
 /// anything else 403 with its own headers and body.
 struct AuthServer {
     url: String,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<Vec<(String, String)>>>>,
+    seen: Seen,
 }
 
 impl AuthServer {
@@ -389,7 +397,9 @@ async fn forward_auth_allows_denies_and_copies_headers() {
     assert_eq!(get(&seen, "x-forwarded-for"), Some("127.0.0.1"));
 
     // Allowed: the chosen headers replace the client's; others are not copied.
-    let r = send(&agent, "/page", &[("authorization", "let-me-in"), ("x-auth-user", "mallory"), ("x-auth-role", "root")]).await;
+    let r =
+        send(&agent, "/page", &[("authorization", "let-me-in"), ("x-auth-user", "mallory"), ("x-auth-role", "root")])
+            .await;
     assert_eq!((r.status, r.text()), (200, "b1\n".to_string()), "{}", agent.log());
     let hits = backend.hits();
     let h = hits.last().unwrap();
@@ -409,7 +419,12 @@ async fn forward_auth_allows_denies_and_copies_headers() {
     let r = send(
         &agent,
         "/trust/x",
-        &[("authorization", "let-me-in"), ("x-forwarded-uri", "/original"), ("x-forwarded-for", "10.0.0.1"), ("x-junk", "1")],
+        &[
+            ("authorization", "let-me-in"),
+            ("x-forwarded-uri", "/original"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-junk", "1"),
+        ],
     )
     .await;
     assert_eq!(r.status, 200, "{}", agent.log());

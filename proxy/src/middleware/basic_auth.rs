@@ -88,8 +88,7 @@ pub fn build(config: &Value, cx: &BuildCx<'_>) -> Result<Box<dyn Apply>, BuildEr
     }
     let realm = o.realm.filter(|r| !r.is_empty()).unwrap_or_else(|| "traefik".to_string());
     let challenge = format!("Basic realm=\"{}\"", realm.replace('\\', "\\\\").replace('"', "\\\""));
-    HeaderValue::from_str(&challenge)
-        .map_err(|_| BuildError::new("basicAuth.realm", "not a valid header value"))?;
+    HeaderValue::from_str(&challenge).map_err(|_| BuildError::new("basicAuth.realm", "not a valid header value"))?;
     Ok(Box::new(BasicAuth {
         users: Arc::new(users),
         challenge,
@@ -137,7 +136,8 @@ impl Apply for BasicAuth {
         _state: &mut MwState,
         _index: usize,
     ) -> pingora_core::Result<Verdict> {
-        let creds = session.req_header().headers.get(http::header::AUTHORIZATION).and_then(|v| parse_basic(v.as_bytes()));
+        let creds =
+            session.req_header().headers.get(http::header::AUTHORIZATION).and_then(|v| parse_basic(v.as_bytes()));
         let Some((user, password)) = creds else {
             tracing::debug!("basicAuth: no credentials");
             return Ok(Verdict::Respond(unauthorized(&self.challenge)));
@@ -161,6 +161,7 @@ impl Apply for BasicAuth {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -109,7 +109,11 @@ pub fn build(config: &Value, cx: &BuildCx<'_>) -> Result<Box<dyn Apply>, BuildEr
         return Err(BuildError::new("digestAuth.users", "no users (set users or usersFile)"));
     }
     if users.is_empty() {
-        tracing::warn!(middleware = cx.name, realm, "digestAuth: no user belongs to the realm; every request is refused");
+        tracing::warn!(
+            middleware = cx.name,
+            realm,
+            "digestAuth: no user belongs to the realm; every request is refused"
+        );
     }
     Ok(Box::new(DigestAuth {
         users,
@@ -213,9 +217,8 @@ impl DigestAuth {
         }
         let ha1 = self.users.get(get("username")).map(String::as_str).unwrap_or("");
         let ha2 = md5_hex(format!("{method}:{uri}").as_bytes());
-        let kd = md5_hex(
-            format!("{ha1}:{}:{}:{}:{}:{ha2}", get("nonce"), get("nc"), get("cnonce"), get("qop")).as_bytes(),
-        );
+        let kd =
+            md5_hex(format!("{ha1}:{}:{}:{}:{}:{ha2}", get("nonce"), get("nc"), get("cnonce"), get("qop")).as_bytes());
         if ha1.is_empty() || !ct_eq(kd.as_bytes(), get("response").as_bytes()) {
             return Outcome::Denied;
         }
@@ -279,15 +282,13 @@ impl Apply for DigestAuth {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn mw() -> DigestAuth {
         DigestAuth {
             // htdigest of Mufasa / "Circle Of Life" in realm testrealm@host.com (RFC 2617).
-            users: HashMap::from([(
-                "Mufasa".to_string(),
-                md5_hex(b"Mufasa:testrealm@host.com:Circle Of Life"),
-            )]),
+            users: HashMap::from([("Mufasa".to_string(), md5_hex(b"Mufasa:testrealm@host.com:Circle Of Life"))]),
             realm: "testrealm@host.com".into(),
             opaque: "5ccc069c403ebaf9f0171e9517f40e41".into(),
             nonces: Mutex::new(HashMap::new()),

@@ -160,14 +160,12 @@ pub fn build(config: &Value, cx: &BuildCx<'_>) -> Result<Box<dyn Apply>, BuildEr
     let request_headers = names("authRequestHeaders", &o.auth_request_headers)?;
     let response_regex = match o.auth_response_headers_regex.as_deref().filter(|r| !r.is_empty()) {
         None => None,
-        Some(r) => Some(
-            Regex::new(r).map_err(|e| BuildError::new("forwardAuth.authResponseHeadersRegex", e.to_string()))?,
-        ),
+        Some(r) => {
+            Some(Regex::new(r).map_err(|e| BuildError::new("forwardAuth.authResponseHeadersRegex", e.to_string()))?)
+        }
     };
-    let mut builder = reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy();
+    let mut builder =
+        reqwest::Client::builder().timeout(TIMEOUT).redirect(reqwest::redirect::Policy::none()).no_proxy();
     let tls = o.tls.unwrap_or_default();
     if tls.ca_optional == Some(true) {
         return Err(unsupported("tls.caOptional"));
@@ -207,9 +205,8 @@ pub fn build(config: &Value, cx: &BuildCx<'_>) -> Result<Box<dyn Apply>, BuildEr
     if tls.insecure_skip_verify {
         builder = builder.danger_accept_invalid_certs(true);
     }
-    let client = builder
-        .build()
-        .map_err(|e| BuildError::new("forwardAuth.tls", format!("cannot build the client: {e}")))?;
+    let client =
+        builder.build().map_err(|e| BuildError::new("forwardAuth.tls", format!("cannot build the client: {e}")))?;
     Ok(Box::new(ForwardAuth {
         address,
         client,
@@ -272,7 +269,10 @@ impl ForwardAuth {
         let proto = trusted("x-forwarded-proto")
             .unwrap_or_else(|| HeaderValue::from_static(if tls { "https" } else { "http" }));
         let host = trusted("x-forwarded-host").or_else(|| {
-            req.headers.get(http::header::HOST).cloned().or_else(|| req.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()))
+            req.headers
+                .get(http::header::HOST)
+                .cloned()
+                .or_else(|| req.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()))
         });
         let uri = trusted("x-forwarded-uri")
             .or_else(|| HeaderValue::from_str(req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")).ok());
@@ -386,6 +386,7 @@ impl Apply for ForwardAuth {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

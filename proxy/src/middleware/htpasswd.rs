@@ -63,9 +63,8 @@ impl Hash {
             return Ok(Hash::Apr1 { salt: salt.to_string(), full: s.to_string() });
         }
         if let Some(b64) = s.strip_prefix("{SHA}") {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map_err(|_| HashError::Malformed("SHA"))?;
+            let bytes =
+                base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| HashError::Malformed("SHA"))?;
             let arr: [u8; 20] = bytes.try_into().map_err(|_| HashError::Malformed("SHA"))?;
             return Ok(Hash::Sha1(arr));
         }
@@ -203,6 +202,7 @@ pub fn merged_lines<'a>(file: Option<&'a str>, inline: &'a [String]) -> impl Ite
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     // Apache's "Password Formats" page: `htpasswd -nbm myName myPassword` and `-nbs`.
