@@ -33,8 +33,11 @@ use crate::settings::ProxySettings;
 use crate::transport::TransportFiles;
 
 pub mod basic_auth;
+pub mod buffering;
+pub mod compress;
 pub mod content_type;
 pub mod digest_auth;
+pub mod errors;
 pub mod forward_auth;
 pub mod headers;
 pub mod htpasswd;
@@ -270,6 +273,9 @@ pub const KINDS: &[(&str, Builder)] = &[
     ("basicAuth", basic_auth::build),
     ("digestAuth", digest_auth::build),
     ("forwardAuth", forward_auth::build),
+    ("compress", compress::build),
+    ("buffering", buffering::build),
+    ("errors", errors::build),
 ];
 
 /// Whether `kind` is applied (a kind in [`KINDS`], or `chain`).
