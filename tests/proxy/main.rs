@@ -24,6 +24,7 @@ mod t18_middlewares;
 mod t19_mw_auth;
 mod t20_mw_limits;
 mod t21_mw_rewrite;
+mod t22_mw_body;
 mod t23_load_balancing;
 
 /// The shared kit, plus what only this suite needs.

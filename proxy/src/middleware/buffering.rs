@@ -87,7 +87,12 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
 // response's state.
 #[async_trait::async_trait]
 impl Apply for Buffering {
-    async fn request(&self, session: &mut Session, _state: &mut MwState, _index: usize) -> pingora_core::Result<Verdict> {
+    async fn request(
+        &self,
+        session: &mut Session,
+        _state: &mut MwState,
+        _index: usize,
+    ) -> pingora_core::Result<Verdict> {
         if self.max_request > 0 && content_length(&session.req_header().headers).is_some_and(|l| l > self.max_request) {
             return Ok(Verdict::Respond(Reply::text(413, "Request Entity Too Large")));
         }
@@ -122,9 +127,8 @@ impl Apply for Buffering {
             }
             held.extend_from_slice(&chunk);
         }
-        if end && !held.is_empty() {
-            *body = Some(std::mem::take(held).freeze());
-        }
+        // An empty chunk holds the body back; `None` would end it upstream.
+        *body = Some(if end { std::mem::take(held).freeze() } else { Bytes::new() });
         Ok(())
     }
 
@@ -187,10 +191,22 @@ mod tests {
         let files = crate::transport::TransportFiles::default();
         let cx = BuildCx { name: "b", settings: &settings, files: &files, cfg: &cfg, addresses: &addresses };
         let err = |v: Value| build(&v, &cx).err().map(|e| e.field);
-        assert_eq!(err(serde_json::json!({"retryExpression": "IsNetworkError() && Attempts() < 2"})).as_deref(), Some("buffering.retryExpression"));
-        assert_eq!(err(serde_json::json!({"maxRequestBodyBytes": -1})).as_deref(), Some("buffering.maxRequestBodyBytes"));
-        assert_eq!(err(serde_json::json!({"memResponseBodyBytes": -5})).as_deref(), Some("buffering.memResponseBodyBytes"));
-        assert_eq!(err(serde_json::json!({"maxRequestBodyBytes": "x"})).as_deref(), Some("buffering.maxRequestBodyBytes"));
+        assert_eq!(
+            err(serde_json::json!({"retryExpression": "IsNetworkError() && Attempts() < 2"})).as_deref(),
+            Some("buffering.retryExpression")
+        );
+        assert_eq!(
+            err(serde_json::json!({"maxRequestBodyBytes": -1})).as_deref(),
+            Some("buffering.maxRequestBodyBytes")
+        );
+        assert_eq!(
+            err(serde_json::json!({"memResponseBodyBytes": -5})).as_deref(),
+            Some("buffering.memResponseBodyBytes")
+        );
+        assert_eq!(
+            err(serde_json::json!({"maxRequestBodyBytes": "x"})).as_deref(),
+            Some("buffering.maxRequestBodyBytes")
+        );
         assert!(build(&serde_json::json!({"maxRequestBodyBytes": 10, "maxResponseBodyBytes": 10}), &cx).is_ok());
     }
 }

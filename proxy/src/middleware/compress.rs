@@ -108,7 +108,8 @@ fn content_types(field: &str, list: &[String]) -> Result<Vec<String>, BuildError
 
 /// Build from Traefik's `compress` options.
 pub fn build(config: &Value, _cx: &BuildCx<'_>) -> Result<Box<dyn Apply>, BuildError> {
-    let config = if config.is_null() || config.as_bool() == Some(true) { &Value::Object(Default::default()) } else { config };
+    let config =
+        if config.is_null() || config.as_bool() == Some(true) { &Value::Object(Default::default()) } else { config };
     let o: Options = options("compress", config)?;
     if !o.excluded_content_types.is_empty() && !o.included_content_types.is_empty() {
         return Err(BuildError::new(
@@ -142,10 +143,7 @@ pub fn build(config: &Value, _cx: &BuildCx<'_>) -> Result<Box<dyn Apply>, BuildE
         d => match Coding::parse(d).filter(|c| encodings.contains(c)) {
             Some(c) => Some(c),
             None => {
-                return Err(BuildError::new(
-                    "compress.defaultEncoding",
-                    format!("{d:?} is not one of the encodings"),
-                ))
+                return Err(BuildError::new("compress.defaultEncoding", format!("{d:?} is not one of the encodings")))
             }
         },
     };
@@ -210,12 +208,46 @@ impl Compress {
     }
 }
 
-/// The per-request encoder.
-struct Encoder(Box<dyn Encode + Send + Sync>);
+/// The per-request encoder: Pingora's for gzip and zstd; brotli through the crate
+/// directly, since Pingora's brotli wrapper flushes but never ends the stream.
+enum Encoder {
+    Pingora(Box<dyn Encode + Send + Sync>),
+    Brotli(Option<Box<brotli::CompressorWriter<Vec<u8>>>>),
+}
+
+impl Encoder {
+    fn new(coding: Coding) -> Option<Encoder> {
+        match coding {
+            Coding::Brotli => {
+                Some(Encoder::Brotli(Some(Box::new(brotli::CompressorWriter::new(Vec::new(), 4096, LEVEL, 22)))))
+            }
+            c => c.algorithm().compressor(LEVEL).map(Encoder::Pingora),
+        }
+    }
+
+    fn encode(&mut self, input: &[u8], end: bool) -> pingora_core::Result<Bytes> {
+        match self {
+            Encoder::Pingora(e) => e.encode(input, end),
+            Encoder::Brotli(slot) => {
+                let err = |e: std::io::Error| {
+                    pingora_core::Error::because(pingora_core::ErrorType::InternalError, "brotli compression", e)
+                };
+                let Some(w) = slot.as_mut() else { return Ok(Bytes::new()) };
+                std::io::Write::write_all(w.as_mut(), input).map_err(err)?;
+                if end {
+                    let w = slot.take().map(|w| w.into_inner()).unwrap_or_default();
+                    return Ok(Bytes::from(w));
+                }
+                Ok(Bytes::from(std::mem::take(w.get_mut())))
+            }
+        }
+    }
+}
 
 fn add_vary(resp: &mut ResponseHeader) -> pingora_core::Result<()> {
     let has = resp.headers.get_all(header::VARY).iter().any(|v| {
-        v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("accept-encoding") || t.trim() == "*"))
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("accept-encoding") || t.trim() == "*"))
     });
     if !has {
         resp.append_header(header::VARY, "Accept-Encoding")?;
@@ -262,14 +294,14 @@ impl Apply for Compress {
         if len.is_some_and(|l| l < self.min_bytes) {
             return Ok(());
         }
-        let Some(enc) = coding.algorithm().compressor(LEVEL) else { return Ok(()) };
+        let Some(enc) = Encoder::new(coding) else { return Ok(()) };
         resp.remove_header(&header::CONTENT_LENGTH);
         resp.remove_header(&header::ACCEPT_RANGES);
         resp.insert_header(header::CONTENT_ENCODING, coding.as_str())?;
         if !h2 {
             resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         }
-        state.put(index, Encoder(enc));
+        state.put(index, enc);
         Ok(())
     }
 
@@ -284,7 +316,7 @@ impl Apply for Compress {
         state: &mut MwState,
         index: usize,
     ) -> pingora_core::Result<()> {
-        let Some(Encoder(enc)) = state.get_mut::<Encoder>(index) else { return Ok(()) };
+        let Some(enc) = state.get_mut::<Encoder>(index) else { return Ok(()) };
         let input = body.take().unwrap_or_default();
         let out = enc.encode(&input, end)?;
         // An empty chunk would end a chunked body early: send nothing until there is output.
@@ -357,8 +389,11 @@ mod tests {
             err(serde_json::json!({"excludedContentTypes": ["a/b"], "includedContentTypes": ["c/d"]})).as_deref(),
             Some("compress.includedContentTypes")
         );
-        assert_eq!(err(serde_json::json!({"minResponseBodyBytes": -1})).as_deref(), Some("compress.minResponseBodyBytes"));
-        assert_eq!(err(serde_json::json!({"bogus": 1})).as_deref(), Some("compress"));
+        assert_eq!(
+            err(serde_json::json!({"minResponseBodyBytes": -1})).as_deref(),
+            Some("compress.minResponseBodyBytes")
+        );
+        assert_eq!(err(serde_json::json!({"bogus": 1})).as_deref(), Some("compress.bogus"));
         assert!(build(&serde_json::json!({}), &cx).is_ok());
     }
 }

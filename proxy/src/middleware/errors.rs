@@ -47,7 +47,11 @@ impl Ranges {
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (a, b) = part.split_once('-').unwrap_or((part, part));
             let code = |x: &str| {
-                x.trim().parse::<u16>().ok().filter(|c| (100..=599).contains(c)).ok_or_else(|| format!("{part:?} is not a status code or range"))
+                x.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|c| (100..=599).contains(c))
+                    .ok_or_else(|| format!("{part:?} is not a status code or range"))
             };
             let (a, b) = (code(a)?, code(b)?);
             if a > b {
@@ -163,7 +167,11 @@ fn escape(s: &str) -> String {
 }
 
 impl Errors {
-    async fn fetch(&self, path: &str, host: Option<&http::HeaderValue>) -> Result<(Option<http::HeaderValue>, Bytes), String> {
+    async fn fetch(
+        &self,
+        path: &str,
+        host: Option<&http::HeaderValue>,
+    ) -> Result<(Option<http::HeaderValue>, Bytes), String> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.servers.len();
         let url = format!("{}{path}", self.servers[i]);
         let mut req = self.client.get(&url);
