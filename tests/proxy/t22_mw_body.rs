@@ -94,7 +94,12 @@ async fn serve(mut stream: tokio::net::TcpStream, seen: Seen) {
             break;
         }
         match stream.read(&mut tmp).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => {
+                // Cut off mid-body: record what did arrive.
+                let got = if chunked { decode_chunked(&body).len() } else { body.len() };
+                seen.lock().unwrap().push((format!("{target} (incomplete)"), got));
+                return;
+            }
             Ok(n) => body.extend_from_slice(&tmp[..n]),
         }
     }
@@ -202,6 +207,10 @@ const ROUTES: &str = "http:
       rule: \"PathPrefix(`/e/`)\"
       service: app
       middlewares: [pages]
+    r:
+      rule: \"PathPrefix(`/r/`)\"
+      service: app
+      middlewares: [rewritten]
   middlewares:
     squeeze:
       compress:
@@ -219,6 +228,13 @@ const ROUTES: &str = "http:
         status: [\"500-599\"]
         service: errpages
         query: \"/page/{status}?u={url}\"
+    rewritten:
+      errors:
+        status: [\"404\", \"503\"]
+        statusRewrites:
+          \"500-503\": 500
+        service: errpages
+        query: \"/page/{status}-{originalStatus}\"
   services:
     app:
       loadBalancer:
@@ -321,6 +337,8 @@ async fn buffering_refuses_bodies_over_the_limit() {
         .await
         .unwrap();
     assert_eq!(r.status, 413, "{}", agent.log());
+    // The origin got the head at most, never a byte of the body.
+    assert!(origin.seen("/b/chunked").iter().all(|(_, n)| *n == 0), "{:?}", origin.seen("/b/"));
 
     // Within the limit, chunked or not: the origin gets the whole body.
     let mut c = agent.client();
@@ -364,4 +382,10 @@ async fn errors_serve_the_error_service_page_with_the_original_status() {
     let r = c.get("app", "/e/big").await.unwrap();
     assert_eq!((r.status, r.body.len()), (200, 5000));
     assert_eq!(origin.seen("/page/").len(), 1);
+
+    // statusRewrites: the client gets the rewritten status; the query has both.
+    let r = c.get("app", "/r/fail").await.unwrap();
+    assert_eq!((r.status, r.text()), (500, "<h1>error page /page/500-503</h1>".to_string()));
+    let r = c.get("app", "/r/missing").await.unwrap();
+    assert_eq!((r.status, r.text()), (404, "<h1>error page /page/404-404</h1>".to_string()));
 }
