@@ -51,12 +51,7 @@ pub enum Coding {
 
 impl Coding {
     fn parse(s: &str) -> Option<Coding> {
-        match s {
-            "gzip" => Some(Coding::Gzip),
-            "br" => Some(Coding::Brotli),
-            "zstd" => Some(Coding::Zstd),
-            _ => None,
-        }
+        [Coding::Gzip, Coding::Brotli, Coding::Zstd].into_iter().find(|c| c.as_str().eq_ignore_ascii_case(s))
     }
 
     /// The token in `Content-Encoding`.
@@ -131,7 +126,7 @@ pub fn build(config: &Value, _cx: &BuildCx<'_>) -> Result<Box<dyn Apply>, BuildE
     }
     let mut encodings = Vec::with_capacity(names.len());
     for (i, n) in names.iter().enumerate() {
-        let c = Coding::parse(n).ok_or_else(|| {
+        let c = Coding::parse(n).filter(|c| c.as_str() == n).ok_or_else(|| {
             BuildError::new(format!("compress.encodings[{i}]"), format!("unsupported encoding {n:?} (gzip, br, zstd)"))
         })?;
         if !encodings.contains(&c) {
@@ -140,7 +135,7 @@ pub fn build(config: &Value, _cx: &BuildCx<'_>) -> Result<Box<dyn Apply>, BuildE
     }
     let default_encoding = match o.default_encoding.as_str() {
         "" => None,
-        d => match Coding::parse(d).filter(|c| encodings.contains(c)) {
+        d => match Coding::parse(d).filter(|c| c.as_str() == d && encodings.contains(c)) {
             Some(c) => Some(c),
             None => {
                 return Err(BuildError::new("compress.defaultEncoding", format!("{d:?} is not one of the encodings")))
@@ -162,7 +157,7 @@ impl Compress {
             let Ok(line) = std::str::from_utf8(line) else { continue };
             for part in line.split(',') {
                 let mut it = part.split(';');
-                let name = it.next().unwrap_or("").trim().to_ascii_lowercase();
+                let name = it.next().unwrap_or("").trim();
                 if name.is_empty() {
                     continue;
                 }
@@ -179,10 +174,10 @@ impl Compress {
                 }
                 let cand = if name == "*" {
                     (q, -1, Some(self.default_encoding.or(self.encodings.first().copied())))
-                } else if name == "identity" {
+                } else if name.eq_ignore_ascii_case("identity") {
                     (q, n, Some(None))
                 } else {
-                    match Coding::parse(&name).and_then(|c| self.encodings.iter().position(|e| *e == c)) {
+                    match Coding::parse(name).and_then(|c| self.encodings.iter().position(|e| *e == c)) {
                         Some(p) => (q, p as isize, Some(Some(self.encodings[p]))),
                         None => (q, 0, None),
                     }
@@ -350,6 +345,7 @@ mod tests {
         assert_eq!(pick(&m, &[""]), None);
         assert_eq!(pick(&m, &["identity"]), None);
         assert_eq!(pick(&m, &["gzip"]), Some("gzip"));
+        assert_eq!(pick(&m, &["GZIP"]), Some("gzip"));
         assert_eq!(pick(&m, &["br, gzip, zstd"]), Some("gzip"));
         assert_eq!(pick(&m, &["zstd, br"]), Some("br"));
         assert_eq!(pick(&m, &["gzip;q=0.5, zstd"]), Some("zstd"));
