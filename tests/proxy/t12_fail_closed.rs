@@ -1,5 +1,5 @@
 //! Fail closed: a router that needs a feature Constellation does not apply (here a
-//! `basicAuth` middleware, before the middleware work implements it) never forwards a
+//! `grpcWeb` middleware, which Constellation does not apply) never forwards a
 //! request, never falls through to another router, and says so everywhere an operator
 //! looks; `config check` refuses it and reports every error of a file at once.
 
@@ -12,7 +12,7 @@ fn protected_routes(backend: &str) -> String {
     format!(
         "http:\n  routers:\n    private:\n      rule: \"PathPrefix(`/private`)\"\n      service: app\n      middlewares: [auth]\n\
          \x20   public:\n      rule: \"PathPrefix(`/`)\"\n      service: app\n\
-         \x20 middlewares:\n    auth:\n      basicAuth:\n        users: [\"test:$apr1$H6uskkkW$IgXLP6ewTrSuBkTrqE8wj/\"]\n\
+         \x20 middlewares:\n    auth:\n      grpcWeb:\n        allowOrigins: [\"*\"]\n\
          \x20 services:\n    app:\n      loadBalancer:\n        servers:\n          - url: \"{backend}\"\n"
     )
 }
@@ -30,7 +30,7 @@ fn router_with_unapplied_middleware_refuses_traffic_and_says_why() {
             let r = c.request("GET", "app", "/private/page", &headers, b"").await.unwrap();
             assert_eq!(r.status, 503, "{}", r.text());
             let body = r.text();
-            assert!(body.contains("\"private\"") && body.contains("basicAuth"), "{body}");
+            assert!(body.contains("\"private\"") && body.contains("grpcWeb"), "{body}");
         }
         let private_hits = |b: &Backend| b.hits().iter().filter(|h| h.path.starts_with("/private")).count();
         assert_eq!(private_hits(&b), 0, "a refused router must not reach the backend: {:?}", b.hits());
@@ -43,14 +43,14 @@ fn router_with_unapplied_middleware_refuses_traffic_and_says_why() {
         let s = agent.status().await;
         let private = s["routes"].as_array().unwrap().iter().find(|r| r["name"] == "private").unwrap();
         assert_eq!(private["refused"], true, "{private:#}");
-        assert!(private["unapplied"][0].as_str().unwrap().contains("basicAuth"), "{private:#}");
+        assert!(private["unapplied"][0].as_str().unwrap().contains("grpcWeb"), "{private:#}");
         let public = s["routes"].as_array().unwrap().iter().find(|r| r["name"] == "public").unwrap();
         assert_eq!(public["refused"], false);
         assert_eq!(
             agent
                 .metric(
                     "constellation_router_unapplied",
-                    &["router=\"private\"", "feature=\"middleware auth: basicAuth\""]
+                    &["router=\"private\"", "feature=\"middleware auth: grpcWeb\""]
                 )
                 .await,
             1.0
@@ -76,7 +76,7 @@ fn allow_unsupported_serves_the_router_without_the_feature() {
             agent
                 .metric(
                     "constellation_router_unapplied",
-                    &["router=\"private\"", "feature=\"middleware auth: basicAuth\""]
+                    &["router=\"private\"", "feature=\"middleware auth: grpcWeb\""]
                 )
                 .await,
             0.0
@@ -106,11 +106,11 @@ fn config_check_refuses_unapplied_features_unless_allowed() {
     let (code, out, err) = run(&["config", "check", file.to_str().unwrap()], &dir.0);
     assert_eq!(code, EX_CONFIG, "{out}\n{err}");
     // The router, where it is written, and what it needs.
-    assert!(err.contains("routes.yaml:3:5: http.routers.private: refused") && err.contains("basicAuth"), "{err}");
+    assert!(err.contains("routes.yaml:3:5: http.routers.private: refused") && err.contains("grpcWeb"), "{err}");
 
     let (code, out, err) = run(&["config", "check", "--allow-unsupported", file.to_str().unwrap()], &dir.0);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains("served WITHOUT middleware auth: basicAuth"), "{out}");
+    assert!(out.contains("served WITHOUT middleware auth: grpcWeb"), "{out}");
 }
 
 #[test]
