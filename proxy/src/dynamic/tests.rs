@@ -109,11 +109,8 @@ fn schemastore_example_round_trips_exactly() {
 fn schemastore_example_unsupported_parts_are_listed() {
     let config = load_file(&fixture("traefik-v3-example.json")).unwrap();
     let unsupported = config.unsupported();
-    let expected_kinds = [
-        ("Middleware11", "grpcWeb"),
-        ("Middleware16", "passTLSClientCert"),
-        ("Middleware17", "plugin"),
-    ];
+    let expected_kinds =
+        [("Middleware11", "grpcWeb"), ("Middleware16", "passTLSClientCert"), ("Middleware17", "plugin")];
     for (name, kind) in expected_kinds {
         let line = format!("http.middlewares.{name}: {kind} is not supported (parsed, not applied)");
         assert!(unsupported.contains(&line), "missing {line:?} in {unsupported:#?}");
