@@ -15,26 +15,10 @@ use std::sync::Arc;
 use base64::Engine as _;
 use http::header::{HeaderName, HeaderValue};
 use pingora_proxy::Session;
-use serde::Deserialize;
 use serde_json::Value;
 
-use super::htpasswd::{merged_lines, Hash};
+use super::htpasswd::{merged_lines, Hash, UsersOptions};
 use super::{options, Apply, BuildCx, BuildError, MwState, Reply, Verdict};
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Options {
-    #[serde(default)]
-    users: Vec<String>,
-    #[serde(default)]
-    users_file: Option<String>,
-    #[serde(default)]
-    realm: Option<String>,
-    #[serde(default)]
-    remove_header: bool,
-    #[serde(default)]
-    header_field: Option<String>,
-}
 
 /// A compiled `basicAuth`. `Debug` shows user names, never hashes.
 #[derive(Debug)]
@@ -69,7 +53,7 @@ pub(crate) fn users_file<'a>(
 
 /// Build from Traefik's `basicAuth` options.
 pub fn build(config: &Value, cx: &BuildCx<'_>) -> Result<Box<dyn Apply>, BuildError> {
-    let o: Options = options("basicAuth", config)?;
+    let o: UsersOptions = options("basicAuth", config)?;
     let file = users_file("basicAuth", o.users_file.as_deref(), cx)?;
     let mut users = HashMap::new();
     for (inline, line) in merged_lines(file, &o.users) {

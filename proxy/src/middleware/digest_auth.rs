@@ -24,32 +24,16 @@ use std::time::{Duration, Instant};
 use http::header::HeaderName;
 use pingora_proxy::Session;
 use rand::RngExt;
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::basic_auth::{header_field, unauthorized, users_file};
-use super::htpasswd::{ct_eq, hex, md5_hex, merged_lines};
+use super::htpasswd::{ct_eq, hex, md5_hex, merged_lines, UsersOptions};
 use super::{options, Apply, BuildCx, BuildError, MwState, Verdict};
 
 /// How long a nonce stays valid after its last use.
 pub const NONCE_TTL: Duration = Duration::from_secs(600);
 const CACHE_SIZE: usize = 1000;
 const CACHE_TOLERANCE: usize = 100;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Options {
-    #[serde(default)]
-    users: Vec<String>,
-    #[serde(default)]
-    users_file: Option<String>,
-    #[serde(default)]
-    realm: Option<String>,
-    #[serde(default)]
-    remove_header: bool,
-    #[serde(default)]
-    header_field: Option<String>,
-}
 
 struct Client {
     nc: u64,
@@ -80,7 +64,7 @@ impl std::fmt::Debug for DigestAuth {
 
 /// Build from Traefik's `digestAuth` options.
 pub fn build(config: &Value, cx: &BuildCx<'_>) -> Result<Box<dyn Apply>, BuildError> {
-    let o: Options = options("digestAuth", config)?;
+    let o: UsersOptions = options("digestAuth", config)?;
     let file = users_file("digestAuth", o.users_file.as_deref(), cx)?;
     let realm = o.realm.filter(|r| !r.is_empty()).unwrap_or_else(|| "traefik".to_string());
     if realm.contains('"') || realm.contains('\\') || realm.chars().any(char::is_control) {

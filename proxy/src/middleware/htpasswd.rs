@@ -200,6 +200,27 @@ pub fn merged_lines<'a>(file: Option<&'a str>, inline: &'a [String]) -> impl Ite
         .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
 }
 
+/// The options `basicAuth` and `digestAuth` share (Traefik's field names).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UsersOptions {
+    /// `user:hash` lines.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// A file of such lines (read by the control plane).
+    #[serde(default)]
+    pub users_file: Option<String>,
+    /// The realm (default `traefik`).
+    #[serde(default)]
+    pub realm: Option<String>,
+    /// Remove the `Authorization` header before forwarding.
+    #[serde(default)]
+    pub remove_header: bool,
+    /// Send the authenticated user upstream in this header.
+    #[serde(default)]
+    pub header_field: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
