@@ -956,4 +956,63 @@ mod tests {
         assert!(sticky.name.starts_with('_') && sticky.path == "/", "{sticky:?}");
         assert!(t.routes[0].sticky && !t.routes[0].refused);
     }
+
+    /// A router's middlewares as a tree: leaves are `addPrefix` middlewares, inner nodes
+    /// are `chain`s of their children.
+    #[derive(Debug, Clone)]
+    enum MwTree {
+        Leaf,
+        Chain(Vec<MwTree>),
+    }
+
+    fn mw_tree() -> impl proptest::strategy::Strategy<Value = MwTree> {
+        use proptest::prelude::*;
+        let leaf = Just(MwTree::Leaf);
+        leaf.prop_recursive(3, 24, 4, |inner| prop::collection::vec(inner, 1..4).prop_map(MwTree::Chain))
+    }
+
+    /// Name the tree's middlewares into `yaml` (leaves `m<n>` with prefix `/p<n>`, chains
+    /// `c<n>`), returning the node's name; leaves are pushed to `order` depth first.
+    fn emit(t: &MwTree, yaml: &mut String, n: &mut usize, order: &mut Vec<String>) -> String {
+        *n += 1;
+        match t {
+            MwTree::Leaf => {
+                let name = format!("m{n}");
+                yaml.push_str(&format!("    {name}:\n      addPrefix:\n        prefix: /p{n}\n"));
+                order.push(format!("/p{n}"));
+                name
+            }
+            MwTree::Chain(children) => {
+                let name = format!("c{n}");
+                let names: Vec<String> = children.iter().map(|c| emit(c, yaml, n, order)).collect();
+                yaml.push_str(&format!("    {name}:\n      chain:\n        middlewares: [{}]\n", names.join(", ")));
+                name
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Traefik's documented order: a router's middlewares run in the order listed,
+        /// and a chain's members run in its order, where the chain is named.
+        #[test]
+        fn chains_expand_in_traefiks_order(top in proptest::collection::vec(mw_tree(), 1..4)) {
+            let (mut mws, mut n, mut order) = (String::new(), 0, Vec::new());
+            let names: Vec<String> = top.iter().map(|t| emit(t, &mut mws, &mut n, &mut order)).collect();
+            let yaml = format!(
+                "http:\n  routers:\n    r:\n      rule: \"PathPrefix(`/`)\"\n      service: s\n      middlewares: [{}]\n  middlewares:\n{mws}  services:\n    s:\n      loadBalancer:\n        servers:\n          - url: \"http://127.0.0.1:9001\"\n",
+                names.join(", ")
+            );
+            let reg = UpstreamRegistry::default();
+            let (t, _) = compile(&cfg(&yaml), &ProxySettings::default(), &[], &reg, &AddressMap::new(), 1).unwrap();
+            let got: Vec<String> = t.routes[0]
+                .middlewares
+                .iter()
+                .map(|m| match &**m {
+                    Middleware::AddPrefix(p) => p.clone(),
+                    other => format!("{other:?}"),
+                })
+                .collect();
+            proptest::prop_assert_eq!(got, order);
+        }
+    }
 }
