@@ -427,6 +427,11 @@ fn redirect_to(req: &RequestHeader, scheme: &str, port: Option<&str>, permanent:
     (status, location)
 }
 
+/// The request's `Cookie` header values (for sticky pools).
+fn request_cookies(req: &RequestHeader) -> Vec<&str> {
+    req.headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).collect()
+}
+
 fn split_host(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
@@ -653,13 +658,7 @@ impl ProxyHttp for SmartFailoverProxy {
         };
         let (retry_interval, service) = (route.retry_interval, route.target.name().to_string());
         let pick = if route.sticky || route.keyed {
-            let cookies: Vec<&str> = session
-                .req_header()
-                .headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
+            let cookies = request_cookies(session.req_header());
             let key = crate::table::PickKey { cookies: &cookies, client_ip: ctx.client_ip };
             route.target.pick_keyed(&ctx.tried, now, &key)
         } else {
@@ -809,14 +808,8 @@ impl ProxyHttp for SmartFailoverProxy {
                 }
                 if let Some(sticky) = &pool.sticky {
                     let index = pool.upstreams.iter().position(|u| Arc::ptr_eq(u, up));
-                    let cookies: Vec<&str> = session
-                        .req_header()
-                        .headers
-                        .get_all(http::header::COOKIE)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok())
-                        .collect();
-                    if index.is_some() && sticky.chosen(&cookies, |_| true) != index {
+                    let cookies = request_cookies(session.req_header());
+                    if index.is_some() && sticky.chosen(&cookies) != index {
                         ctx.set_cookie = index.and_then(|i| sticky.set_cookie(i));
                     }
                 }

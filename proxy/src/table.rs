@@ -288,7 +288,7 @@ impl StickySpec {
 
     /// The upstream index the request's `Cookie` header values name, if any (the hashed
     /// value, or the server URL itself as older Traefik versions wrote it).
-    pub fn chosen(&self, cookies: &[&str], urls: impl Fn(usize) -> bool) -> Option<usize> {
+    pub fn chosen(&self, cookies: &[&str]) -> Option<usize> {
         for header in cookies {
             for pair in header.split(';') {
                 let Some((k, v)) = pair.trim().split_once('=') else { continue };
@@ -299,7 +299,8 @@ impl StickySpec {
                 if let Some(i) = self.values.iter().position(|x| x == v) {
                     return Some(i);
                 }
-                if let Some(i) = (0..self.values.len()).find(|i| urls(*i) && sticky_value(v) == self.values[*i]) {
+                let hashed = sticky_value(v);
+                if let Some(i) = self.values.iter().position(|x| *x == hashed) {
                     return Some(i);
                 }
             }
@@ -438,7 +439,7 @@ impl Pool {
         }
         let panic = self.in_panic(now);
         if let Some(sticky) = &self.sticky {
-            if let Some(i) = sticky.chosen(key.cookies, |_| true) {
+            if let Some(i) = sticky.chosen(key.cookies) {
                 let up = &self.upstreams[i];
                 let untried = !tried.iter().any(|t| Arc::ptr_eq(t, up));
                 if untried && up.addr.is_some() && (panic || up.healthy.load(Ordering::Relaxed)) {
@@ -797,9 +798,9 @@ mod strategy_tests {
             values: vec![sticky_value("http://a:1"), sticky_value("http://b:1")],
         };
         let v = format!("x=1; srv={}", sticky_value("http://b:1"));
-        assert_eq!(spec.chosen(&[v.as_str()], |_| true), Some(1));
-        assert_eq!(spec.chosen(&["srv=http://a:1"], |_| true), Some(0), "the raw URL, as older Traefik wrote it");
-        assert_eq!(spec.chosen(&["srv=nothing"], |_| true), None);
+        assert_eq!(spec.chosen(&[v.as_str()]), Some(1));
+        assert_eq!(spec.chosen(&["srv=http://a:1"]), Some(0), "the raw URL, as older Traefik wrote it");
+        assert_eq!(spec.chosen(&["srv=nothing"]), None);
         assert_eq!(spec.set_cookie(0).unwrap(), format!("srv={}; Path=/", sticky_value("http://a:1")));
     }
 }

@@ -17,7 +17,7 @@ use http::header::{HeaderName, HeaderValue};
 use pingora_proxy::Session;
 use serde_json::Value;
 
-use super::htpasswd::{merged_lines, Hash, UsersOptions};
+use super::htpasswd::{merged_lines, pass_user, Hash, UsersOptions};
 use super::{options, Apply, BuildCx, BuildError, MwState, Reply, Verdict};
 
 /// A compiled `basicAuth`. `Debug` shows user names, never hashes.
@@ -130,15 +130,7 @@ impl Apply for BasicAuth {
             tracing::debug!("basicAuth: authentication failed");
             return Ok(Verdict::Respond(unauthorized(&self.challenge)));
         }
-        let req = session.req_header_mut();
-        if let Some(h) = &self.header_field {
-            if let Ok(v) = HeaderValue::from_str(&user) {
-                req.insert_header(h.clone(), v)?;
-            }
-        }
-        if self.remove_header {
-            req.remove_header(&http::header::AUTHORIZATION);
-        }
+        pass_user(session.req_header_mut(), self.header_field.as_ref(), self.remove_header, &user)?;
         Ok(Verdict::Next)
     }
 }

@@ -27,7 +27,7 @@ use rand::RngExt;
 use serde_json::Value;
 
 use super::basic_auth::{header_field, unauthorized, users_file};
-use super::htpasswd::{ct_eq, hex, md5_hex, merged_lines, UsersOptions};
+use super::htpasswd::{ct_eq, hex, md5_hex, merged_lines, pass_user, UsersOptions};
 use super::{options, Apply, BuildCx, BuildError, MwState, Verdict};
 
 /// How long a nonce stays valid after its last use.
@@ -251,15 +251,7 @@ impl Apply for DigestAuth {
                 return Ok(Verdict::Respond(unauthorized(&self.challenge(false))));
             }
         };
-        let req = session.req_header_mut();
-        if let Some(h) = &self.header_field {
-            if let Ok(v) = http::HeaderValue::from_str(&user) {
-                req.insert_header(h.clone(), v)?;
-            }
-        }
-        if self.remove_header {
-            req.remove_header(&http::header::AUTHORIZATION);
-        }
+        pass_user(session.req_header_mut(), self.header_field.as_ref(), self.remove_header, &user)?;
         Ok(Verdict::Next)
     }
 }

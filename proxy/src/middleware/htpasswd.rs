@@ -200,6 +200,25 @@ pub fn merged_lines<'a>(file: Option<&'a str>, inline: &'a [String]) -> impl Ite
         .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
 }
 
+/// After a successful login: send `user` upstream in `header_field` (replacing what the
+/// client sent), and drop `Authorization` when `remove_header`.
+pub fn pass_user(
+    req: &mut pingora_http::RequestHeader,
+    header_field: Option<&http::HeaderName>,
+    remove_header: bool,
+    user: &str,
+) -> pingora_core::Result<()> {
+    if let Some(h) = header_field {
+        if let Ok(v) = http::HeaderValue::from_str(user) {
+            req.insert_header(h.clone(), v)?;
+        }
+    }
+    if remove_header {
+        req.remove_header(&http::header::AUTHORIZATION);
+    }
+    Ok(())
+}
+
 /// The options `basicAuth` and `digestAuth` share (Traefik's field names).
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
