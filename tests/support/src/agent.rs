@@ -179,6 +179,13 @@ pub async fn start_agent_at(
         assert!(Instant::now() < deadline, "agent not ready; log:\n{}", agent.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // `/readyz` is served by the admin listener, which can come up a moment before the
+    // proxy's: wait until the web entry point accepts too, so a test's first request
+    // never meets a port that is not bound yet.
+    while tokio::net::TcpStream::connect(agent.web).await.is_err() {
+        assert!(Instant::now() < deadline, "web entry point {} not listening; log:\n{}", agent.web, agent.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     agent
 }
 
