@@ -30,6 +30,11 @@ mod t23_load_balancing;
 /// The shared kit, plus what only this suite needs.
 mod support {
     pub use constellation_testkit::*;
+
+    /// The connection-flood test loads the whole machine (15,000 sockets) for ~20 s; the
+    /// tests whose client-side timing is tight (1 s read timeouts, a TLS fail-over) take
+    /// this shared and the flood takes it alone, so they never overlap.
+    pub static FLOOD: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
     use serde_json::Value;
 
     /// A JSON document's violations of the Traefik v3 file-provider schema (SchemaStore

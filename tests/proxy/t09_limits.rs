@@ -230,6 +230,7 @@ async fn get_from(from: Ipv4Addr, to: SocketAddr) -> Result<u16, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_flood_is_capped_and_memory_comes_back() {
+    let _alone = FLOOD.write().await;
     // This process holds up to ~17,500 client sockets at once (refused ones are let go
     // per batch): lift its soft file limit to the hard one, which the agent inherits.
     let nofile = rlimit::increase_nofile_limit(u64::MAX).unwrap();

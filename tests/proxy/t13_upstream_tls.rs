@@ -77,6 +77,7 @@ fn https_upstream_verified_against_root_cas_by_name_and_ip_with_h2() {
 
 #[test]
 fn refused_certificates_fail_over_for_any_method_and_are_counted() {
+    let _not_during_the_flood = FLOOD.blocking_read();
     run_test(|| async {
         let ca = TestCa::new("internal ca");
         // Not signed by the trusted CA; signed by it but for another name; good.

@@ -36,6 +36,7 @@ async fn echo(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>
 
 #[test]
 fn websocket_echo_survives_idle_past_the_read_timeout() {
+    let _not_during_the_flood = FLOOD.blocking_read();
     run_test(|| async {
         let b = Backend::start("ws", "127.0.0.1:0".parse().unwrap()).await.unwrap();
         b.set(Behaviour::WebSocketEcho);
@@ -67,6 +68,7 @@ fn websocket_echo_survives_idle_past_the_read_timeout() {
 
 #[test]
 fn an_upgrade_is_never_retried() {
+    let _not_during_the_flood = FLOOD.blocking_read();
     run_test(|| async {
         // Both servers read the upgrade request and close without answering.
         let backends = Backend::several(2).await;
